@@ -1,0 +1,57 @@
+//! Reconnect delays: exponential backoff with full jitter and a cap, forever
+//! (DESIGN.md 6). Full jitter spreads a reconnect storm evenly over the window.
+
+use std::time::Duration;
+
+use rand::Rng;
+
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    base: Duration,
+    cap: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    pub fn new(base: Duration, cap: Duration) -> Self {
+        Self { base, cap, attempt: 0 }
+    }
+
+    /// The ceiling of the next delay: base * 2^attempt, at most cap.
+    pub fn ceiling(&self) -> Duration {
+        let factor = 1u32.checked_shl(self.attempt.min(30)).unwrap_or(u32::MAX);
+        self.base.saturating_mul(factor).min(self.cap)
+    }
+
+    /// A uniformly random delay in [0, ceiling], then doubles the ceiling.
+    pub fn next_delay(&mut self) -> Duration {
+        let ceiling = self.ceiling();
+        self.attempt = self.attempt.saturating_add(1);
+        let ms = ceiling.as_millis() as u64;
+        Duration::from_millis(if ms == 0 { 0 } else { rand::rng().random_range(0..=ms) })
+    }
+
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grows_to_cap_and_jitters_below_ceiling() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        let mut ceilings = vec![];
+        for _ in 0..8 {
+            let c = b.ceiling();
+            let d = b.next_delay();
+            assert!(d <= c, "{d:?} > {c:?}");
+            ceilings.push(c.as_millis());
+        }
+        assert_eq!(ceilings, [100, 200, 400, 800, 1600, 2000, 2000, 2000]);
+        b.reset();
+        assert_eq!(b.ceiling(), Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,273 @@
+//! The stream client: dials the control plane over mTLS, says Hello with the
+//! runtime's inventory, then applies commands (de-duplicated by id, each
+//! session's commands in order, different sessions concurrently) and streams
+//! acks, results, statuses and heartbeats. Reconnects forever with backoff.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use streamspace::v1 as pb;
+use streamspace::v1::agent_frame::Frame as Out;
+use streamspace::v1::control_frame::Frame as In;
+use tokio::sync::{Mutex, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::backoff::Backoff;
+use crate::dedup::{Dedup, Seen};
+use crate::runtime::Runtime;
+
+/// Client TLS material (PEM).
+#[derive(Clone)]
+pub struct ClientTls {
+    pub ca: String,
+    pub cert: String,
+    pub key: String,
+    /// Server name to verify; defaults to the URL's host.
+    pub server_name: Option<String>,
+}
+
+/// Everything the stream client needs.
+#[derive(Clone)]
+pub struct ClientConfig {
+    pub agent_id: String,
+    pub control_plane_url: String,
+    pub platform: String,
+    pub region: String,
+    pub capacity: pb::Capacity,
+    pub tls: ClientTls,
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+    /// HA fencing token sent in Hello (the Lease transition count); 0 without HA.
+    pub fencing_token: Arc<AtomicU64>,
+}
+
+/// Counters for tests and operators.
+#[derive(Debug, Default)]
+pub struct ClientStats {
+    /// Streams that reached Welcome.
+    pub attaches: AtomicU64,
+    /// Commands applied (first deliveries).
+    pub applied: AtomicU64,
+    /// Deliveries recognised as duplicates.
+    pub duplicates: AtomicU64,
+}
+
+pub struct Client {
+    cfg: ClientConfig,
+    runtime: Arc<dyn Runtime>,
+    statuses: Mutex<mpsc::Receiver<pb::SessionStatus>>,
+    dedup: Arc<Dedup>,
+    /// One lock per session: its commands apply in order.
+    session_locks: Arc<std::sync::Mutex<HashMap<String, Arc<Mutex<()>>>>>,
+    /// Results of command tasks, forwarded to whichever stream is current.
+    results_tx: mpsc::Sender<pb::AgentFrame>,
+    results_rx: Mutex<mpsc::Receiver<pb::AgentFrame>>,
+    pub stats: Arc<ClientStats>,
+}
+
+enum SessionEnd {
+    Shutdown,
+    Drained(Duration),
+}
+
+fn frame(f: Out) -> pb::AgentFrame {
+    pb::AgentFrame { frame: Some(f) }
+}
+
+impl Client {
+    pub fn new(cfg: ClientConfig, runtime: Arc<dyn Runtime>, statuses: mpsc::Receiver<pb::SessionStatus>) -> Self {
+        let (results_tx, results_rx) = mpsc::channel(1024);
+        Self {
+            cfg,
+            runtime,
+            statuses: Mutex::new(statuses),
+            dedup: Arc::new(Dedup::new(100_000)),
+            session_locks: Default::default(),
+            results_tx,
+            results_rx: Mutex::new(results_rx),
+            stats: Default::default(),
+        }
+    }
+
+    fn endpoint(&self) -> Result<Endpoint, tonic::transport::Error> {
+        let t = &self.cfg.tls;
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&t.ca))
+            .identity(Identity::from_pem(&t.cert, &t.key));
+        if let Some(name) = &t.server_name {
+            tls = tls.domain_name(name.clone());
+        }
+        Ok(Endpoint::from_shared(self.cfg.control_plane_url.clone())?
+            .tls_config(tls)?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .keep_alive_while_idle(true))
+    }
+
+    /// Runs until `shutdown` is cancelled, reconnecting forever.
+    pub async fn run(&self, shutdown: CancellationToken) {
+        let mut backoff = Backoff::new(self.cfg.backoff_base, self.cfg.backoff_cap);
+        info!(agent = %self.cfg.agent_id, url = %self.cfg.control_plane_url, platform = %self.cfg.platform, "starting agent");
+        loop {
+            let started = Instant::now();
+            let result = tokio::select! {
+                r = self.attach_once(&shutdown) => r,
+                _ = shutdown.cancelled() => Ok(SessionEnd::Shutdown),
+            };
+            if started.elapsed() > Duration::from_secs(10) {
+                backoff.reset();
+            }
+            let delay = match result {
+                Ok(SessionEnd::Shutdown) => break,
+                Ok(SessionEnd::Drained(after)) => {
+                    info!(?after, "drained by the control plane; reconnecting later");
+                    backoff.reset();
+                    after + backoff.next_delay()
+                }
+                Err(e) => {
+                    let d = backoff.next_delay();
+                    warn!(error = %e, retry_in = ?d, "control plane stream ended");
+                    d
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        self.runtime.shutdown().await;
+        info!("agent stopped");
+    }
+
+    async fn attach_once(&self, shutdown: &CancellationToken) -> anyhow::Result<SessionEnd> {
+        let channel: Channel = self.endpoint()?.connect().await?;
+        let mut client = pb::agent_service_client::AgentServiceClient::new(channel)
+            .max_decoding_message_size(16 << 20)
+            .max_encoding_message_size(16 << 20);
+        // Statuses from before this snapshot are stale: drop them.
+        let mut statuses = self.statuses.lock().await;
+        while statuses.try_recv().is_ok() {}
+        let inventory = self.runtime.inventory().await?;
+        let (tx, rx) = mpsc::channel::<pb::AgentFrame>(1024);
+        let hello = pb::Hello {
+            agent_id: self.cfg.agent_id.clone(),
+            platform: self.cfg.platform.clone(),
+            region: self.cfg.region.clone(),
+            capacity: Some(self.cfg.capacity),
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            protocol_version: streamspace::PROTOCOL_VERSION as i32,
+            fencing_token: self.cfg.fencing_token.load(Ordering::SeqCst),
+            inventory,
+        };
+        tx.send(frame(Out::Hello(hello))).await?;
+        let mut inbound = client.attach(ReceiverStream::new(rx)).await?.into_inner();
+        let welcome = match inbound.message().await? {
+            Some(pb::ControlFrame { frame: Some(In::Welcome(w)) }) => w,
+            other => anyhow::bail!("expected Welcome as the first frame, got {other:?}"),
+        };
+        let interval = welcome
+            .heartbeat_interval
+            .and_then(|d| Duration::try_from(d).ok())
+            .filter(|d| !d.is_zero())
+            .unwrap_or(Duration::from_secs(10));
+        self.stats.attaches.fetch_add(1, Ordering::Relaxed);
+        info!(agent = %self.cfg.agent_id, heartbeat = ?interval, "connected to the control plane");
+        let mut results = self.results_rx.lock().await;
+        let mut heartbeat = tokio::time::interval(interval);
+        let mut seq = 0u64;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
+                _ = heartbeat.tick() => {
+                    seq += 1;
+                    tx.send(frame(Out::Heartbeat(pb::Heartbeat { sequence: seq, in_use: Some(self.runtime.in_use()) }))).await?;
+                }
+                Some(s) = statuses.recv() => tx.send(frame(Out::Status(s))).await?,
+                Some(r) = results.recv() => tx.send(r).await?,
+                msg = inbound.message() => match msg? {
+                    None => anyhow::bail!("the control plane closed the stream"),
+                    Some(pb::ControlFrame { frame: Some(In::Command(c)) }) => self.command(c, &tx).await?,
+                    Some(pb::ControlFrame { frame: Some(In::Drain(d)) }) => {
+                        let after = d.reconnect_after.and_then(|d| Duration::try_from(d).ok()).unwrap_or(Duration::from_secs(1));
+                        info!(reason = %d.reason, "drain requested");
+                        return Ok(SessionEnd::Drained(after));
+                    }
+                    Some(other) => debug!(?other, "ignoring unexpected frame"),
+                },
+            }
+        }
+    }
+
+    /// Acks a delivery and applies it unless it is a duplicate.
+    async fn command(&self, c: pb::Command, tx: &mpsc::Sender<pb::AgentFrame>) -> anyhow::Result<()> {
+        let id = c.command_id.clone();
+        tx.send(frame(Out::Ack(pb::CommandAck { command_id: id.clone() }))).await?;
+        match self.dedup.deliver(&id) {
+            Seen::InProgress => {
+                self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
+            Seen::Done(r) => {
+                self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                tx.send(frame(Out::Result(r))).await?;
+                return Ok(());
+            }
+            Seen::New => {}
+        }
+        self.stats.applied.fetch_add(1, Ordering::Relaxed);
+        let lock = self
+            .session_locks
+            .lock()
+            .expect("session locks")
+            .entry(c.session_id.clone())
+            .or_default()
+            .clone();
+        let (runtime, dedup, results) = (self.runtime.clone(), self.dedup.clone(), self.results_tx.clone());
+        let span = info_span!("command", command_id = %id, session_id = %c.session_id, generation = c.session_generation);
+        tokio::spawn(
+            async move {
+                let _guard = lock.lock().await;
+                let outcome = apply(&*runtime, &c).await;
+                let result = pb::CommandResult { command_id: id.clone(), outcome: Some(outcome) };
+                dedup.finish(&id, result.clone());
+                let _ = results.send(frame(Out::Result(result))).await;
+            }
+            .instrument(span),
+        );
+        Ok(())
+    }
+}
+
+async fn apply(rt: &dyn Runtime, c: &pb::Command) -> pb::command_result::Outcome {
+    use pb::command::Action as A;
+    use pb::command_result::Outcome;
+    let s = c.session_id.as_str();
+    let r = match &c.action {
+        Some(A::Start(start)) => rt.start(s, start).await,
+        Some(A::Stop(stop)) => rt.stop(s, stop.delete_home).await,
+        Some(A::Hibernate(_)) => rt.hibernate(s).await,
+        Some(A::Wake(_)) => rt.wake(s).await,
+        None => Err(crate::runtime::RuntimeError::new(
+            pb::FailureReason::Invalid,
+            "command has no action (start, stop, hibernate or wake)",
+            false,
+        )),
+    };
+    match r {
+        Ok(()) => {
+            info!("command applied");
+            Outcome::Succeeded(pb::CommandSucceeded {})
+        }
+        Err(e) => {
+            warn!(reason = ?e.reason, message = %e.message, "command failed");
+            Outcome::Failed(pb::CommandFailed { reason: e.reason as i32, message: e.message, retryable: e.retryable })
+        }
+    }
+}

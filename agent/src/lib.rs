@@ -1,0 +1,52 @@
+//! The StreamSpace agent: dials the control plane, receives typed commands on
+//! one mTLS stream and applies them on a runtime (process; kubernetes).
+#![forbid(unsafe_code)]
+
+pub mod backoff;
+pub mod client;
+pub mod config;
+pub mod dedup;
+pub mod runtime;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+pub use client::{Client, ClientConfig, ClientTls};
+pub use config::AgentArgs;
+
+/// Builds the runtime the flags ask for and runs the agent until `shutdown`.
+pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let cfg = args.client_config()?;
+    let (sink, statuses) = runtime::StatusSink::channel(4096);
+    let rt: Arc<dyn runtime::Runtime> = match args.platform.as_str() {
+        "process" => Arc::new(runtime::process::ProcessRuntime::open(
+            &args.data_dir,
+            sink,
+            Duration::from_secs(args.stop_grace_seconds),
+            args.stop_sessions_on_exit,
+        )?),
+        other => anyhow::bail!("--platform: {other:?} is not available in this build; use process"),
+    };
+    Client::new(cfg, rt, statuses).run(shutdown).await;
+    Ok(())
+}
+
+/// Logs through `tracing`: readable text by default, or JSON.
+pub fn init_logging(format: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if format == "json" { b.json().try_init() } else { b.try_init() };
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,420 @@
+//! The `process` runtime: a session is the template's command run as a local
+//! process group on a free loopback port. State lives in `<dir>/sessions/<id>.json`
+//! so a restarted agent re-adopts what it runs instead of starting it twice.
+//!
+//! Running once the port accepts connections; hibernate = SIGSTOP, wake =
+//! SIGCONT, stop = SIGTERM then SIGKILL after a grace period. The URL is
+//! `http://127.0.0.1:<port>/`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use streamspace::v1 as pb;
+use tokio::sync::Mutex;
+use tracing::{info, warn};
+
+use super::{Runtime, RuntimeError, StatusSink, status};
+
+use pb::FailureReason as R;
+use pb::SessionPhase as P;
+
+/// What survives an agent restart, per session.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ProcState {
+    session: String,
+    user: String,
+    pid: i32,
+    /// Kernel start time of `pid` (/proc/<pid>/stat field 22): tells our
+    /// process from a later one that reused the pid.
+    start_time: u64,
+    port: u16,
+    hibernated: bool,
+    home: PathBuf,
+    persistent_home: bool,
+}
+
+impl ProcState {
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/", self.port)
+    }
+
+    fn workload(&self) -> String {
+        format!("pid {}", self.pid)
+    }
+}
+
+struct Proc {
+    state: ProcState,
+    /// Set while we stop it, so its exit is not reported as a crash.
+    stopping: Arc<AtomicBool>,
+    /// Set once the monitor saw the process ready (port open).
+    ready: Arc<AtomicBool>,
+}
+
+pub struct ProcessRuntime {
+    dir: PathBuf,
+    status: StatusSink,
+    procs: Arc<Mutex<HashMap<String, Proc>>>,
+    stop_grace: Duration,
+    ready_timeout: Duration,
+    /// Stop every session when the agent exits (the embedded default does).
+    stop_on_exit: bool,
+}
+
+fn io_err(what: &str, e: impl std::fmt::Display) -> RuntimeError {
+    RuntimeError::new(R::Platform, format!("{what}: {e}"), true)
+}
+
+/// (state char, start time) of `pid` from /proc, or None if it does not exist.
+fn proc_stat(pid: i32) -> Option<(char, u64)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let state = fields.first()?.chars().next()?;
+    let start = fields.get(19)?.parse().ok()?;
+    Some((state, start))
+}
+
+/// Whether the process we started (pid + start time) still exists and is not a zombie.
+fn alive(pid: i32, start_time: u64) -> bool {
+    matches!(proc_stat(pid), Some((st, t)) if t == start_time && st != 'Z' && st != 'X')
+}
+
+fn signal_group(pid: i32, sig: Signal) {
+    let _ = killpg(Pid::from_raw(pid), sig);
+}
+
+fn free_port() -> Result<u16, RuntimeError> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| io_err("finding a free port", e))?;
+    Ok(l.local_addr().map_err(|e| io_err("finding a free port", e))?.port())
+}
+
+fn substitute(arg: &str, vars: &[(&str, &str)]) -> String {
+    vars.iter()
+        .fold(arg.to_string(), |a, (k, v)| a.replace(&format!("${{{k}}}"), v))
+}
+
+impl ProcessRuntime {
+    /// Opens the state directory and re-adopts every session whose process is
+    /// still alive (forgetting the ones that died while the agent was away).
+    pub fn open(dir: &Path, status: StatusSink, stop_grace: Duration, stop_on_exit: bool) -> Result<Self, RuntimeError> {
+        for sub in ["sessions", "logs", "homes", "scratch"] {
+            std::fs::create_dir_all(dir.join(sub)).map_err(|e| io_err(&format!("creating {}", dir.join(sub).display()), e))?;
+        }
+        let rt = Self {
+            dir: dir.to_path_buf(),
+            status,
+            procs: Arc::new(Mutex::new(HashMap::new())),
+            stop_grace,
+            ready_timeout: Duration::from_secs(60),
+            stop_on_exit,
+        };
+        let mut procs = HashMap::new();
+        let entries = std::fs::read_dir(dir.join("sessions")).map_err(|e| io_err("reading session state", e))?;
+        for e in entries.flatten() {
+            let path = e.path();
+            let Ok(text) = std::fs::read_to_string(&path) else { continue };
+            let Ok(st) = serde_json::from_str::<ProcState>(&text) else {
+                warn!(path = %path.display(), "ignoring unreadable session state");
+                continue;
+            };
+            if alive(st.pid, st.start_time) {
+                info!(session = %st.session, pid = st.pid, "re-adopted running session");
+                let p = Proc {
+                    state: st.clone(),
+                    stopping: Arc::new(AtomicBool::new(false)),
+                    ready: Arc::new(AtomicBool::new(true)),
+                };
+                rt.watch_adopted(&p);
+                procs.insert(st.session.clone(), p);
+            } else {
+                info!(session = %st.session, pid = st.pid, "session process gone while the agent was away");
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+        rt.procs.try_lock().expect("fresh lock").extend(procs);
+        Ok(rt)
+    }
+
+    fn state_path(&self, session: &str) -> PathBuf {
+        self.dir.join("sessions").join(format!("{session}.json"))
+    }
+
+    fn save(&self, st: &ProcState) -> Result<(), RuntimeError> {
+        let path = self.state_path(&st.session);
+        let tmp = path.with_extension("json.tmp");
+        let text = serde_json::to_string_pretty(st).expect("state serializes");
+        std::fs::write(&tmp, text).map_err(|e| io_err("writing session state", e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| io_err("writing session state", e))
+    }
+
+    fn report(&self, st: &ProcState, phase: P, reason: R, message: &str) {
+        let url = if phase == P::Running { st.url() } else { String::new() };
+        self.status.report(&st.session, phase, &url, reason, message, &st.workload());
+    }
+
+    /// Watches an adopted process (not our child): polls until it is gone.
+    fn watch_adopted(&self, p: &Proc) {
+        let (st, stopping, procs, sink) = (p.state.clone(), p.stopping.clone(), self.procs.clone(), self.status.clone());
+        let path = self.state_path(&st.session);
+        tokio::spawn(async move {
+            while alive(st.pid, st.start_time) {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            exited(&st, &stopping, &procs, &sink, &path, "the process exited".into()).await;
+        });
+    }
+
+    async fn spawn(&self, session: &str, start: &pb::StartSession) -> Result<Proc, RuntimeError> {
+        let w = start.workload.clone().unwrap_or_default();
+        if w.command.is_empty() {
+            return Err(RuntimeError::new(
+                R::Invalid,
+                format!("template {:?} has no command; the process runtime runs commands, not images", start.template),
+                false,
+            ));
+        }
+        let port = free_port()?;
+        let home = if w.persistent_home {
+            self.dir.join("homes").join(&start.user)
+        } else {
+            self.dir.join("scratch").join(session)
+        };
+        std::fs::create_dir_all(&home).map_err(|e| io_err("creating the home directory", e))?;
+        let port_s = port.to_string();
+        let home_s = home.display().to_string();
+        let vars = [("PORT", port_s.as_str()), ("SESSION_ID", session), ("USER", start.user.as_str()), ("HOME", home_s.as_str())];
+        let args: Vec<String> = w.command.iter().map(|a| substitute(a, &vars)).collect();
+        let log = std::fs::File::create(self.dir.join("logs").join(format!("{session}.log")))
+            .map_err(|e| io_err("creating the session log", e))?;
+        let log2 = log.try_clone().map_err(|e| io_err("creating the session log", e))?;
+        let mut cmd = tokio::process::Command::new(&args[0]);
+        cmd.args(&args[1..])
+            .envs(w.env.iter())
+            .env("PORT", &port_s)
+            .env("SESSION_ID", session)
+            .env("USER", &start.user)
+            .env("HOME", &home_s)
+            .current_dir(&home)
+            .stdin(std::process::Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .process_group(0)
+            .kill_on_drop(false);
+        let mut child = cmd.spawn().map_err(|e| {
+            RuntimeError::new(R::Image, format!("command {:?} cannot be executed: {e}", args[0]), false)
+        })?;
+        let pid = child.id().map(|p| p as i32).ok_or_else(|| io_err("spawning", "no pid"))?;
+        let start_time = proc_stat(pid).map(|(_, t)| t).unwrap_or(0);
+        let st = ProcState {
+            session: session.to_string(),
+            user: start.user.clone(),
+            pid,
+            start_time,
+            port,
+            hibernated: false,
+            home,
+            persistent_home: w.persistent_home,
+        };
+        if let Err(e) = self.save(&st) {
+            signal_group(pid, Signal::SIGKILL);
+            let _ = child.wait().await;
+            return Err(e);
+        }
+        info!(session, pid, port, command = ?args, "session process started");
+        let p = Proc {
+            state: st.clone(),
+            stopping: Arc::new(AtomicBool::new(false)),
+            ready: Arc::new(AtomicBool::new(false)),
+        };
+        // The monitor reaps the child and reports readiness and crashes.
+        let (stopping, ready, procs, sink) = (p.stopping.clone(), p.ready.clone(), self.procs.clone(), self.status.clone());
+        let path = self.state_path(session);
+        let ready_timeout = self.ready_timeout;
+        tokio::spawn(async move {
+            let probe = async {
+                let deadline = tokio::time::Instant::now() + ready_timeout;
+                loop {
+                    if tokio::net::TcpStream::connect(("127.0.0.1", st.port)).await.is_ok() {
+                        return true;
+                    }
+                    if tokio::time::Instant::now() > deadline {
+                        return false;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            };
+            tokio::pin!(probe);
+            let wait = child.wait();
+            tokio::pin!(wait);
+            let exit = tokio::select! {
+                ok = &mut probe => {
+                    if ok {
+                        ready.store(true, Ordering::SeqCst);
+                        let hibernated = procs.lock().await.get(&st.session).is_some_and(|p| p.state.hibernated);
+                        if !stopping.load(Ordering::SeqCst) && !hibernated {
+                            sink.report(&st.session, P::Running, &st.url(), R::Unspecified, "", &st.workload());
+                        }
+                    } else if !stopping.load(Ordering::SeqCst) {
+                        sink.report(&st.session, P::Failed, "", R::CrashLoop,
+                            &format!("the process did not open port {} within {ready_timeout:?}", st.port), &st.workload());
+                    }
+                    wait.await
+                }
+                r = &mut wait => r,
+            };
+            let why = match exit {
+                Ok(s) => format!("the process exited ({s})"),
+                Err(e) => format!("waiting for the process failed: {e}"),
+            };
+            exited(&st, &stopping, &procs, &sink, &path, why).await;
+        });
+        Ok(p)
+    }
+}
+
+/// A session's process is gone: unless we stopped it, that is a crash.
+async fn exited(
+    st: &ProcState,
+    stopping: &AtomicBool,
+    procs: &Mutex<HashMap<String, Proc>>,
+    sink: &StatusSink,
+    path: &Path,
+    why: String,
+) {
+    if stopping.load(Ordering::SeqCst) {
+        return;
+    }
+    let mut procs = procs.lock().await;
+    if procs.get(&st.session).is_some_and(|p| p.state.pid == st.pid) {
+        procs.remove(&st.session);
+        let _ = std::fs::remove_file(path);
+        warn!(session = %st.session, pid = st.pid, %why, "session process died");
+        sink.report(&st.session, P::Failed, "", R::CrashLoop, &why, &st.workload());
+    }
+}
+
+#[async_trait]
+impl Runtime for ProcessRuntime {
+    async fn inventory(&self) -> Result<Vec<pb::SessionStatus>, RuntimeError> {
+        let procs = self.procs.lock().await;
+        Ok(procs
+            .values()
+            .map(|p| {
+                let st = &p.state;
+                let (phase, url) = match (st.hibernated, p.ready.load(Ordering::SeqCst)) {
+                    (true, _) => (P::Hibernated, String::new()),
+                    (false, true) => (P::Running, st.url()),
+                    (false, false) => (P::Provisioning, String::new()),
+                };
+                status(&st.session, phase, &url, R::Unspecified, "", &st.workload())
+            })
+            .collect())
+    }
+
+    async fn start(&self, session: &str, start: &pb::StartSession) -> Result<(), RuntimeError> {
+        let mut procs = self.procs.lock().await;
+        if let Some(p) = procs.get_mut(session) {
+            if alive(p.state.pid, p.state.start_time) {
+                if p.state.hibernated {
+                    signal_group(p.state.pid, Signal::SIGCONT);
+                    p.state.hibernated = false;
+                    self.save(&p.state)?;
+                }
+                let phase = if p.ready.load(Ordering::SeqCst) { P::Running } else { P::Provisioning };
+                self.report(&p.state, phase, R::Unspecified, "already running");
+                return Ok(());
+            }
+            procs.remove(session);
+        }
+        let p = self.spawn(session, start).await?;
+        self.report(&p.state, P::Provisioning, R::Unspecified, "process started; waiting for its port");
+        procs.insert(session.to_string(), p);
+        Ok(())
+    }
+
+    async fn stop(&self, session: &str, delete_home: bool) -> Result<(), RuntimeError> {
+        let mut procs = self.procs.lock().await;
+        let Some(p) = procs.remove(session) else {
+            let _ = std::fs::remove_file(self.state_path(session));
+            self.status.report(session, P::Stopped, "", R::Unspecified, "not running", "");
+            return Ok(());
+        };
+        p.stopping.store(true, Ordering::SeqCst);
+        let st = &p.state;
+        signal_group(st.pid, Signal::SIGTERM);
+        signal_group(st.pid, Signal::SIGCONT);
+        let deadline = tokio::time::Instant::now() + self.stop_grace;
+        while alive(st.pid, st.start_time) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        if alive(st.pid, st.start_time) {
+            warn!(session, pid = st.pid, "process ignored SIGTERM; sending SIGKILL");
+            signal_group(st.pid, Signal::SIGKILL);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while alive(st.pid, st.start_time) && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        }
+        // Children of the session that left its group are not followed; the
+        // group itself is gone.
+        signal_group(st.pid, Signal::SIGKILL);
+        let _ = std::fs::remove_file(self.state_path(session));
+        if !st.persistent_home || delete_home {
+            let _ = std::fs::remove_dir_all(&st.home);
+        }
+        info!(session, pid = st.pid, "session process stopped");
+        self.report(st, P::Stopped, R::Unspecified, "");
+        Ok(())
+    }
+
+    async fn hibernate(&self, session: &str) -> Result<(), RuntimeError> {
+        let mut procs = self.procs.lock().await;
+        let p = procs.get_mut(session).ok_or_else(|| RuntimeError::not_found(session))?;
+        signal_group(p.state.pid, Signal::SIGSTOP);
+        if !p.state.hibernated {
+            p.state.hibernated = true;
+            self.save(&p.state)?;
+        }
+        self.report(&p.state, P::Hibernated, R::Unspecified, "process stopped (SIGSTOP)");
+        Ok(())
+    }
+
+    async fn wake(&self, session: &str) -> Result<(), RuntimeError> {
+        let mut procs = self.procs.lock().await;
+        let p = procs.get_mut(session).ok_or_else(|| RuntimeError::not_found(session))?;
+        signal_group(p.state.pid, Signal::SIGCONT);
+        if p.state.hibernated {
+            p.state.hibernated = false;
+            self.save(&p.state)?;
+        }
+        let phase = if p.ready.load(Ordering::SeqCst) { P::Running } else { P::Provisioning };
+        self.report(&p.state, phase, R::Unspecified, "");
+        Ok(())
+    }
+
+    fn in_use(&self) -> pb::Capacity {
+        let n = self.procs.try_lock().map(|p| p.len() as u32).unwrap_or(0);
+        pb::Capacity {
+            max_sessions: n,
+            ..Default::default()
+        }
+    }
+
+    async fn shutdown(&self) {
+        if !self.stop_on_exit {
+            return;
+        }
+        let ids: Vec<String> = self.procs.lock().await.keys().cloned().collect();
+        for id in ids {
+            let _ = self.stop(&id, false).await;
+        }
+    }
+}

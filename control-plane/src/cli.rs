@@ -1,0 +1,188 @@
+//! Flags and subcommands of `streamspace-control-plane`: `serve`, `dev`
+//! (the embedded default) and `certs` (a CA, server and agent certificates).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use crate::core::LifecycleConfig;
+use crate::grpc::agent::HubConfig;
+use crate::grpc::auth::Tokens;
+use crate::pki::{self, Pem};
+use crate::server::{ControlPlane, ServerConfig, TlsMaterial};
+
+#[derive(Debug, Parser)]
+#[command(name = "streamspace-control-plane", version, about = "StreamSpace control plane")]
+pub struct Cli {
+    /// Log format: text or json.
+    #[arg(long, env = "LOG_FORMAT", default_value = "text", global = true)]
+    pub log_format: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the agent and API listeners.
+    Serve(ServeArgs),
+    /// Run everything on loopback: SQLite, a dev PKI, the control plane and a local process agent.
+    Dev(crate::dev::DevArgs),
+    /// Create certificates.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Agent listener (mTLS).
+    #[arg(long, env = "AGENT_ADDR", default_value = "0.0.0.0:7443")]
+    pub agent_addr: SocketAddr,
+    /// API listener (TLS + bearer tokens).
+    #[arg(long, env = "API_ADDR", default_value = "0.0.0.0:8443")]
+    pub api_addr: SocketAddr,
+    /// sqlite://PATH (embedded) or postgres://USER@HOST/DB (production).
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://streamspace.db")]
+    pub database_url: String,
+    /// Server certificate (PEM), used by both listeners.
+    #[arg(long, env = "TLS_CERT")]
+    pub tls_cert: PathBuf,
+    #[arg(long, env = "TLS_KEY")]
+    pub tls_key: PathBuf,
+    /// CA that signs agent client certificates (PEM).
+    #[arg(long, env = "AGENT_CA")]
+    pub agent_ca: PathBuf,
+    /// Token file: one `token,user,role` line per caller (role admin or user).
+    #[arg(long, env = "TOKENS_FILE")]
+    pub tokens_file: PathBuf,
+    #[command(flatten)]
+    pub tuning: Tuning,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Tuning {
+    /// Agent certificates must carry spiffe://<trust-domain>/agent/<id>.
+    #[arg(long, env = "TRUST_DOMAIN", default_value = "streamspace.local")]
+    pub trust_domain: String,
+    /// Heartbeat interval told to agents; three missed ones close the stream.
+    #[arg(long, env = "HEARTBEAT_INTERVAL_MS", default_value_t = 10_000)]
+    pub heartbeat_interval_ms: u64,
+    /// How long an agent has to finish a command before it expires.
+    #[arg(long, env = "COMMAND_TIMEOUT_SECONDS", default_value_t = 120)]
+    pub command_timeout_seconds: u64,
+    /// Most commands outstanding on one agent.
+    #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = 64)]
+    pub max_in_flight: u32,
+    /// Seconds agents get to finish in-flight work on shutdown.
+    #[arg(long, env = "DRAIN_GRACE_SECONDS", default_value_t = 5)]
+    pub drain_grace_seconds: u64,
+}
+
+impl Tuning {
+    pub fn hub(&self) -> HubConfig {
+        HubConfig {
+            trust_domain: self.trust_domain.clone(),
+            heartbeat_interval: Duration::from_millis(self.heartbeat_interval_ms.max(100)),
+            max_in_flight: self.max_in_flight.max(1),
+            drain_grace: Duration::from_secs(self.drain_grace_seconds),
+            ..HubConfig::default()
+        }
+    }
+
+    pub fn lifecycle(&self) -> LifecycleConfig {
+        LifecycleConfig {
+            command_timeout: Duration::from_secs(self.command_timeout_seconds.max(1)),
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// A new CA: <out>/ca.crt and <out>/ca.key.
+    Ca {
+        #[arg(long, default_value = "pki")]
+        out: PathBuf,
+    },
+    /// A server certificate signed by <ca-dir>/ca.*: <out>/server.crt and .key.
+    Server {
+        #[arg(long, default_value = "pki")]
+        ca_dir: PathBuf,
+        #[arg(long, default_value = "pki")]
+        out: PathBuf,
+        /// DNS names (repeatable).
+        #[arg(long = "dns", default_values_t = vec!["localhost".to_string()])]
+        dns: Vec<String>,
+        /// IP addresses (repeatable).
+        #[arg(long = "ip", default_values_t = vec!["127.0.0.1".parse::<IpAddr>().expect("ip")])]
+        ips: Vec<IpAddr>,
+    },
+    /// An agent client certificate: <out>/agent-<id>.crt and .key.
+    Agent {
+        #[arg(long, default_value = "pki")]
+        ca_dir: PathBuf,
+        #[arg(long, default_value = "pki")]
+        out: PathBuf,
+        #[arg(long)]
+        id: String,
+        #[arg(long, default_value = "streamspace.local")]
+        trust_domain: String,
+    },
+}
+
+fn read(path: &PathBuf, what: &str) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading {what} {}", path.display()))
+}
+
+fn certs(cmd: CertsCommand) -> anyhow::Result<()> {
+    let say = |what: &str, (c, k): (PathBuf, PathBuf)| {
+        println!("{what}: certificate {} key {}", c.display(), k.display());
+    };
+    match cmd {
+        CertsCommand::Ca { out } => say("CA", pki::new_ca("StreamSpace CA")?.save(&out, "ca")?),
+        CertsCommand::Server { ca_dir, out, dns, ips } => {
+            let ca = Pem::load(&ca_dir, "ca")?;
+            say("server", pki::new_server(&ca, &dns, &ips)?.save(&out, "server")?)
+        }
+        CertsCommand::Agent { ca_dir, out, id, trust_domain } => {
+            let ca = Pem::load(&ca_dir, "ca")?;
+            let pem = pki::new_agent(&ca, &trust_domain, &id)?;
+            say(&format!("agent {id} ({})", pki::agent_uri(&trust_domain, &id)), pem.save(&out, &format!("agent-{id}"))?)
+        }
+    }
+    Ok(())
+}
+
+async fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    let tokens = Tokens::load(&a.tokens_file).map_err(|e| anyhow::anyhow!("--tokens-file: {e}"))?;
+    let cfg = ServerConfig {
+        agent_addr: a.agent_addr,
+        api_addr: a.api_addr,
+        database_url: a.database_url.clone(),
+        tls: TlsMaterial {
+            server_cert: read(&a.tls_cert, "--tls-cert")?,
+            server_key: read(&a.tls_key, "--tls-key")?,
+            agent_ca: read(&a.agent_ca, "--agent-ca")?,
+        },
+        tokens,
+        hub: a.tuning.hub(),
+        lifecycle: a.tuning.lifecycle(),
+    };
+    let cp = ControlPlane::start(cfg).await?;
+    streamspace_agent::shutdown_signal().await;
+    cp.shutdown().await;
+    Ok(())
+}
+
+/// Entry point of the binary.
+pub async fn main() -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    streamspace_agent::init_logging(&cli.log_format);
+    match cli.command {
+        Command::Serve(a) => serve(a).await,
+        Command::Dev(a) => crate::dev::run(a).await,
+        Command::Certs(c) => certs(c),
+    }
+}

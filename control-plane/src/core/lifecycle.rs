@@ -1,0 +1,454 @@
+//! The command lifecycle service: runs the pure steps of `steps` inside store
+//! transitions, publishes session events and rings agents' bells. Every
+//! session change in the control plane goes through here.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+use tracing::{debug, info, warn};
+
+use super::model::*;
+use super::placement;
+use super::roster::Roster;
+use super::steps::{self, StepConfig};
+use super::store::{Change, SessionFilter, SessionWrite, Store, StoreError};
+use super::validate::{self, Invalid, invalid};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LifecycleError {
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<StoreError> for LifecycleError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::AlreadyExists(w) => Self::AlreadyExists(format!("{w} already exists")),
+            StoreError::NotFound(w) => Self::NotFound(format!("{w} not found")),
+            StoreError::Rejected(e) => e,
+            StoreError::Backend(m) => Self::Unavailable(m),
+        }
+    }
+}
+
+/// Who is calling the user-facing API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub user: String,
+    pub admin: bool,
+}
+
+impl Caller {
+    fn may_act_on(&self, owner: &str) -> bool {
+        self.admin || self.user == owner
+    }
+}
+
+/// A create request, already converted from the wire.
+#[derive(Debug, Clone, Default)]
+pub struct NewSession {
+    pub name: String,
+    pub template: String,
+    pub user: String,
+    pub resources: Resources,
+    pub persistent_home: Option<bool>,
+    pub timeouts: Timeouts,
+    pub selector: Selector,
+    pub desired: Option<Desired>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Added,
+    Modified,
+    Deleted,
+}
+
+#[derive(Debug, Clone)]
+pub struct SessionEvent {
+    pub kind: EventKind,
+    pub session: Session,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct LifecycleConfig {
+    /// How long an agent has to finish a command.
+    pub command_timeout: Duration,
+}
+
+impl Default for LifecycleConfig {
+    fn default() -> Self {
+        Self {
+            command_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+pub struct Lifecycle {
+    store: Arc<dyn Store>,
+    roster: Arc<Roster>,
+    events: broadcast::Sender<SessionEvent>,
+    cfg: LifecycleConfig,
+}
+
+impl Lifecycle {
+    pub fn new(store: Arc<dyn Store>, roster: Arc<Roster>, cfg: LifecycleConfig) -> Self {
+        let (events, _) = broadcast::channel(4096);
+        Self {
+            store,
+            roster,
+            events,
+            cfg,
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn roster(&self) -> &Arc<Roster> {
+        &self.roster
+    }
+
+    /// Every committed session change, in commit order per session.
+    pub fn subscribe(&self) -> broadcast::Receiver<SessionEvent> {
+        self.events.subscribe()
+    }
+
+    fn step_cfg(&self) -> StepConfig {
+        StepConfig {
+            now: now_ms(),
+            command_timeout_ms: self.cfg.command_timeout.as_millis() as i64,
+        }
+    }
+
+    /// Publishes what a committed change did and wakes the agent that has a new command.
+    fn committed(&self, before: Option<&Session>, change: &Change) {
+        match (&change.session, before) {
+            (SessionWrite::Upsert(s), _) => {
+                let _ = self.events.send(SessionEvent {
+                    kind: EventKind::Modified,
+                    session: s.clone(),
+                });
+            }
+            (SessionWrite::Delete, Some(s)) => {
+                info!(session = %s.name, "session removed");
+                let _ = self.events.send(SessionEvent {
+                    kind: EventKind::Deleted,
+                    session: s.clone(),
+                });
+            }
+            _ => {}
+        }
+        if let Some(c) = &change.new_command {
+            debug!(command = %c.id, session = %c.session, agent = %c.agent_id, action = c.action.name(), "command written");
+            self.roster.ring(&c.agent_id);
+        }
+    }
+
+    /// Runs `f` as one transition of session `name` and publishes the result.
+    async fn transition<F>(&self, name: &str, mut f: F) -> Result<Change, LifecycleError>
+    where
+        F: FnMut(Option<Session>, Option<Command>) -> Result<Change, LifecycleError> + Send,
+    {
+        let mut before = None;
+        let change = self
+            .store
+            .transition(name, &mut |s, c| {
+                before = s.clone();
+                f(s, c)
+            })
+            .await?;
+        if !change.is_empty() {
+            self.committed(before.as_ref(), &change);
+        }
+        Ok(change)
+    }
+
+    // ---- user-facing operations -------------------------------------------
+
+    pub async fn create_session(&self, caller: &Caller, req: NewSession) -> Result<Session, LifecycleError> {
+        validate::dns_label("name", &req.name, validate::MAX_SESSION_NAME)?;
+        if req.template.is_empty() {
+            return Err(invalid("template", "is required").into());
+        }
+        validate::dns_label("template", &req.template, validate::MAX_NAME)?;
+        let user = if req.user.is_empty() { caller.user.clone() } else { req.user.clone() };
+        validate::user_name("user", &user)?;
+        if !caller.may_act_on(&user) {
+            return Err(LifecycleError::PermissionDenied(format!(
+                "user: {} may not create sessions for {user}",
+                caller.user
+            )));
+        }
+        validate::resources("resources", &req.resources)?;
+        validate::timeouts("timeouts", &req.timeouts)?;
+        validate::short_text("selector.platform", &req.selector.platform)?;
+        validate::short_text("selector.region", &req.selector.region)?;
+        let desired = req.desired.unwrap_or(Desired::Running);
+        if desired == Desired::Terminated {
+            return Err(invalid("desired_state", "must be RUNNING or HIBERNATED on create").into());
+        }
+        let template = self.store.get_template(&req.template).await?.ok_or_else(|| {
+            invalid("template", format!("no template named {:?} exists", req.template))
+        })?;
+        let resources = req.resources.or(&template.default_resources);
+        validate::resources("resources", &resources)?;
+        let timeouts = Timeouts {
+            idle_secs: if req.timeouts.idle_secs > 0 { req.timeouts.idle_secs } else { template.timeouts.idle_secs },
+            max_secs: if req.timeouts.max_secs > 0 { req.timeouts.max_secs } else { template.timeouts.max_secs },
+        };
+        let workload = WorkloadSpec {
+            image: template.image.clone(),
+            command: template.command.clone(),
+            ports: template.ports.clone(),
+            streaming_port: template.streaming_port.clone(),
+            env: template.env.clone(),
+            resources,
+            persistent_home: req.persistent_home.unwrap_or(template.persistent_home),
+            home_size: template.home_size.clone(),
+            timeouts,
+            run_as_root: template.run_as_root,
+        };
+        let cfg = self.step_cfg();
+        let mut s = Session {
+            name: req.name.clone(),
+            user,
+            template: template.name.clone(),
+            desired,
+            generation: 1,
+            phase: Phase::Pending,
+            url: String::new(),
+            agent_id: None,
+            selector: req.selector.clone(),
+            workload,
+            conditions: vec![],
+            failure_reason: FailureReason::None,
+            message: String::new(),
+            workload_name: String::new(),
+            delete_home: false,
+            created_ms: cfg.now,
+            updated_ms: cfg.now,
+        };
+        let used = self.store.sessions_per_agent().await?;
+        match placement::pick(&s.selector, &self.roster.all(), &used) {
+            Ok(agent) => {
+                s.set_condition("Scheduled", true, "Placed", &format!("placed on agent {agent}"));
+                s.agent_id = Some(agent);
+            }
+            Err(why) => {
+                s.message = format!("waiting for an agent: {why}");
+                s.set_condition("Scheduled", false, "NoAgentAvailable", &why);
+            }
+        }
+        let change = steps::plan(s.clone(), None, cfg);
+        let cmd = change.new_command.as_ref();
+        self.store.insert_session(&s, cmd).await?;
+        info!(session = %s.name, user = %s.user, template = %s.template, agent = ?s.agent_id, "session created");
+        let _ = self.events.send(SessionEvent {
+            kind: EventKind::Added,
+            session: s.clone(),
+        });
+        if let Some(c) = cmd {
+            self.roster.ring(&c.agent_id);
+        }
+        Ok(s)
+    }
+
+    pub async fn get_session(&self, caller: &Caller, name: &str) -> Result<Session, LifecycleError> {
+        if name.is_empty() {
+            return Err(invalid("name", "is required").into());
+        }
+        let s = self
+            .store
+            .get_session(name)
+            .await?
+            .ok_or_else(|| LifecycleError::NotFound(format!("session {name:?} not found")))?;
+        if !caller.may_act_on(&s.user) {
+            return Err(LifecycleError::PermissionDenied(format!(
+                "session {name:?} belongs to another user"
+            )));
+        }
+        Ok(s)
+    }
+
+    pub async fn list_sessions(&self, caller: &Caller, mut f: SessionFilter) -> Result<Vec<Session>, LifecycleError> {
+        match &f.user {
+            Some(u) if !caller.may_act_on(u) => {
+                return Err(LifecycleError::PermissionDenied(format!(
+                    "user: {} may not list the sessions of {u}",
+                    caller.user
+                )));
+            }
+            None if !caller.admin => f.user = Some(caller.user.clone()),
+            _ => {}
+        }
+        Ok(self.store.list_sessions(&f).await?)
+    }
+
+    /// Sets the desired state of a session (hibernate, wake, delete).
+    pub async fn set_desired(
+        &self,
+        caller: &Caller,
+        name: &str,
+        desired: Desired,
+        delete_home: bool,
+    ) -> Result<Session, LifecycleError> {
+        self.get_session(caller, name).await?;
+        let cfg = self.step_cfg();
+        let change = self
+            .transition(name, |s, active| {
+                let s = s.ok_or_else(|| LifecycleError::NotFound(format!("session {name:?} not found")))?;
+                if s.desired == Desired::Terminated && desired != Desired::Terminated {
+                    return Err(LifecycleError::FailedPrecondition(format!(
+                        "session {name:?} is being deleted"
+                    )));
+                }
+                Ok(steps::set_desired(s, active, desired, delete_home, cfg))
+            })
+            .await?;
+        match change.session {
+            SessionWrite::Upsert(s) => Ok(s),
+            SessionWrite::Delete | SessionWrite::Keep => {
+                // Deleted in this very transition: report it terminated.
+                let mut s = self
+                    .store
+                    .get_session(name)
+                    .await?
+                    .unwrap_or_else(|| Session::named(name, desired, Phase::Stopped));
+                if matches!(change.session, SessionWrite::Delete) {
+                    s.desired = Desired::Terminated;
+                    s.phase = Phase::Stopped;
+                }
+                Ok(s)
+            }
+        }
+    }
+
+    /// A session created by someone else than the API (e.g. the Kubernetes
+    /// controller) re-checks placement for every unplaced session.
+    pub async fn place_unplaced(&self) -> Result<(), LifecycleError> {
+        let names = self.store.unplaced_sessions().await?;
+        if names.is_empty() {
+            return Ok(());
+        }
+        let online = self.roster.all();
+        let mut used = self.store.sessions_per_agent().await?;
+        for name in names {
+            let Some(s) = self.store.get_session(&name).await? else { continue };
+            let Ok(agent) = placement::pick(&s.selector, &online, &used) else { continue };
+            let cfg = self.step_cfg();
+            self.transition(&name, |s, active| Ok(steps::placed(s, active, &agent, cfg)))
+                .await?;
+            *used.entry(agent).or_default() += 1;
+        }
+        Ok(())
+    }
+
+    // ---- agent-facing operations -------------------------------------------
+
+    /// The agent acknowledged a command.
+    pub async fn acknowledged(&self, agent: &str, cmd_id: &str) -> Result<(), LifecycleError> {
+        let cmd = self.command_of(agent, cmd_id).await?;
+        let now = now_ms();
+        self.transition(&cmd.session, |_, active| Ok(steps::acknowledged(active, cmd_id, now)))
+            .await?;
+        Ok(())
+    }
+
+    /// The agent finished a command.
+    pub async fn finished(&self, agent: &str, cmd_id: &str, outcome: Outcome) -> Result<(), LifecycleError> {
+        let cmd = self.command_of(agent, cmd_id).await?;
+        let cfg = self.step_cfg();
+        let change = self
+            .transition(&cmd.session, |s, active| Ok(steps::finished(s, active, cmd_id, &outcome, cfg)))
+            .await?;
+        if let Some(c) = change.update_command {
+            info!(command = %c.id, session = %c.session, agent, action = c.action.name(), state = %c.state, message = %c.message, "command finished");
+        }
+        Ok(())
+    }
+
+    async fn command_of(&self, agent: &str, cmd_id: &str) -> Result<Command, LifecycleError> {
+        match self.store.get_command(cmd_id).await? {
+            Some(c) if c.agent_id == agent => Ok(c),
+            _ => Err(invalid("command_id", format!("no command {cmd_id:?} was sent to agent {agent}")).into()),
+        }
+    }
+
+    /// The agent reported the observed state of one session.
+    pub async fn observed(&self, agent: &str, o: &Observed) -> Result<(), LifecycleError> {
+        let cfg = self.step_cfg();
+        self.transition(&o.session, |s, active| Ok(steps::observed(s, active, agent, o, cfg)))
+            .await?;
+        Ok(())
+    }
+
+    /// The agent (re)attached with this inventory: update what it reports,
+    /// repair what it no longer runs, stop what nobody wants, re-send what is
+    /// unfinished and place sessions that were waiting for an agent.
+    pub async fn attached(&self, agent: &str, inventory: &[Observed]) -> Result<(), LifecycleError> {
+        let requeued = self.store.requeue_commands(agent).await?;
+        for o in inventory {
+            self.observed(agent, o).await?;
+        }
+        let reported: std::collections::HashSet<&str> = inventory.iter().map(|o| o.session.as_str()).collect();
+        for s in self.store.sessions_on_agent(agent).await? {
+            if reported.contains(s.name.as_str()) {
+                continue;
+            }
+            let cfg = self.step_cfg();
+            self.transition(&s.name, |s, active| Ok(steps::absent(s, active, cfg)))
+                .await?;
+        }
+        self.place_unplaced().await?;
+        info!(agent, inventory = inventory.len(), requeued, "agent reconciled");
+        self.roster.ring(agent);
+        Ok(())
+    }
+
+    /// Expires every active command past its deadline.
+    pub async fn expire_overdue(&self) -> Result<usize, LifecycleError> {
+        let now = now_ms();
+        let overdue = self.store.overdue_commands(now).await?;
+        for c in &overdue {
+            warn!(command = %c.id, session = %c.session, agent = %c.agent_id, action = c.action.name(), "command expired");
+            self.transition(&c.session, |s, active| Ok(steps::expired(s, active, &c.id, now)))
+                .await?;
+        }
+        Ok(overdue.len())
+    }
+
+    // ---- templates ---------------------------------------------------------
+
+    pub async fn put_template(&self, caller: &Caller, t: Template) -> Result<Template, LifecycleError> {
+        if !caller.admin {
+            return Err(LifecycleError::PermissionDenied("only an admin may change templates".into()));
+        }
+        validate::template(&t)?;
+        self.store.put_template(&t).await?;
+        Ok(t)
+    }
+
+    pub async fn delete_template(&self, caller: &Caller, name: &str) -> Result<(), LifecycleError> {
+        if !caller.admin {
+            return Err(LifecycleError::PermissionDenied("only an admin may change templates".into()));
+        }
+        validate::dns_label("name", name, validate::MAX_NAME)?;
+        if !self.store.delete_template(name).await? {
+            return Err(LifecycleError::NotFound(format!("template {name:?} not found")));
+        }
+        Ok(())
+    }
+}

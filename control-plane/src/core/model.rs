@@ -1,0 +1,336 @@
+//! Domain types: sessions, commands, templates and agents as the control
+//! plane reasons about them. Plain Rust; the gRPC and store adapters convert.
+
+use serde::{Deserialize, Serialize};
+
+/// Milliseconds since the Unix epoch.
+pub type Millis = i64;
+
+/// Now, in milliseconds since the Unix epoch.
+pub fn now_ms() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+macro_rules! str_enum {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $var:ident = $s:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum $name { $($(#[$vm])* $var),+ }
+        impl $name {
+            /// The stable lower-case name stored in the database.
+            pub fn as_str(self) -> &'static str { match self { $(Self::$var => $s),+ } }
+            /// Parses the stored name.
+            pub fn parse(s: &str) -> Option<Self> { match s { $($s => Some(Self::$var),)+ _ => None } }
+        }
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { f.write_str(self.as_str()) }
+        }
+    };
+}
+
+str_enum!(
+    /// What the user wants a session to be.
+    Desired { Running = "running", Hibernated = "hibernated", Terminated = "terminated" }
+);
+
+str_enum!(
+    /// What the agent last reported (or the control plane last concluded).
+    Phase {
+        Pending = "pending",
+        Provisioning = "provisioning",
+        Running = "running",
+        Hibernated = "hibernated",
+        Stopped = "stopped",
+        Failed = "failed",
+    }
+);
+
+str_enum!(
+    /// Where a durable command is in its lifecycle.
+    CommandState {
+        /// Written, not yet sent on a stream.
+        Pending = "pending",
+        /// Sent on a stream; no ack yet.
+        Delivered = "delivered",
+        /// The agent confirmed receipt.
+        Acknowledged = "acknowledged",
+        Succeeded = "succeeded",
+        Failed = "failed",
+        /// Its deadline passed before a result arrived.
+        Expired = "expired",
+        /// A newer desired state replaced it before it was sent.
+        Superseded = "superseded",
+    }
+);
+
+impl CommandState {
+    /// Pending, delivered or acknowledged: the command still occupies its session's slot.
+    pub fn is_active(self) -> bool {
+        matches!(self, Self::Pending | Self::Delivered | Self::Acknowledged)
+    }
+}
+
+str_enum!(
+    /// Why a command or session failed.
+    FailureReason {
+        None = "",
+        Invalid = "invalid",
+        NotFound = "not_found",
+        Capacity = "capacity",
+        Image = "image",
+        Unschedulable = "unschedulable",
+        CrashLoop = "crash_loop",
+        Platform = "platform",
+        Deadline = "deadline",
+        Internal = "internal",
+    }
+);
+
+/// Compute quantities as the user wrote them (Kubernetes quantity syntax).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceList {
+    pub cpu: String,
+    pub memory: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    pub requests: ResourceList,
+    pub limits: ResourceList,
+}
+
+impl Resources {
+    /// `self` with every empty quantity taken from `defaults`.
+    pub fn or(&self, defaults: &Resources) -> Resources {
+        let pick = |a: &str, b: &str| if a.is_empty() { b.to_string() } else { a.to_string() };
+        Resources {
+            requests: ResourceList {
+                cpu: pick(&self.requests.cpu, &defaults.requests.cpu),
+                memory: pick(&self.requests.memory, &defaults.requests.memory),
+            },
+            limits: ResourceList {
+                cpu: pick(&self.limits.cpu, &defaults.limits.cpu),
+                memory: pick(&self.limits.memory, &defaults.limits.memory),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Port {
+    pub name: String,
+    pub container_port: u32,
+}
+
+/// Idle and total-run limits, in seconds (0 = none).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timeouts {
+    pub idle_secs: u64,
+    pub max_secs: u64,
+}
+
+/// A kind of session users can create.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Template {
+    pub name: String,
+    pub display_name: String,
+    pub description: String,
+    pub image: String,
+    pub command: Vec<String>,
+    pub ports: Vec<Port>,
+    pub streaming_port: String,
+    pub env: std::collections::BTreeMap<String, String>,
+    pub default_resources: Resources,
+    pub persistent_home: bool,
+    pub timeouts: Timeouts,
+    pub home_size: String,
+    pub run_as_root: bool,
+}
+
+/// Everything an agent needs to run one session: the template resolved
+/// against the session's overrides at creation time.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkloadSpec {
+    pub image: String,
+    pub command: Vec<String>,
+    pub ports: Vec<Port>,
+    pub streaming_port: String,
+    pub env: std::collections::BTreeMap<String, String>,
+    pub resources: Resources,
+    pub persistent_home: bool,
+    pub home_size: String,
+    pub timeouts: Timeouts,
+    pub run_as_root: bool,
+}
+
+/// Restricts placement to matching agents; empty matches any.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Selector {
+    pub platform: String,
+    pub region: String,
+}
+
+/// A Kubernetes-style condition.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Condition {
+    pub kind: String,
+    pub status: bool,
+    pub reason: String,
+    pub message: String,
+}
+
+/// A session as stored: desired state, observed state, placement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    pub name: String,
+    pub user: String,
+    pub template: String,
+    pub desired: Desired,
+    /// Bumped whenever `desired` changes; commands carry the generation they serve.
+    pub generation: i64,
+    pub phase: Phase,
+    pub url: String,
+    /// The agent it is placed on; `None` while no agent could take it.
+    pub agent_id: Option<String>,
+    pub selector: Selector,
+    pub workload: WorkloadSpec,
+    pub conditions: Vec<Condition>,
+    pub failure_reason: FailureReason,
+    pub message: String,
+    /// Pod name or process id, for operators.
+    pub workload_name: String,
+    /// Whether the stop that terminates this session also deletes the home.
+    pub delete_home: bool,
+    pub created_ms: Millis,
+    pub updated_ms: Millis,
+}
+
+impl Session {
+    /// A bare session with only a name, desired state and phase: the base of
+    /// placeholders (an orphan's clean-up, a just-deleted session's reply).
+    pub fn named(name: &str, desired: Desired, phase: Phase) -> Session {
+        Session {
+            name: name.to_string(),
+            user: String::new(),
+            template: String::new(),
+            desired,
+            generation: 0,
+            phase,
+            url: String::new(),
+            agent_id: None,
+            selector: Selector::default(),
+            workload: WorkloadSpec::default(),
+            conditions: vec![],
+            failure_reason: FailureReason::None,
+            message: String::new(),
+            workload_name: String::new(),
+            delete_home: false,
+            created_ms: 0,
+            updated_ms: 0,
+        }
+    }
+
+    /// Sets (or replaces) the condition of `kind`.
+    pub fn set_condition(&mut self, kind: &str, status: bool, reason: &str, message: &str) {
+        let c = Condition {
+            kind: kind.into(),
+            status,
+            reason: reason.into(),
+            message: message.into(),
+        };
+        match self.conditions.iter_mut().find(|c| c.kind == kind) {
+            Some(old) => *old = c,
+            None => self.conditions.push(c),
+        }
+    }
+}
+
+/// The step a command asks an agent to take.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Action {
+    Start {
+        user: String,
+        template: String,
+        workload: WorkloadSpec,
+    },
+    Stop {
+        delete_home: bool,
+    },
+    Hibernate,
+    Wake,
+}
+
+impl Action {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::Start { .. } => "start",
+            Action::Stop { .. } => "stop",
+            Action::Hibernate => "hibernate",
+            Action::Wake => "wake",
+        }
+    }
+}
+
+/// A durable command: written before it is sent, finished by the agent's result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    pub id: String,
+    pub session: String,
+    pub agent_id: String,
+    pub generation: i64,
+    pub action: Action,
+    pub state: CommandState,
+    pub deadline_ms: Millis,
+    pub created_ms: Millis,
+    pub updated_ms: Millis,
+    pub failure_reason: FailureReason,
+    pub message: String,
+    pub retryable: bool,
+}
+
+/// What an agent may hold (0 = no limit declared).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capacity {
+    pub max_sessions: u32,
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+}
+
+/// An agent as remembered by the store (whether or not it is connected now).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentRecord {
+    pub id: String,
+    pub platform: String,
+    pub region: String,
+    pub capacity: Capacity,
+    pub version: String,
+    /// Highest HA fencing token ever seen for this id.
+    pub fencing_token: i64,
+    pub last_seen_ms: Millis,
+}
+
+/// One session's state as an agent reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    pub session: String,
+    pub phase: Phase,
+    pub url: String,
+    pub failure_reason: FailureReason,
+    pub message: String,
+    pub workload_name: String,
+}
+
+/// How a command ended, as the agent reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Succeeded,
+    Failed {
+        reason: FailureReason,
+        message: String,
+        retryable: bool,
+    },
+}

@@ -1,0 +1,42 @@
+//! Placement: which online agent takes a new session.
+
+use std::collections::HashMap;
+
+use super::model::Selector;
+use super::roster::OnlineAgent;
+
+/// Picks the least-loaded non-draining agent that matches `sel` and has a
+/// free session slot. On failure, says why in words a user understands.
+pub fn pick(sel: &Selector, online: &[OnlineAgent], used: &HashMap<String, u32>) -> Result<String, String> {
+    if online.is_empty() {
+        return Err("no agent is connected".into());
+    }
+    let matching: Vec<&OnlineAgent> = online
+        .iter()
+        .filter(|a| !a.draining)
+        .filter(|a| sel.platform.is_empty() || a.hello.platform == sel.platform)
+        .filter(|a| sel.region.is_empty() || a.hello.region == sel.region)
+        .collect();
+    if matching.is_empty() {
+        return Err(format!(
+            "no connected agent matches platform={:?} region={:?} ({} connected)",
+            sel.platform,
+            sel.region,
+            online.len()
+        ));
+    }
+    let load = |a: &OnlineAgent| -> Option<f64> {
+        let n = used.get(&a.hello.id).copied().unwrap_or(0);
+        match a.hello.capacity.max_sessions {
+            0 => Some(n as f64 / 1e9),
+            max if n < max => Some(n as f64 / max as f64),
+            _ => None,
+        }
+    };
+    matching
+        .iter()
+        .filter_map(|a| load(a).map(|l| (l, &a.hello.id)))
+        .min_by(|x, y| x.0.total_cmp(&y.0).then_with(|| x.1.cmp(y.1)))
+        .map(|(_, id)| id.clone())
+        .ok_or_else(|| format!("all {} matching agents are at max_sessions", matching.len()))
+}

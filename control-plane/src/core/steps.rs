@@ -1,0 +1,358 @@
+//! The command lifecycle as pure functions: given a session row and its
+//! active command, decide what to write. No I/O here; `Lifecycle` runs these
+//! inside store transitions so every decision is atomic.
+//!
+//! Rules (DESIGN.md 2-4):
+//! - at most one active command (pending, delivered, acknowledged) per session;
+//! - a new desired state supersedes a command that was not yet delivered, and
+//!   waits for one that was;
+//! - after every result, the next step toward the desired state is computed
+//!   from the observed phase (level-triggered);
+//! - failures are not retried automatically: the session shows FAILED with
+//!   the reason until the user asks again (wake, hibernate, delete).
+
+use super::model::{
+    Action, Command, CommandState, Desired, FailureReason, Millis, Observed, Outcome, Phase,
+    Session,
+};
+use super::store::{Change, SessionWrite};
+
+/// What moves a session one step toward its desired state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Nothing to do now (converged, waiting for the workload, or failed).
+    Wait,
+    Send(Action),
+    /// The session is terminated and nothing runs: remove the row.
+    Delete,
+}
+
+/// The next step for `s`, assuming no command is active.
+pub fn next_step(s: &Session) -> Step {
+    use Phase::*;
+    let start = || {
+        Step::Send(Action::Start {
+            user: s.user.clone(),
+            template: s.template.clone(),
+            workload: s.workload.clone(),
+        })
+    };
+    match s.desired {
+        Desired::Running => match s.phase {
+            Pending | Stopped => start(),
+            Hibernated => Step::Send(Action::Wake),
+            Provisioning | Running | Failed => Step::Wait,
+        },
+        Desired::Hibernated => match s.phase {
+            Pending | Stopped => start(),
+            Provisioning | Running => Step::Send(Action::Hibernate),
+            Hibernated | Failed => Step::Wait,
+        },
+        Desired::Terminated => match (s.phase, &s.agent_id) {
+            (Stopped, _) | (_, None) => Step::Delete,
+            _ => Step::Send(Action::Stop {
+                delete_home: s.delete_home,
+            }),
+        },
+    }
+}
+
+/// Settings that shape new commands.
+#[derive(Debug, Clone, Copy)]
+pub struct StepConfig {
+    pub now: Millis,
+    /// How long an agent has to finish a command before it expires.
+    pub command_timeout_ms: Millis,
+}
+
+fn new_command(s: &Session, agent: &str, action: Action, cfg: StepConfig) -> Command {
+    Command {
+        id: uuid::Uuid::new_v4().to_string(),
+        session: s.name.clone(),
+        agent_id: agent.to_string(),
+        generation: s.generation,
+        action,
+        state: CommandState::Pending,
+        deadline_ms: cfg.now + cfg.command_timeout_ms,
+        created_ms: cfg.now,
+        updated_ms: cfg.now,
+        failure_reason: FailureReason::None,
+        message: String::new(),
+        retryable: false,
+    }
+}
+
+/// Writes `s` and whatever its next step needs. `active` is the session's
+/// active command, if any: a delivered one is waited for; a pending one is
+/// kept if it already is the next step, otherwise superseded.
+pub fn plan(mut s: Session, active: Option<Command>, cfg: StepConfig) -> Change {
+    s.updated_ms = cfg.now;
+    let mut change = Change::default();
+    if let Some(mut cmd) = active {
+        if cmd.state != CommandState::Pending {
+            change.session = SessionWrite::Upsert(s);
+            return change;
+        }
+        let step = next_step(&s);
+        if matches!(&step, Step::Send(a) if *a == cmd.action) {
+            change.session = SessionWrite::Upsert(s);
+            return change;
+        }
+        cmd.state = CommandState::Superseded;
+        cmd.updated_ms = cfg.now;
+        cmd.message = format!("superseded by generation {}", s.generation);
+        change.update_command = Some(cmd);
+    }
+    match next_step(&s) {
+        Step::Wait => change.session = SessionWrite::Upsert(s),
+        Step::Delete => change.session = SessionWrite::Delete,
+        Step::Send(action) => {
+            if let Some(agent) = s.agent_id.clone() {
+                change.new_command = Some(new_command(&s, &agent, action, cfg));
+            }
+            change.session = SessionWrite::Upsert(s);
+        }
+    }
+    change
+}
+
+/// The user changed the desired state. Idempotent: asking for the state the
+/// session already has and is not failing in changes nothing.
+pub fn set_desired(
+    mut s: Session,
+    active: Option<Command>,
+    desired: Desired,
+    delete_home: bool,
+    cfg: StepConfig,
+) -> Change {
+    if s.desired == desired && s.phase != Phase::Failed && s.delete_home == delete_home {
+        return Change::default();
+    }
+    if s.desired == Desired::Terminated && desired != Desired::Terminated {
+        // A session being deleted cannot be revived; the caller checks this
+        // first, so this is only a safety net.
+        return Change::default();
+    }
+    s.desired = desired;
+    s.generation += 1;
+    s.delete_home = delete_home;
+    if s.phase == Phase::Failed && active.is_none() && desired != Desired::Terminated {
+        // Retry: Start is "apply", so it repairs whatever is left.
+        s.phase = Phase::Pending;
+        s.failure_reason = FailureReason::None;
+        s.message = format!("retrying after failure at generation {}", s.generation);
+    }
+    plan(s, active, cfg)
+}
+
+/// The agent acknowledged `cmd_id`.
+pub fn acknowledged(active: Option<Command>, cmd_id: &str, now: Millis) -> Change {
+    match active {
+        Some(mut c) if c.id == cmd_id && c.state == CommandState::Delivered => {
+            c.state = CommandState::Acknowledged;
+            c.updated_ms = now;
+            Change {
+                update_command: Some(c),
+                ..Change::default()
+            }
+        }
+        _ => Change::default(),
+    }
+}
+
+/// The agent finished `cmd_id`. A result for a command that is no longer
+/// active (expired, superseded, already finished) changes nothing.
+pub fn finished(
+    session: Option<Session>,
+    active: Option<Command>,
+    cmd_id: &str,
+    outcome: &Outcome,
+    cfg: StepConfig,
+) -> Change {
+    let Some(mut cmd) = active.filter(|c| c.id == cmd_id) else {
+        return Change::default();
+    };
+    cmd.updated_ms = cfg.now;
+    let Some(mut s) = session else {
+        // An orphan clean-up command: nothing to update but the command.
+        cmd.state = match outcome {
+            Outcome::Succeeded => CommandState::Succeeded,
+            Outcome::Failed { .. } => CommandState::Failed,
+        };
+        return Change {
+            update_command: Some(cmd),
+            ..Change::default()
+        };
+    };
+    match outcome {
+        Outcome::Succeeded => {
+            cmd.state = CommandState::Succeeded;
+            match cmd.action {
+                Action::Start { .. } if s.phase != Phase::Running => {
+                    s.phase = Phase::Provisioning;
+                    s.failure_reason = FailureReason::None;
+                    s.message = String::new();
+                }
+                Action::Wake if s.phase == Phase::Hibernated => s.phase = Phase::Provisioning,
+                Action::Hibernate => {
+                    s.phase = Phase::Hibernated;
+                    s.url.clear();
+                }
+                Action::Stop { .. } => {
+                    s.phase = Phase::Stopped;
+                    s.url.clear();
+                }
+                _ => {}
+            }
+            let mut change = plan(s, None, cfg);
+            change.update_command = Some(cmd);
+            change
+        }
+        Outcome::Failed {
+            reason,
+            message,
+            retryable,
+        } => {
+            cmd.state = CommandState::Failed;
+            cmd.failure_reason = *reason;
+            cmd.message = message.clone();
+            cmd.retryable = *retryable;
+            fail(&mut s, *reason, &format!("{} failed: {message}", cmd.action.name()), cfg.now);
+            Change {
+                session: SessionWrite::Upsert(s),
+                update_command: Some(cmd),
+                new_command: None,
+            }
+        }
+    }
+}
+
+fn fail(s: &mut Session, reason: FailureReason, message: &str, now: Millis) {
+    s.phase = Phase::Failed;
+    s.failure_reason = reason;
+    s.message = message.to_string();
+    s.url.clear();
+    s.updated_ms = now;
+    s.set_condition("Ready", false, "Failed", message);
+}
+
+/// `cmd` passed its deadline without a result.
+pub fn expired(session: Option<Session>, active: Option<Command>, cmd_id: &str, now: Millis) -> Change {
+    let Some(mut cmd) = active.filter(|c| c.id == cmd_id) else {
+        return Change::default();
+    };
+    cmd.state = CommandState::Expired;
+    cmd.updated_ms = now;
+    cmd.failure_reason = FailureReason::Deadline;
+    let msg = format!(
+        "{} command {} expired: agent {} did not report a result before its deadline",
+        cmd.action.name(),
+        cmd.id,
+        cmd.agent_id
+    );
+    cmd.message = msg.clone();
+    let mut change = Change {
+        update_command: Some(cmd),
+        ..Change::default()
+    };
+    if let Some(mut s) = session {
+        fail(&mut s, FailureReason::Deadline, &msg, now);
+        change.session = SessionWrite::Upsert(s);
+    }
+    change
+}
+
+/// An agent reported the observed state of one session (a status frame or
+/// an entry of Hello's inventory).
+pub fn observed(
+    session: Option<Session>,
+    active: Option<Command>,
+    agent: &str,
+    o: &Observed,
+    cfg: StepConfig,
+) -> Change {
+    let Some(mut s) = session else {
+        // The agent runs something the control plane does not want: stop it.
+        let runs = !matches!(o.phase, Phase::Stopped | Phase::Pending);
+        if runs && active.is_none() {
+            let orphan = Session::named(&o.session, Desired::Terminated, Phase::Running);
+            let cmd = new_command(&orphan, agent, Action::Stop { delete_home: false }, cfg);
+            return Change {
+                new_command: Some(cmd),
+                ..Change::default()
+            };
+        }
+        return Change::default();
+    };
+    if s.agent_id.as_deref() != Some(agent) {
+        return Change::default();
+    }
+    let before = (s.phase, s.url.clone(), s.message.clone(), s.workload_name.clone());
+    s.phase = o.phase;
+    s.url = if o.phase == Phase::Running { o.url.clone() } else { String::new() };
+    s.failure_reason = o.failure_reason;
+    s.message = o.message.clone();
+    if !o.workload_name.is_empty() {
+        s.workload_name = o.workload_name.clone();
+    }
+    match o.phase {
+        Phase::Running => s.set_condition("Ready", true, "Running", "the session answers on its URL"),
+        Phase::Failed => s.set_condition("Ready", false, "Failed", &o.message),
+        p => s.set_condition("Ready", false, &capitalize(p.as_str()), &o.message),
+    }
+    if before == (s.phase, s.url.clone(), s.message.clone(), s.workload_name.clone()) {
+        return Change::default();
+    }
+    if active.is_some() {
+        s.updated_ms = cfg.now;
+        return Change {
+            session: SessionWrite::Upsert(s),
+            ..Change::default()
+        };
+    }
+    plan(s, None, cfg)
+}
+
+/// The agent's Hello inventory does not list `s`, which is placed on it.
+pub fn absent(session: Option<Session>, active: Option<Command>, cfg: StepConfig) -> Change {
+    let Some(mut s) = session else {
+        return Change::default();
+    };
+    if active.is_some() {
+        return Change::default();
+    }
+    if matches!(s.phase, Phase::Provisioning | Phase::Running | Phase::Hibernated) {
+        s.phase = Phase::Stopped;
+        s.url.clear();
+        s.message = "the agent no longer runs this session".into();
+    }
+    if s.desired == Desired::Terminated {
+        return Change {
+            session: SessionWrite::Delete,
+            ..Change::default()
+        };
+    }
+    match next_step(&s) {
+        Step::Wait if s.phase != Phase::Stopped => Change::default(),
+        _ => plan(s, None, cfg),
+    }
+}
+
+/// `agent` takes the unplaced session `s`.
+pub fn placed(session: Option<Session>, active: Option<Command>, agent: &str, cfg: StepConfig) -> Change {
+    match session {
+        Some(mut s) if s.agent_id.is_none() && s.desired != Desired::Terminated => {
+            s.agent_id = Some(agent.to_string());
+            s.set_condition("Scheduled", true, "Placed", &format!("placed on agent {agent}"));
+            plan(s, active, cfg)
+        }
+        _ => Change::default(),
+    }
+}
+
+fn capitalize(s: &str) -> String {
+    let mut c = s.chars();
+    c.next()
+        .map(|f| f.to_uppercase().collect::<String>() + c.as_str())
+        .unwrap_or_default()
+}

@@ -1,0 +1,113 @@
+//! The persistence boundary. The core decides *what* changes; a store makes
+//! each decision atomic. Implementations: SQLite and PostgreSQL (`crate::store`).
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+
+use super::model::{AgentRecord, Command, Millis, Phase, Session, Template};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The transition function refused the change; nothing was written.
+    #[error(transparent)]
+    Rejected(#[from] super::LifecycleError),
+    #[error("database error: {0}")]
+    Backend(String),
+}
+
+/// What one transition writes, decided by the lifecycle from the current rows.
+#[derive(Debug, Default)]
+pub struct Change {
+    pub session: SessionWrite,
+    /// The session's active command with its new state (ack, result, supersede).
+    pub update_command: Option<Command>,
+    /// A new command to insert (written before it is ever sent).
+    pub new_command: Option<Command>,
+}
+
+#[derive(Debug, Default)]
+pub enum SessionWrite {
+    #[default]
+    Keep,
+    Upsert(Session),
+    Delete,
+}
+
+impl Change {
+    pub fn is_empty(&self) -> bool {
+        matches!(self.session, SessionWrite::Keep)
+            && self.update_command.is_none()
+            && self.new_command.is_none()
+    }
+}
+
+/// Decides a [`Change`] from the session row (if any) and its active command
+/// (pending, delivered or acknowledged; at most one exists per session).
+pub type TransitionFn<'a> = dyn FnMut(Option<Session>, Option<Command>) -> Result<Change, super::LifecycleError>
+    + Send
+    + 'a;
+
+/// Filters for listing sessions; newest first, paginated by (created, name).
+#[derive(Debug, Clone, Default)]
+pub struct SessionFilter {
+    pub user: Option<String>,
+    pub phase: Option<Phase>,
+    /// Only sessions strictly after this (created_ms, name) cursor in newest-first order.
+    pub after: Option<(Millis, String)>,
+    pub limit: u32,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn get_session(&self, name: &str) -> Result<Option<Session>, StoreError>;
+    async fn list_sessions(&self, filter: &SessionFilter) -> Result<Vec<Session>, StoreError>;
+    /// Inserts a new session and, optionally, its first command, atomically.
+    async fn insert_session(
+        &self,
+        session: &Session,
+        command: Option<&Command>,
+    ) -> Result<(), StoreError>;
+    /// Loads the session row and its active command under a lock, lets `f`
+    /// decide the change and writes it, all in one transaction. Returns the
+    /// change as written.
+    async fn transition(&self, session: &str, f: &mut TransitionFn<'_>)
+    -> Result<Change, StoreError>;
+    /// Names of sessions that wait for an agent (no agent, not terminated).
+    async fn unplaced_sessions(&self) -> Result<Vec<String>, StoreError>;
+    /// Sessions placed on `agent`.
+    async fn sessions_on_agent(&self, agent: &str) -> Result<Vec<Session>, StoreError>;
+    /// Number of sessions placed on each agent.
+    async fn sessions_per_agent(&self) -> Result<HashMap<String, u32>, StoreError>;
+
+    async fn get_command(&self, id: &str) -> Result<Option<Command>, StoreError>;
+    /// Marks `agent`'s pending commands delivered, oldest first, so that at
+    /// most `window` are delivered-or-acknowledged at once, and returns them.
+    async fn claim_commands(
+        &self,
+        agent: &str,
+        window: u32,
+        now: Millis,
+    ) -> Result<Vec<Command>, StoreError>;
+    /// Puts `agent`'s delivered and acknowledged commands back to pending so
+    /// they are sent again (after a reconnect). Returns how many.
+    async fn requeue_commands(&self, agent: &str) -> Result<u64, StoreError>;
+    /// Active commands whose deadline is before `now`.
+    async fn overdue_commands(&self, now: Millis) -> Result<Vec<Command>, StoreError>;
+    /// Active commands per agent (for operators).
+    async fn active_commands_per_agent(&self) -> Result<HashMap<String, u32>, StoreError>;
+
+    async fn upsert_agent(&self, agent: &AgentRecord) -> Result<(), StoreError>;
+    async fn get_agent(&self, id: &str) -> Result<Option<AgentRecord>, StoreError>;
+    async fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError>;
+
+    async fn put_template(&self, t: &Template) -> Result<(), StoreError>;
+    async fn get_template(&self, name: &str) -> Result<Option<Template>, StoreError>;
+    async fn list_templates(&self) -> Result<Vec<Template>, StoreError>;
+    /// Returns whether it existed.
+    async fn delete_template(&self, name: &str) -> Result<bool, StoreError>;
+}

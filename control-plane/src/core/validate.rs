@@ -1,0 +1,253 @@
+//! Input rules at the edge of the domain. Every error names the field and the
+//! rule it broke, e.g. `name: must be a DNS-1123 label ...`.
+
+use super::model::{Port, Resources, Template, Timeouts};
+use super::quantity::{cpu_millis, memory_bytes};
+
+/// A rule broken by one field of a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {rule}")]
+pub struct Invalid {
+    /// Dotted path of the field, e.g. `resources.limits.cpu`.
+    pub field: String,
+    /// What was expected and what was found.
+    pub rule: String,
+}
+
+pub fn invalid(field: impl Into<String>, rule: impl Into<String>) -> Invalid {
+    Invalid {
+        field: field.into(),
+        rule: rule.into(),
+    }
+}
+
+/// Longest session name: leaves room for suffixes on Kubernetes object names.
+pub const MAX_SESSION_NAME: usize = 53;
+/// Longest template, user, platform or region name.
+pub const MAX_NAME: usize = 63;
+/// Longest free-text field (description, env value, message).
+pub const MAX_TEXT: usize = 4096;
+/// Longest timeout: 30 days.
+pub const MAX_TIMEOUT_SECS: u64 = 30 * 24 * 3600;
+
+/// A DNS-1123 label: lower-case alphanumerics and '-', starting and ending alphanumeric.
+pub fn dns_label(field: &str, value: &str, max: usize) -> Result<(), Invalid> {
+    if value.is_empty() {
+        return Err(invalid(field, "is required"));
+    }
+    if value.len() > max {
+        return Err(invalid(
+            field,
+            format!("must be at most {max} characters, got {}", value.len()),
+        ));
+    }
+    let ok_chars = value
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    let ok_ends = !value.starts_with('-') && !value.ends_with('-');
+    if !ok_chars || !ok_ends {
+        return Err(invalid(
+            field,
+            format!(
+                "must be a DNS-1123 label (lower-case letters, digits and '-', starting and ending with a letter or digit), got {value:?}"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A user name: 1-63 characters of letters, digits, '.', '_', '@' and '-'.
+pub fn user_name(field: &str, value: &str) -> Result<(), Invalid> {
+    if value.is_empty() {
+        return Err(invalid(field, "is required"));
+    }
+    if value.len() > MAX_NAME {
+        return Err(invalid(
+            field,
+            format!("must be at most {MAX_NAME} characters, got {}", value.len()),
+        ));
+    }
+    if !value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"._@-".contains(&b))
+    {
+        return Err(invalid(
+            field,
+            format!("may contain only letters, digits, '.', '_', '@' and '-', got {value:?}"),
+        ));
+    }
+    Ok(())
+}
+
+/// An optional short label-like value (platform, region): at most 63 printable characters.
+pub fn short_text(field: &str, value: &str) -> Result<(), Invalid> {
+    if value.len() > MAX_NAME {
+        return Err(invalid(
+            field,
+            format!("must be at most {MAX_NAME} characters, got {}", value.len()),
+        ));
+    }
+    if value.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(invalid(field, "must not contain whitespace or control characters"));
+    }
+    Ok(())
+}
+
+/// Free text up to [`MAX_TEXT`] bytes.
+pub fn text(field: &str, value: &str) -> Result<(), Invalid> {
+    if value.len() > MAX_TEXT {
+        return Err(invalid(
+            field,
+            format!("must be at most {MAX_TEXT} bytes, got {}", value.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// Quantities parse, are non-negative, and limits are not below requests.
+pub fn resources(field: &str, r: &Resources) -> Result<(), Invalid> {
+    let cpu = |f: &str, v: &str| -> Result<Option<u64>, Invalid> {
+        if v.is_empty() {
+            return Ok(None);
+        }
+        cpu_millis(v)
+            .map(Some)
+            .map_err(|e| invalid(format!("{field}.{f}.cpu"), e))
+    };
+    let mem = |f: &str, v: &str| -> Result<Option<u64>, Invalid> {
+        if v.is_empty() {
+            return Ok(None);
+        }
+        memory_bytes(v)
+            .map(Some)
+            .map_err(|e| invalid(format!("{field}.{f}.memory"), e))
+    };
+    let (rc, lc) = (cpu("requests", &r.requests.cpu)?, cpu("limits", &r.limits.cpu)?);
+    let (rm, lm) = (mem("requests", &r.requests.memory)?, mem("limits", &r.limits.memory)?);
+    if let (Some(req), Some(lim)) = (rc, lc)
+        && lim < req
+    {
+        return Err(invalid(
+            format!("{field}.limits.cpu"),
+            format!("must be >= requests.cpu ({}), got {}", r.requests.cpu, r.limits.cpu),
+        ));
+    }
+    if let (Some(req), Some(lim)) = (rm, lm)
+        && lim < req
+    {
+        return Err(invalid(
+            format!("{field}.limits.memory"),
+            format!(
+                "must be >= requests.memory ({}), got {}",
+                r.requests.memory, r.limits.memory
+            ),
+        ));
+    }
+    Ok(())
+}
+
+pub fn timeouts(field: &str, t: &Timeouts) -> Result<(), Invalid> {
+    for (name, v) in [("idle_timeout", t.idle_secs), ("max_session_duration", t.max_secs)] {
+        if v > MAX_TIMEOUT_SECS {
+            return Err(invalid(
+                format!("{field}.{name}"),
+                format!("must be at most 30 days, got {v}s"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn ports(ports: &[Port], streaming: &str) -> Result<(), Invalid> {
+    let mut seen = std::collections::HashSet::new();
+    for (i, p) in ports.iter().enumerate() {
+        dns_label(&format!("template.ports[{i}].name"), &p.name, 15)?;
+        if !seen.insert(p.name.as_str()) {
+            return Err(invalid(
+                format!("template.ports[{i}].name"),
+                format!("duplicate port name {:?}", p.name),
+            ));
+        }
+        if p.container_port == 0 || p.container_port > 65535 {
+            return Err(invalid(
+                format!("template.ports[{i}].container_port"),
+                format!("must be 1-65535, got {}", p.container_port),
+            ));
+        }
+    }
+    if !streaming.is_empty() && !ports.iter().any(|p| p.name == streaming) {
+        return Err(invalid(
+            "template.streaming_port",
+            format!("must name one of template.ports, got {streaming:?}"),
+        ));
+    }
+    Ok(())
+}
+
+/// A template is complete and every field within its rules.
+pub fn template(t: &Template) -> Result<(), Invalid> {
+    dns_label("template.name", &t.name, MAX_NAME)?;
+    text("template.display_name", &t.display_name)?;
+    text("template.description", &t.description)?;
+    text("template.image", &t.image)?;
+    if t.image.is_empty() && t.command.is_empty() {
+        return Err(invalid(
+            "template.image",
+            "an image (kubernetes runtime) or a command (process runtime) is required",
+        ));
+    }
+    if t.command.len() > 256 {
+        return Err(invalid("template.command", "must have at most 256 arguments"));
+    }
+    for (i, a) in t.command.iter().enumerate() {
+        text(&format!("template.command[{i}]"), a)?;
+    }
+    ports(&t.ports, &t.streaming_port)?;
+    if t.env.len() > 256 {
+        return Err(invalid("template.env", "must have at most 256 variables"));
+    }
+    for (k, v) in &t.env {
+        let ok = !k.is_empty()
+            && k.len() <= 256
+            && !k.starts_with(|c: char| c.is_ascii_digit())
+            && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !ok {
+            return Err(invalid(
+                format!("template.env[{k:?}]"),
+                "variable names must match [A-Za-z_][A-Za-z0-9_]*",
+            ));
+        }
+        text(&format!("template.env[{k:?}]"), v)?;
+    }
+    resources("template.default_resources", &t.default_resources)?;
+    timeouts("template.timeouts", &t.timeouts)?;
+    if !t.home_size.is_empty() {
+        memory_bytes(&t.home_size).map_err(|e| invalid("template.home_size", e))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::model::ResourceList;
+
+    #[test]
+    fn labels() {
+        assert!(dns_label("name", "alice-firefox-1", 53).is_ok());
+        assert_eq!(dns_label("name", "", 53).unwrap_err().rule, "is required");
+        assert!(dns_label("name", "Alice", 53).unwrap_err().rule.contains("DNS-1123"));
+        assert!(dns_label("name", "-a", 53).is_err());
+        assert!(dns_label("name", &"a".repeat(54), 53).unwrap_err().rule.contains("at most 53"));
+    }
+
+    #[test]
+    fn limits_below_requests() {
+        let r = Resources {
+            requests: ResourceList { cpu: "2".into(), memory: "1Gi".into() },
+            limits: ResourceList { cpu: "1".into(), memory: "2Gi".into() },
+        };
+        let e = resources("resources", &r).unwrap_err();
+        assert_eq!(e.field, "resources.limits.cpu");
+    }
+}

@@ -1,0 +1,370 @@
+//! `AgentService.Attach`: authenticates the agent by its certificate, applies
+//! the attach rules, then runs one loop per stream that reads the agent's
+//! frames in order, sends commands within the in-flight window, watches
+//! heartbeats and drains on shutdown. Frames become lifecycle calls; nothing
+//! here decides what a command does.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use streamspace::v1 as pb;
+use streamspace::v1::agent_frame::Frame as In;
+use streamspace::v1::control_frame::Frame as Out;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{Instrument, info, info_span, warn};
+
+use super::convert::{self, duration_pb, invalid_status};
+use crate::core::model::{AgentRecord, Observed, now_ms};
+use crate::core::roster::{AgentHello, AttachRefused};
+use crate::core::validate::{self, invalid};
+use crate::core::{Lifecycle, LifecycleError};
+
+/// Settings of the agent listener.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    pub trust_domain: String,
+    /// Told to agents in Welcome; three missed heartbeats close the stream.
+    pub heartbeat_interval: Duration,
+    /// Most commands outstanding on one agent at once.
+    pub max_in_flight: u32,
+    pub max_message_bytes: u32,
+    /// How long an agent has to send Hello after opening the stream.
+    pub hello_timeout: Duration,
+    /// How long streams get to finish in-flight work after Drain.
+    pub drain_grace: Duration,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self {
+            trust_domain: "streamspace.local".into(),
+            heartbeat_interval: Duration::from_secs(10),
+            max_in_flight: 64,
+            max_message_bytes: 4 << 20,
+            hello_timeout: Duration::from_secs(10),
+            drain_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AgentHub {
+    lifecycle: Arc<Lifecycle>,
+    cfg: Arc<HubConfig>,
+    /// Cancelled on shutdown: every stream sends Drain.
+    drain: CancellationToken,
+}
+
+type Tx = mpsc::Sender<Result<pb::ControlFrame, Status>>;
+
+impl AgentHub {
+    pub fn new(lifecycle: Arc<Lifecycle>, cfg: HubConfig, drain: CancellationToken) -> Self {
+        Self {
+            lifecycle,
+            cfg: Arc::new(cfg),
+            drain,
+        }
+    }
+
+    fn peer_agent_id<T>(&self, req: &Request<T>) -> Result<String, Status> {
+        let certs = req
+            .peer_certs()
+            .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+        let leaf = certs
+            .first()
+            .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+        crate::pki::agent_id_from_cert(leaf, &self.cfg.trust_domain).map_err(Status::unauthenticated)
+    }
+
+    /// Checks Hello against the certificate and converts it.
+    fn check_hello(&self, cert_id: &str, h: &pb::Hello) -> Result<(AgentHello, Vec<Observed>), Status> {
+        if h.agent_id != cert_id {
+            return Err(Status::permission_denied(format!(
+                "hello.agent_id: {:?} does not match the client certificate, which names agent {cert_id:?}",
+                h.agent_id
+            )));
+        }
+        if h.protocol_version != streamspace::PROTOCOL_VERSION as i32 {
+            return Err(Status::failed_precondition(format!(
+                "hello.protocol_version: this control plane speaks {} ({}), got {}",
+                streamspace::PROTOCOL_VERSION as i32,
+                streamspace::PROTOCOL_VERSION.as_str_name(),
+                h.protocol_version
+            )));
+        }
+        validate::short_text("hello.platform", &h.platform).map_err(invalid_status)?;
+        validate::short_text("hello.region", &h.region).map_err(invalid_status)?;
+        validate::short_text("hello.agent_version", &h.agent_version).map_err(invalid_status)?;
+        if h.inventory.len() > 100_000 {
+            return Err(invalid_status(invalid("hello.inventory", "must list at most 100000 sessions")));
+        }
+        let inventory = h
+            .inventory
+            .iter()
+            .enumerate()
+            .map(|(i, s)| convert::observed_from(&format!("hello.inventory[{i}]"), s))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(invalid_status)?;
+        Ok((
+            AgentHello {
+                id: h.agent_id.clone(),
+                platform: h.platform.clone(),
+                region: h.region.clone(),
+                capacity: convert::capacity_from(&h.capacity),
+                version: h.agent_version.clone(),
+                fencing_token: h.fencing_token,
+            },
+            inventory,
+        ))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::agent_service_server::AgentService for AgentHub {
+    type AttachStream = ReceiverStream<Result<pb::ControlFrame, Status>>;
+
+    async fn attach(&self, req: Request<Streaming<pb::AgentFrame>>) -> Result<Response<Self::AttachStream>, Status> {
+        let cert_id = self.peer_agent_id(&req)?;
+        let mut inbound = req.into_inner();
+        let first = tokio::time::timeout(self.cfg.hello_timeout, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded(format!("frame: no hello within {:?}", self.cfg.hello_timeout)))??
+            .ok_or_else(|| Status::invalid_argument("frame: the stream ended before hello"))?;
+        let hello = match first.frame {
+            Some(In::Hello(h)) => h,
+            Some(other) => {
+                return Err(Status::invalid_argument(format!(
+                    "frame: the first frame must be hello, got {}",
+                    frame_name(&other)
+                )));
+            }
+            None => return Err(Status::invalid_argument("frame: is required (empty AgentFrame)")),
+        };
+        let (hello, inventory) = self.check_hello(&cert_id, &hello)?;
+        let store = self.lifecycle.store();
+        let seen = store
+            .get_agent(&hello.id)
+            .await
+            .map_err(|e| convert::status(e.into()))?
+            .map(|a| a.fencing_token.max(0) as u64)
+            .unwrap_or(0);
+        let reg = self
+            .lifecycle
+            .roster()
+            .register(hello.clone(), seen, Instant::now())
+            .map_err(|e| match e {
+                AttachRefused::AlreadyAttached { .. } => Status::already_exists(e.to_string()),
+                AttachRefused::StaleFencing { .. } => Status::permission_denied(e.to_string()),
+            })?;
+        let record = AgentRecord {
+            id: hello.id.clone(),
+            platform: hello.platform.clone(),
+            region: hello.region.clone(),
+            capacity: hello.capacity,
+            version: hello.version.clone(),
+            fencing_token: hello.fencing_token as i64,
+            last_seen_ms: now_ms(),
+        };
+        if let Err(e) = store.upsert_agent(&record).await {
+            self.lifecycle.roster().unregister(&hello.id, reg.conn_id);
+            return Err(convert::status(e.into()));
+        }
+        info!(agent = %hello.id, conn = reg.conn_id, platform = %hello.platform, region = %hello.region,
+              fencing_token = hello.fencing_token, inventory = inventory.len(), replaced = reg.replaced, "agent attached");
+        let (tx, rx) = mpsc::channel(self.cfg.max_in_flight as usize + 64);
+        let welcome = pb::Welcome {
+            heartbeat_interval: Some(duration_pb(self.cfg.heartbeat_interval)),
+            max_in_flight: self.cfg.max_in_flight,
+            max_message_bytes: self.cfg.max_message_bytes,
+            protocol_version: streamspace::PROTOCOL_VERSION as i32,
+            server_version: env!("CARGO_PKG_VERSION").into(),
+        };
+        let _ = tx.try_send(Ok(pb::ControlFrame { frame: Some(Out::Welcome(welcome)) }));
+        let stream = Stream {
+            hub: self.clone(),
+            id: hello.id.clone(),
+            conn_id: reg.conn_id,
+            tx,
+            bell: reg.bell,
+            cancel: reg.cancel,
+        };
+        let span = info_span!("agent_stream", agent = %hello.id, conn = reg.conn_id);
+        tokio::spawn(stream.run(inbound, inventory).instrument(span));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+fn frame_name(f: &In) -> &'static str {
+    match f {
+        In::Hello(_) => "hello",
+        In::Heartbeat(_) => "heartbeat",
+        In::Ack(_) => "ack",
+        In::Result(_) => "result",
+        In::Status(_) => "status",
+    }
+}
+
+/// One attached stream.
+struct Stream {
+    hub: AgentHub,
+    id: String,
+    conn_id: u64,
+    tx: Tx,
+    bell: Arc<tokio::sync::Notify>,
+    /// Cancelled when the stream is replaced or the agent drained.
+    cancel: CancellationToken,
+}
+
+/// Why a stream loop ended.
+enum End {
+    /// The agent closed the stream or the connection broke.
+    Closed(String),
+    /// We close it with this status.
+    Status(Status),
+}
+
+impl Stream {
+    async fn run(self, mut inbound: Streaming<pb::AgentFrame>, inventory: Vec<Observed>) {
+        let end = match self.hub.lifecycle.attached(&self.id, &inventory).await {
+            Ok(()) => self.serve(&mut inbound).await,
+            Err(e) => End::Status(convert::status(e)),
+        };
+        match end {
+            End::Closed(why) => info!(reason = %why, "agent stream closed"),
+            End::Status(s) => {
+                warn!(code = ?s.code(), message = s.message(), "closing agent stream");
+                let _ = self.tx.try_send(Err(s));
+            }
+        }
+        let roster = self.hub.lifecycle.roster();
+        if roster.unregister(&self.id, self.conn_id)
+            && let Ok(Some(mut a)) = self.hub.lifecycle.store().get_agent(&self.id).await
+        {
+            a.last_seen_ms = now_ms();
+            let _ = self.hub.lifecycle.store().upsert_agent(&a).await;
+        }
+    }
+
+    async fn serve(&self, inbound: &mut Streaming<pb::AgentFrame>) -> End {
+        let cfg = &self.hub.cfg;
+        let mut tick = tokio::time::interval(cfg.heartbeat_interval.min(Duration::from_secs(1)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut drain_deadline: Option<tokio::time::Instant> = None;
+        let drain = self.hub.drain.clone();
+        let roster = self.hub.lifecycle.roster().clone();
+        loop {
+            tokio::select! {
+                _ = self.cancel.cancelled() => {
+                    let draining = roster.get(&self.id).is_some_and(|a| a.conn_id == self.conn_id && a.draining);
+                    return End::Status(if draining {
+                        Status::unavailable("agent drained by an operator; reconnect later")
+                    } else {
+                        Status::aborted("replaced by a newer stream for the same agent")
+                    });
+                }
+                _ = drain.cancelled(), if drain_deadline.is_none() => {
+                    self.send_drain("control plane shutting down", Duration::from_secs(1)).await;
+                    drain_deadline = Some(tokio::time::Instant::now() + cfg.drain_grace);
+                }
+                _ = async { tokio::time::sleep_until(drain_deadline.expect("set")).await }, if drain_deadline.is_some() => {
+                    return End::Status(Status::unavailable("control plane shutting down"));
+                }
+                _ = self.bell.notified(), if drain_deadline.is_none() => {
+                    if let Err(e) = self.dispatch().await { return e; }
+                }
+                _ = tick.tick() => {
+                    let overdue = roster.get(&self.id).is_some_and(|a| a.conn_id == self.conn_id
+                        && a.last_heartbeat.elapsed() >= roster.heartbeat_timeout());
+                    if overdue {
+                        return End::Status(Status::unavailable(format!(
+                            "no heartbeat for {:?}; closing the stream", roster.heartbeat_timeout())));
+                    }
+                    if drain_deadline.is_none() && let Err(e) = self.dispatch().await { return e; }
+                }
+                frame = inbound.message() => match frame {
+                    Ok(Some(f)) => if let Err(e) = self.handle(f).await { return e; },
+                    Ok(None) => return End::Closed("agent closed the stream".into()),
+                    Err(s) => return End::Closed(format!("stream error: {s}")),
+                },
+            }
+        }
+    }
+
+    async fn send_drain(&self, reason: &str, reconnect_after: Duration) {
+        let frame = pb::ControlFrame {
+            frame: Some(Out::Drain(pb::Drain {
+                reason: reason.into(),
+                reconnect_after: Some(duration_pb(reconnect_after)),
+            })),
+        };
+        let _ = self.tx.send(Ok(frame)).await;
+    }
+
+    /// Sends pending commands, up to the in-flight window.
+    async fn dispatch(&self) -> Result<(), End> {
+        if roster_draining(&self.hub, &self.id, self.conn_id) {
+            self.send_drain("drained by an operator", Duration::from_secs(5)).await;
+            self.cancel.cancel();
+            return Ok(());
+        }
+        let cmds = self
+            .hub
+            .lifecycle
+            .store()
+            .claim_commands(&self.id, self.hub.cfg.max_in_flight, now_ms())
+            .await
+            .map_err(|e| End::Status(convert::status(e.into())))?;
+        for c in cmds {
+            let span = info_span!("command", command_id = %c.id, session_id = %c.session, agent_id = %self.id, action = c.action.name());
+            span.in_scope(|| info!("command delivered"));
+            let frame = pb::ControlFrame {
+                frame: Some(Out::Command(convert::command_pb(&c))),
+            };
+            if self.tx.send(Ok(frame)).await.is_err() {
+                return Err(End::Closed("agent stream gone while sending".into()));
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle(&self, f: pb::AgentFrame) -> Result<(), End> {
+        let lc = &self.hub.lifecycle;
+        let r: Result<(), LifecycleError> = match f.frame {
+            None => Err(invalid("frame", "is required (empty AgentFrame)").into()),
+            Some(In::Hello(_)) => Err(invalid("frame", "hello may be sent only once, first").into()),
+            Some(In::Heartbeat(h)) => {
+                lc.roster().heartbeat(&self.id, self.conn_id, h.sequence, convert::capacity_from(&h.in_use), Instant::now());
+                Ok(())
+            }
+            Some(In::Ack(a)) => {
+                let span = info_span!("command", command_id = %a.command_id, agent_id = %self.id);
+                lc.acknowledged(&self.id, &a.command_id).instrument(span).await
+            }
+            Some(In::Result(r)) => {
+                let span = info_span!("command", command_id = %r.command_id, agent_id = %self.id);
+                match convert::outcome_from(&r) {
+                    Ok(o) => lc.finished(&self.id, &r.command_id, o).instrument(span).await,
+                    Err(e) => Err(e.into()),
+                }
+            }
+            Some(In::Status(s)) => match convert::observed_from("status", &s) {
+                Ok(o) => lc.observed(&self.id, &o).await,
+                Err(e) => Err(e.into()),
+            },
+        };
+        match r {
+            Ok(()) => Ok(()),
+            Err(e) => Err(End::Status(convert::status(e))),
+        }
+    }
+}
+
+fn roster_draining(hub: &AgentHub, id: &str, conn_id: u64) -> bool {
+    hub.lifecycle
+        .roster()
+        .get(id)
+        .is_some_and(|a| a.conn_id == conn_id && a.draining)
+}

@@ -1,0 +1,206 @@
+//! Wiring: opens the store, binds the agent listener (mTLS) and the API
+//! listener (TLS + bearer tokens), both with health and reflection, runs the
+//! expiry sweeper, and shuts down in order: drain agents, then stop serving.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use streamspace::v1 as pb;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tracing::{info, warn};
+
+use crate::core::roster::Roster;
+use crate::core::{Lifecycle, LifecycleConfig};
+use crate::grpc::admin::{AdminApi, TemplateApi};
+use crate::grpc::agent::{AgentHub, HubConfig};
+use crate::grpc::auth::Tokens;
+use crate::grpc::session::SessionApi;
+
+/// PEM material for both listeners.
+#[derive(Clone)]
+pub struct TlsMaterial {
+    pub server_cert: String,
+    pub server_key: String,
+    /// CA that signs agent client certificates.
+    pub agent_ca: String,
+}
+
+#[derive(Clone)]
+pub struct ServerConfig {
+    pub agent_addr: SocketAddr,
+    pub api_addr: SocketAddr,
+    pub database_url: String,
+    pub tls: TlsMaterial,
+    pub tokens: Tokens,
+    pub hub: HubConfig,
+    pub lifecycle: LifecycleConfig,
+}
+
+/// A running control plane.
+pub struct ControlPlane {
+    pub agent_addr: SocketAddr,
+    pub api_addr: SocketAddr,
+    pub lifecycle: Arc<Lifecycle>,
+    drain: CancellationToken,
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    drain_grace: Duration,
+}
+
+const API_MAX_MESSAGE: usize = 1 << 20;
+
+fn health_and_reflection() -> anyhow::Result<(
+    tonic_health::server::HealthReporter,
+    tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+    tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>,
+    tonic_reflection::server::v1alpha::ServerReflectionServer<impl tonic_reflection::server::v1alpha::ServerReflection>,
+)> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(streamspace::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(streamspace::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    Ok((reporter, health, v1, v1alpha))
+}
+
+impl ControlPlane {
+    /// Opens the store, binds both listeners and starts serving.
+    pub async fn start(cfg: ServerConfig) -> anyhow::Result<Self> {
+        let store = crate::store::open(&cfg.database_url)
+            .await
+            .with_context(|| "opening the store")?;
+        let roster = Arc::new(Roster::new(cfg.hub.heartbeat_interval * 3));
+        let lifecycle = Arc::new(Lifecycle::new(store, roster, cfg.lifecycle));
+        let drain = CancellationToken::new();
+        let stop = CancellationToken::new();
+        let agent_listener = TcpListener::bind(cfg.agent_addr)
+            .await
+            .with_context(|| format!("binding the agent listener on {}", cfg.agent_addr))?;
+        let api_listener = TcpListener::bind(cfg.api_addr)
+            .await
+            .with_context(|| format!("binding the API listener on {}", cfg.api_addr))?;
+        let agent_addr = agent_listener.local_addr()?;
+        let api_addr = api_listener.local_addr()?;
+        let identity = Identity::from_pem(&cfg.tls.server_cert, &cfg.tls.server_key);
+        let keepalive = Some(cfg.hub.heartbeat_interval);
+        let mut tasks = Vec::new();
+
+        // Agent listener: client certificates required.
+        let agent_tls = ServerTlsConfig::new()
+            .identity(identity.clone())
+            .client_ca_root(Certificate::from_pem(&cfg.tls.agent_ca))
+            .timeout(Duration::from_secs(10));
+        let (reporter, health, v1, v1alpha) = health_and_reflection()?;
+        reporter
+            .set_serving::<pb::agent_service_server::AgentServiceServer<AgentHub>>()
+            .await;
+        let hub = AgentHub::new(lifecycle.clone(), cfg.hub.clone(), drain.clone());
+        let agent_svc = pb::agent_service_server::AgentServiceServer::new(hub)
+            .max_decoding_message_size(cfg.hub.max_message_bytes as usize)
+            .max_encoding_message_size(cfg.hub.max_message_bytes as usize);
+        let router = Server::builder()
+            .tls_config(agent_tls)?
+            .http2_keepalive_interval(keepalive)
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            .tcp_nodelay(true)
+            .max_concurrent_streams(Some(64))
+            .add_service(health)
+            .add_service(v1)
+            .add_service(v1alpha)
+            .add_service(agent_svc);
+        let s = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let incoming = TcpIncoming::from(agent_listener).with_nodelay(Some(true));
+            if let Err(e) = router.serve_with_incoming_shutdown(incoming, s.cancelled_owned()).await {
+                warn!(error = %e, "agent listener stopped");
+            }
+        }));
+
+        // API listener: TLS, bearer tokens.
+        let api_tls = ServerTlsConfig::new().identity(identity).timeout(Duration::from_secs(10));
+        let (reporter, health, v1, v1alpha) = health_and_reflection()?;
+        let tokens = cfg.tokens.clone();
+        let auth = move |req| tokens.authenticate(req);
+        use pb::agent_admin_service_server::AgentAdminServiceServer as Admin;
+        use pb::session_service_server::SessionServiceServer as Sessions;
+        use pb::template_service_server::TemplateServiceServer as Templates;
+        reporter.set_serving::<Sessions<SessionApi>>().await;
+        reporter.set_serving::<Admin<AdminApi>>().await;
+        reporter.set_serving::<Templates<TemplateApi>>().await;
+        let sessions = Sessions::new(SessionApi::new(lifecycle.clone(), drain.clone()))
+            .max_decoding_message_size(API_MAX_MESSAGE);
+        let admin = Admin::new(AdminApi::new(lifecycle.clone())).max_decoding_message_size(API_MAX_MESSAGE);
+        let templates = Templates::new(TemplateApi::new(lifecycle.clone())).max_decoding_message_size(API_MAX_MESSAGE);
+        let router = Server::builder()
+            .tls_config(api_tls)?
+            .http2_keepalive_interval(keepalive)
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            .add_service(health)
+            .add_service(v1)
+            .add_service(v1alpha)
+            .add_service(tonic::service::interceptor::InterceptedService::new(sessions, auth.clone()))
+            .add_service(tonic::service::interceptor::InterceptedService::new(admin, auth.clone()))
+            .add_service(tonic::service::interceptor::InterceptedService::new(templates, auth));
+        let s = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let incoming = TcpIncoming::from(api_listener).with_nodelay(Some(true));
+            if let Err(e) = router.serve_with_incoming_shutdown(incoming, s.cancelled_owned()).await {
+                warn!(error = %e, "API listener stopped");
+            }
+        }));
+
+        // Sweeper: expire overdue commands, retry placement.
+        let lc = lifecycle.clone();
+        let s = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let mut n = 0u64;
+            loop {
+                tokio::select! {
+                    _ = s.cancelled() => return,
+                    _ = tick.tick() => {
+                        if let Err(e) = lc.expire_overdue().await { warn!(error = %e, "expiring commands"); }
+                        n += 1;
+                        if n % 5 == 0 && let Err(e) = lc.place_unplaced().await { warn!(error = %e, "placing sessions"); }
+                    }
+                }
+            }
+        }));
+        info!(%agent_addr, %api_addr, "control plane serving");
+        Ok(Self {
+            agent_addr,
+            api_addr,
+            lifecycle,
+            drain,
+            stop,
+            tasks,
+            drain_grace: cfg.hub.drain_grace,
+        })
+    }
+
+    /// Drains agents (they finish in-flight work or it stays durable for the
+    /// next start), then stops both listeners.
+    pub async fn shutdown(self) {
+        info!("draining agents");
+        self.drain.cancel();
+        let deadline = tokio::time::Instant::now() + self.drain_grace;
+        while !self.lifecycle.roster().all().is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.stop.cancel();
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+        info!("control plane stopped");
+    }
+}

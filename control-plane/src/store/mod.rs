@@ -1,0 +1,82 @@
+//! Store adapters: the core's `Store` trait on SQLite (embedded default) and
+//! PostgreSQL (production), chosen by the database URL.
+
+mod rows;
+pub(crate) mod sql;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+
+use crate::core::store::{Store, StoreError};
+
+/// SQLite: one connection (SQLite has one writer anyway), WAL, busy timeout.
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+/// PostgreSQL: a pool; transitions lock the session row.
+pub struct PgStore {
+    pool: PgPool,
+}
+
+mod sqlite_impl {
+    use super::SqliteStore;
+    crate::store::sql::sql_store!(SqliteStore, sqlx::Sqlite, "");
+}
+
+mod pg_impl {
+    use super::PgStore;
+    crate::store::sql::sql_store!(PgStore, sqlx::Postgres, " FOR UPDATE");
+}
+
+pub(crate) fn db_err(e: sqlx::Error) -> StoreError {
+    if let sqlx::Error::Database(d) = &e
+        && d.is_unique_violation()
+    {
+        return StoreError::AlreadyExists(d.message().to_string());
+    }
+    StoreError::Backend(e.to_string())
+}
+
+/// Opens the store named by `url` (`sqlite://path`, `sqlite::memory:`,
+/// `postgres://...`) and applies its migrations.
+pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await
+            .map_err(|e| StoreError::Backend(format!("connecting to PostgreSQL: {e}")))?;
+        sqlx::migrate!("./migrations/postgres")
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Backend(format!("PostgreSQL migrations: {e}")))?;
+        Ok(Arc::new(PgStore { pool }))
+    } else if url.starts_with("sqlite:") {
+        let opts = SqliteConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Backend(format!("database url {url:?}: {e}")))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts)
+            .await
+            .map_err(|e| StoreError::Backend(format!("opening SQLite {url:?}: {e}")))?;
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Backend(format!("SQLite migrations: {e}")))?;
+        Ok(Arc::new(SqliteStore { pool }))
+    } else {
+        Err(StoreError::Backend(format!(
+            "database url {url:?}: expected sqlite://PATH, sqlite::memory: or postgres://..."
+        )))
+    }
+}

@@ -1,0 +1,407 @@
+//! The store's SQL, written once and instantiated for SQLite and PostgreSQL
+//! by `sql_store!`. Both dialects accept `$n` placeholders, `ON CONFLICT`,
+//! `RETURNING` and partial indexes; the one difference is the row lock
+//! (`FOR UPDATE`), which PostgreSQL needs and SQLite (one writer) does not.
+
+pub const SESSION_COLS: &str = "name, user_name, template, desired, generation, phase, url, agent_id, selector, workload, conditions, failure_reason, message, workload_name, delete_home, created_ms, updated_ms";
+pub const COMMAND_COLS: &str = "id, session, agent_id, generation, action, state, deadline_ms, created_ms, updated_ms, failure_reason, message, retryable";
+pub const ACTIVE: &str = "state IN ('pending', 'delivered', 'acknowledged')";
+
+macro_rules! sql_store {
+    ($store:ident, $db:ty, $lock:literal) => {
+        use std::collections::HashMap;
+
+        use async_trait::async_trait;
+        use sqlx::Row;
+
+        use crate::core::model::*;
+        use crate::core::store::{Change, SessionFilter, SessionWrite, Store, StoreError, TransitionFn};
+        use crate::store::rows::*;
+        use crate::store::sql::*;
+        use crate::store::db_err;
+
+        type Conn = <$db as sqlx::Database>::Connection;
+
+        async fn upsert_session(c: &mut Conn, s: &Session) -> Result<(), StoreError> {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO sessions ({SESSION_COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17)
+                 ON CONFLICT (name) DO UPDATE SET user_name=excluded.user_name, template=excluded.template,
+                 desired=excluded.desired, generation=excluded.generation, phase=excluded.phase, url=excluded.url,
+                 agent_id=excluded.agent_id, selector=excluded.selector, workload=excluded.workload,
+                 conditions=excluded.conditions, failure_reason=excluded.failure_reason, message=excluded.message,
+                 workload_name=excluded.workload_name, delete_home=excluded.delete_home, updated_ms=excluded.updated_ms"
+            )))
+            .bind(&s.name)
+            .bind(&s.user)
+            .bind(&s.template)
+            .bind(s.desired.as_str())
+            .bind(s.generation)
+            .bind(s.phase.as_str())
+            .bind(&s.url)
+            .bind(&s.agent_id)
+            .bind(to_json(&s.selector))
+            .bind(to_json(&s.workload))
+            .bind(to_json(&s.conditions))
+            .bind(s.failure_reason.as_str())
+            .bind(&s.message)
+            .bind(&s.workload_name)
+            .bind(s.delete_home)
+            .bind(s.created_ms)
+            .bind(s.updated_ms)
+            .execute(&mut *c)
+            .await
+            .map_err(db_err)?;
+            Ok(())
+        }
+
+        async fn insert_command(c: &mut Conn, cmd: &Command) -> Result<(), StoreError> {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO commands ({COMMAND_COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12)"
+            )))
+            .bind(&cmd.id)
+            .bind(&cmd.session)
+            .bind(&cmd.agent_id)
+            .bind(cmd.generation)
+            .bind(to_json(&cmd.action))
+            .bind(cmd.state.as_str())
+            .bind(cmd.deadline_ms)
+            .bind(cmd.created_ms)
+            .bind(cmd.updated_ms)
+            .bind(cmd.failure_reason.as_str())
+            .bind(&cmd.message)
+            .bind(cmd.retryable)
+            .execute(&mut *c)
+            .await
+            .map_err(db_err)?;
+            Ok(())
+        }
+
+        async fn update_command(c: &mut Conn, cmd: &Command) -> Result<(), StoreError> {
+            sqlx::query(
+                "UPDATE commands SET state=$1, updated_ms=$2, failure_reason=$3, message=$4, retryable=$5 WHERE id=$6",
+            )
+            .bind(cmd.state.as_str())
+            .bind(cmd.updated_ms)
+            .bind(cmd.failure_reason.as_str())
+            .bind(&cmd.message)
+            .bind(cmd.retryable)
+            .bind(&cmd.id)
+            .execute(&mut *c)
+            .await
+            .map_err(db_err)?;
+            Ok(())
+        }
+
+        fn sessions(rows: Vec<SessionRow>) -> Result<Vec<Session>, StoreError> {
+            rows.into_iter().map(Session::try_from).collect()
+        }
+
+        fn commands(rows: Vec<CommandRow>) -> Result<Vec<Command>, StoreError> {
+            rows.into_iter().map(Command::try_from).collect()
+        }
+
+        #[async_trait]
+        impl Store for $store {
+            async fn get_session(&self, name: &str) -> Result<Option<Session>, StoreError> {
+                sqlx::query_as::<_, SessionRow>(sqlx::AssertSqlSafe(format!("SELECT {SESSION_COLS} FROM sessions WHERE name = $1")))
+                    .bind(name)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_err)?
+                    .map(Session::try_from)
+                    .transpose()
+            }
+
+            async fn list_sessions(&self, f: &SessionFilter) -> Result<Vec<Session>, StoreError> {
+                let mut sql = format!("SELECT {SESSION_COLS} FROM sessions WHERE 1=1");
+                let mut n = 0;
+                let mut next = || {
+                    n += 1;
+                    format!("${n}")
+                };
+                if f.user.is_some() {
+                    sql += &format!(" AND user_name = {}", next());
+                }
+                if f.phase.is_some() {
+                    sql += &format!(" AND phase = {}", next());
+                }
+                if f.after.is_some() {
+                    let (a, b, c) = (next(), next(), next());
+                    sql += &format!(" AND (created_ms < {a} OR (created_ms = {b} AND name > {c}))");
+                }
+                sql += &format!(" ORDER BY created_ms DESC, name ASC LIMIT {}", next());
+                let mut q = sqlx::query_as::<_, SessionRow>(sqlx::AssertSqlSafe(sql));
+                if let Some(u) = &f.user {
+                    q = q.bind(u.clone());
+                }
+                if let Some(p) = f.phase {
+                    q = q.bind(p.as_str());
+                }
+                if let Some((ms, name)) = &f.after {
+                    q = q.bind(*ms).bind(*ms).bind(name.clone());
+                }
+                let rows = q.bind(i64::from(f.limit)).fetch_all(&self.pool).await.map_err(db_err)?;
+                sessions(rows)
+            }
+
+            async fn insert_session(&self, s: &Session, cmd: Option<&Command>) -> Result<(), StoreError> {
+                let mut tx = self.pool.begin().await.map_err(db_err)?;
+                let exists = sqlx::query("SELECT 1 FROM sessions WHERE name = $1")
+                    .bind(&s.name)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                if exists.is_some() {
+                    return Err(StoreError::AlreadyExists(format!("session {:?}", s.name)));
+                }
+                upsert_session(&mut tx, s).await.map_err(|e| match e {
+                    StoreError::AlreadyExists(_) => StoreError::AlreadyExists(format!("session {:?}", s.name)),
+                    e => e,
+                })?;
+                if let Some(c) = cmd {
+                    insert_command(&mut tx, c).await?;
+                }
+                tx.commit().await.map_err(db_err)
+            }
+
+            async fn transition(&self, name: &str, f: &mut TransitionFn<'_>) -> Result<Change, StoreError> {
+                let mut tx = self.pool.begin().await.map_err(db_err)?;
+                let session = sqlx::query_as::<_, SessionRow>(sqlx::AssertSqlSafe(format!(
+                    "SELECT {SESSION_COLS} FROM sessions WHERE name = $1{}",
+                    $lock
+                )))
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_err)?
+                .map(Session::try_from)
+                .transpose()?;
+                let active = sqlx::query_as::<_, CommandRow>(sqlx::AssertSqlSafe(format!(
+                    "SELECT {COMMAND_COLS} FROM commands WHERE session = $1 AND {ACTIVE}{}",
+                    $lock
+                )))
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_err)?
+                .map(Command::try_from)
+                .transpose()?;
+                let change = f(session, active)?;
+                match &change.session {
+                    SessionWrite::Keep => {}
+                    SessionWrite::Upsert(s) => upsert_session(&mut tx, s).await?,
+                    SessionWrite::Delete => {
+                        sqlx::query("DELETE FROM sessions WHERE name = $1")
+                            .bind(name)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(db_err)?;
+                    }
+                }
+                if let Some(c) = &change.update_command {
+                    update_command(&mut tx, c).await?;
+                }
+                if let Some(c) = &change.new_command {
+                    insert_command(&mut tx, c).await?;
+                }
+                tx.commit().await.map_err(db_err)?;
+                Ok(change)
+            }
+
+            async fn unplaced_sessions(&self) -> Result<Vec<String>, StoreError> {
+                let rows = sqlx::query(
+                    "SELECT name FROM sessions WHERE agent_id IS NULL AND desired <> 'terminated' ORDER BY created_ms",
+                )
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_err)?;
+                rows.iter().map(|r| r.try_get::<String, _>(0).map_err(db_err)).collect()
+            }
+
+            async fn sessions_on_agent(&self, agent: &str) -> Result<Vec<Session>, StoreError> {
+                let rows = sqlx::query_as::<_, SessionRow>(sqlx::AssertSqlSafe(format!(
+                    "SELECT {SESSION_COLS} FROM sessions WHERE agent_id = $1 ORDER BY name"
+                )))
+                .bind(agent)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_err)?;
+                sessions(rows)
+            }
+
+            async fn sessions_per_agent(&self) -> Result<HashMap<String, u32>, StoreError> {
+                let rows = sqlx::query(
+                    "SELECT agent_id, COUNT(*) FROM sessions WHERE agent_id IS NOT NULL GROUP BY agent_id",
+                )
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_err)?;
+                rows.iter()
+                    .map(|r| Ok((r.try_get::<String, _>(0).map_err(db_err)?, r.try_get::<i64, _>(1).map_err(db_err)? as u32)))
+                    .collect()
+            }
+
+            async fn get_command(&self, id: &str) -> Result<Option<Command>, StoreError> {
+                sqlx::query_as::<_, CommandRow>(sqlx::AssertSqlSafe(format!("SELECT {COMMAND_COLS} FROM commands WHERE id = $1")))
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_err)?
+                    .map(Command::try_from)
+                    .transpose()
+            }
+
+            async fn claim_commands(&self, agent: &str, window: u32, now: Millis) -> Result<Vec<Command>, StoreError> {
+                let mut tx = self.pool.begin().await.map_err(db_err)?;
+                let busy: i64 = sqlx::query(
+                    "SELECT COUNT(*) FROM commands WHERE agent_id = $1 AND state IN ('delivered', 'acknowledged')",
+                )
+                .bind(agent)
+                .fetch_one(&mut *tx)
+                .await
+                .and_then(|r| r.try_get::<i64, _>(0))
+                .map_err(db_err)?;
+                let room = i64::from(window) - busy;
+                if room <= 0 {
+                    return Ok(vec![]);
+                }
+                let rows = sqlx::query_as::<_, CommandRow>(sqlx::AssertSqlSafe(format!(
+                    "UPDATE commands SET state = 'delivered', updated_ms = $1
+                     WHERE seq IN (SELECT seq FROM commands WHERE agent_id = $2 AND state = 'pending' ORDER BY seq LIMIT $3)
+                     RETURNING {COMMAND_COLS}"
+                )))
+                .bind(now)
+                .bind(agent)
+                .bind(room)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db_err)?;
+                tx.commit().await.map_err(db_err)?;
+                let mut cmds = commands(rows)?;
+                cmds.sort_by_key(|c| c.created_ms);
+                Ok(cmds)
+            }
+
+            async fn requeue_commands(&self, agent: &str) -> Result<u64, StoreError> {
+                let r = sqlx::query(
+                    "UPDATE commands SET state = 'pending' WHERE agent_id = $1 AND state IN ('delivered', 'acknowledged')",
+                )
+                .bind(agent)
+                .execute(&self.pool)
+                .await
+                .map_err(db_err)?;
+                Ok(r.rows_affected())
+            }
+
+            async fn overdue_commands(&self, now: Millis) -> Result<Vec<Command>, StoreError> {
+                let rows = sqlx::query_as::<_, CommandRow>(sqlx::AssertSqlSafe(format!(
+                    "SELECT {COMMAND_COLS} FROM commands WHERE {ACTIVE} AND deadline_ms < $1 ORDER BY seq"
+                )))
+                .bind(now)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_err)?;
+                commands(rows)
+            }
+
+            async fn active_commands_per_agent(&self) -> Result<HashMap<String, u32>, StoreError> {
+                let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT agent_id, COUNT(*) FROM commands WHERE state IN ('delivered', 'acknowledged') GROUP BY agent_id"
+                )))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_err)?;
+                rows.iter()
+                    .map(|r| Ok((r.try_get::<String, _>(0).map_err(db_err)?, r.try_get::<i64, _>(1).map_err(db_err)? as u32)))
+                    .collect()
+            }
+
+            async fn upsert_agent(&self, a: &AgentRecord) -> Result<(), StoreError> {
+                sqlx::query(
+                    "INSERT INTO agents (id, platform, region, capacity, version, fencing_token, last_seen_ms)
+                     VALUES ($1,$2,$3,$4,$5,$6,$7)
+                     ON CONFLICT (id) DO UPDATE SET platform=excluded.platform, region=excluded.region,
+                     capacity=excluded.capacity, version=excluded.version,
+                     fencing_token=CASE WHEN excluded.fencing_token > agents.fencing_token THEN excluded.fencing_token ELSE agents.fencing_token END,
+                     last_seen_ms=excluded.last_seen_ms",
+                )
+                .bind(&a.id)
+                .bind(&a.platform)
+                .bind(&a.region)
+                .bind(to_json(&a.capacity))
+                .bind(&a.version)
+                .bind(a.fencing_token)
+                .bind(a.last_seen_ms)
+                .execute(&self.pool)
+                .await
+                .map_err(db_err)?;
+                Ok(())
+            }
+
+            async fn get_agent(&self, id: &str) -> Result<Option<AgentRecord>, StoreError> {
+                sqlx::query_as::<_, AgentRow>("SELECT id, platform, region, capacity, version, fencing_token, last_seen_ms FROM agents WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_err)?
+                    .map(AgentRecord::try_from)
+                    .transpose()
+            }
+
+            async fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
+                sqlx::query_as::<_, AgentRow>("SELECT id, platform, region, capacity, version, fencing_token, last_seen_ms FROM agents ORDER BY id")
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_err)?
+                    .into_iter()
+                    .map(AgentRecord::try_from)
+                    .collect()
+            }
+
+            async fn put_template(&self, t: &Template) -> Result<(), StoreError> {
+                sqlx::query(
+                    "INSERT INTO templates (name, spec, updated_ms) VALUES ($1,$2,$3)
+                     ON CONFLICT (name) DO UPDATE SET spec=excluded.spec, updated_ms=excluded.updated_ms",
+                )
+                .bind(&t.name)
+                .bind(to_json(t))
+                .bind(now_ms())
+                .execute(&self.pool)
+                .await
+                .map_err(db_err)?;
+                Ok(())
+            }
+
+            async fn get_template(&self, name: &str) -> Result<Option<Template>, StoreError> {
+                sqlx::query_as::<_, TemplateRow>("SELECT spec FROM templates WHERE name = $1")
+                    .bind(name)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_err)?
+                    .map(Template::try_from)
+                    .transpose()
+            }
+
+            async fn list_templates(&self) -> Result<Vec<Template>, StoreError> {
+                sqlx::query_as::<_, TemplateRow>("SELECT spec FROM templates ORDER BY name")
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_err)?
+                    .into_iter()
+                    .map(Template::try_from)
+                    .collect()
+            }
+
+            async fn delete_template(&self, name: &str) -> Result<bool, StoreError> {
+                let r = sqlx::query("DELETE FROM templates WHERE name = $1")
+                    .bind(name)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                Ok(r.rows_affected() > 0)
+            }
+        }
+    };
+}
+
+pub(crate) use sql_store;

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Runs every test: installs or builds what the tests need (PostgreSQL, grpcurl,
+# kubectl, helm; the Kubernetes test control plane when tests need it), then
+# runs lint checks and the whole suite on SQLite and on PostgreSQL.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+log() { echo "[test.sh] $*"; }
+
+export CACHE="${STREAMSPACE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/streamspace}"
+mkdir -p "$CACHE"
+
+log "installing test tools (cached in $CACHE)"
+scripts/tools.sh install
+eval "$(scripts/tools.sh env)"
+command -v grpcurl >/dev/null || { echo "grpcurl missing after install" >&2; exit 1; }
+export GRPCURL="$(command -v grpcurl)"
+
+log "starting PostgreSQL"
+scripts/postgres.sh start >/dev/null
+export STREAMSPACE_TEST_POSTGRES_URL="$(scripts/postgres.sh url)"
+trap 'scripts/postgres.sh stop >/dev/null 2>&1 || true' EXIT
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+log "cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+log "building binaries"
+cargo build --workspace --bins
+
+jobs="${STREAMSPACE_TEST_THREADS:-2}"
+log "tests on SQLite"
+STREAMSPACE_TEST_STORE=sqlite cargo test --workspace -- --test-threads="$jobs"
+log "tests on PostgreSQL ($STREAMSPACE_TEST_POSTGRES_URL)"
+STREAMSPACE_TEST_STORE=postgres cargo test -p streamspace-tests -- --test-threads="$jobs"
+log "all tests passed"

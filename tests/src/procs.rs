@@ -1,0 +1,179 @@
+//! Real processes: the agent and control-plane binaries, killed with SIGKILL
+//! and restarted by crash tests. Output goes to log files next to their data.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::pki::{TRUST_DOMAIN, TestPki};
+
+/// A free loopback port (bound and released).
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+fn log_file(dir: &Path, name: &str) -> (Stdio, Stdio) {
+    std::fs::create_dir_all(dir).unwrap();
+    let f = std::fs::OpenOptions::new().create(true).append(true).open(dir.join(name)).unwrap();
+    (Stdio::from(f.try_clone().unwrap()), Stdio::from(f))
+}
+
+/// An agent process with the process runtime.
+pub struct AgentProc {
+    pub id: String,
+    pub data_dir: PathBuf,
+    cmd: Vec<String>,
+    child: Option<Child>,
+}
+
+impl AgentProc {
+    pub fn spawn(pki: &TestPki, id: &str, agent_addr: SocketAddr, data_dir: &Path) -> Self {
+        let (cert, key) = pki.agent(id);
+        let cmd = vec![
+            crate::binary("streamspace-agent").display().to_string(),
+            format!("--agent-id={id}"),
+            format!("--control-plane-url=https://{agent_addr}"),
+            "--platform=process".into(),
+            "--region=test".into(),
+            format!("--tls-cert={}", cert.display()),
+            format!("--tls-key={}", key.display()),
+            format!("--ca-cert={}", pki.ca_path().display()),
+            "--tls-server-name=localhost".into(),
+            format!("--data-dir={}", data_dir.display()),
+            "--stop-grace-seconds=2".into(),
+            "--backoff-base-ms=50".into(),
+            "--backoff-max-ms=1000".into(),
+        ];
+        let mut a = Self { id: id.into(), data_dir: data_dir.into(), cmd, child: None };
+        a.start();
+        a
+    }
+
+    pub fn start(&mut self) {
+        let (out, err) = log_file(&self.data_dir, "agent.log");
+        let child = Command::new(&self.cmd[0])
+            .args(&self.cmd[1..])
+            .env("RUST_LOG", "info")
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("spawn agent");
+        self.child = Some(child);
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGKILL);
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait.
+    pub fn terminate(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("agent.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        self.kill9();
+        // Session processes are in their own groups: stop what the test left.
+        if let Ok(entries) = std::fs::read_dir(self.data_dir.join("sessions")) {
+            for e in entries.flatten() {
+                if let Ok(t) = std::fs::read_to_string(e.path())
+                    && let Ok(v) = serde_json::from_str::<serde_json::Value>(&t)
+                    && let Some(pid) = v["pid"].as_i64()
+                {
+                    let _ = nix::sys::signal::killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                }
+            }
+        }
+    }
+}
+
+/// A control-plane process (`serve`), restartable on the same database.
+pub struct CpProc {
+    pub api_addr: SocketAddr,
+    pub agent_addr: SocketAddr,
+    pub dir: PathBuf,
+    cmd: Vec<String>,
+    child: Option<Child>,
+}
+
+impl CpProc {
+    pub fn spawn(pki: &TestPki, database_url: &str, dir: &Path, heartbeat_ms: u64) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let tokens = dir.join("tokens.csv");
+        std::fs::write(&tokens, crate::tokens_csv()).unwrap();
+        let (api_addr, agent_addr) = (free_addr(), free_addr());
+        let cmd = vec![
+            crate::binary("streamspace-control-plane").display().to_string(),
+            "serve".into(),
+            format!("--api-addr={api_addr}"),
+            format!("--agent-addr={agent_addr}"),
+            format!("--database-url={database_url}"),
+            format!("--tls-cert={}", pki.dir.path().join("server.crt").display()),
+            format!("--tls-key={}", pki.dir.path().join("server.key").display()),
+            format!("--agent-ca={}", pki.ca_path().display()),
+            format!("--tokens-file={}", tokens.display()),
+            format!("--trust-domain={TRUST_DOMAIN}"),
+            format!("--heartbeat-interval-ms={heartbeat_ms}"),
+        ];
+        let mut cp = Self { api_addr, agent_addr, dir: dir.into(), cmd, child: None };
+        cp.start();
+        cp
+    }
+
+    pub fn start(&mut self) {
+        let (out, err) = log_file(&self.dir, "control-plane.log");
+        let child = Command::new(&self.cmd[0])
+            .args(&self.cmd[1..])
+            .env("RUST_LOG", "info")
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("spawn control plane");
+        self.child = Some(child);
+    }
+
+    /// Waits until the API port accepts connections.
+    pub async fn ready(&self) {
+        let addr = self.api_addr;
+        crate::wait_for("control plane to listen", 30, || async move {
+            tokio::net::TcpStream::connect(addr).await.ok().map(|_| ())
+        })
+        .await;
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGKILL);
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("control-plane.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for CpProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

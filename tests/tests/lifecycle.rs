@@ -1,0 +1,91 @@
+//! A session's whole life over real mTLS on loopback, with a real agent
+//! process and the process runtime: create -> RUNNING (URL answers) ->
+//! hibernate (process stopped) -> wake -> delete (process gone, session gone).
+//! WatchSessions must deliver each transition.
+
+use std::time::Duration;
+
+use streamspace::v1 as pb;
+use streamspace_tests::procs::AgentProc;
+use streamspace_tests::*;
+use tokio_stream::StreamExt;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_hibernate_wake_delete() {
+    init();
+    let pki = TestPki::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let db = database_url(tmp.path()).await;
+    let cp = start_cp(&pki, &db, &CpOptions::default()).await;
+    let _agent = AgentProc::spawn(&pki, "agent-1", cp.agent_addr, &tmp.path().join("agent"));
+    let mut api = Api::connect(&pki, cp.api_addr, ALICE_TOKEN).await;
+
+    let mut watch = api
+        .sessions
+        .watch_sessions(pb::WatchSessionsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    // The session waits for the agent if it is not attached yet, then runs.
+    let created = api.create("alice-files", "static-files").await.unwrap();
+    assert_eq!(created.user, "alice");
+    assert_eq!(created.desired_state, pb::DesiredState::Running as i32);
+
+    let running = api.wait_phase("alice-files", pb::SessionPhase::Running, 30).await;
+    assert!(running.url.starts_with("http://127.0.0.1:"), "url: {}", running.url);
+    assert!(http_ok(&running.url).await, "the session's URL must answer");
+    assert_eq!(running.agent_id, "agent-1");
+    let pid = session_pid(&running);
+    assert!(matches!(proc_state(pid), Some('S' | 'R')));
+
+    api.sessions
+        .hibernate_session(pb::HibernateSessionRequest { name: "alice-files".into() })
+        .await
+        .unwrap();
+    api.wait_phase("alice-files", pb::SessionPhase::Hibernated, 30).await;
+    wait_for("the process to be stopped (state T)", 10, || async move { (proc_state(pid) == Some('T')).then_some(()) }).await;
+
+    api.sessions
+        .wake_session(pb::WakeSessionRequest { name: "alice-files".into() })
+        .await
+        .unwrap();
+    let woken = api.wait_phase("alice-files", pb::SessionPhase::Running, 30).await;
+    assert_eq!(session_pid(&woken), pid, "wake resumes the same process");
+    assert!(http_ok(&woken.url).await);
+
+    api.sessions
+        .delete_session(pb::DeleteSessionRequest { name: "alice-files".into(), delete_home: false })
+        .await
+        .unwrap();
+    api.wait_gone("alice-files", 30).await;
+    wait_for("the process to be gone", 10, || async move { proc_state(pid).is_none().then_some(()) }).await;
+
+    // Every transition was delivered to the watcher, in order.
+    let mut phases = vec![];
+    let mut deleted = false;
+    let collect = async {
+        while let Some(Ok(ev)) = watch.next().await {
+            let s = ev.session.unwrap();
+            if s.name != "alice-files" {
+                continue;
+            }
+            if ev.r#type == pb::session_event::Type::Deleted as i32 {
+                deleted = true;
+                break;
+            }
+            let p = pb::SessionPhase::try_from(s.phase).unwrap();
+            if phases.last() != Some(&p) {
+                phases.push(p);
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), collect).await.expect("watch delivers the deletion");
+    assert!(deleted, "DELETED event");
+    use pb::SessionPhase::*;
+    for want in [Pending, Provisioning, Running, Hibernated, Stopped] {
+        assert!(phases.contains(&want), "watch missed {want:?}: {phases:?}");
+    }
+    let pos = |p| phases.iter().position(|x| *x == p).unwrap();
+    assert!(pos(Pending) < pos(Running) && pos(Running) < pos(Hibernated) && pos(Hibernated) < pos(Stopped), "{phases:?}");
+    cp.shutdown().await;
+}
