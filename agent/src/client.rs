@@ -80,7 +80,11 @@ fn frame(f: Out) -> pb::AgentFrame {
 }
 
 impl Client {
-    pub fn new(cfg: ClientConfig, runtime: Arc<dyn Runtime>, statuses: mpsc::Receiver<pb::SessionStatus>) -> Self {
+    pub fn new(
+        cfg: ClientConfig,
+        runtime: Arc<dyn Runtime>,
+        statuses: mpsc::Receiver<pb::SessionStatus>,
+    ) -> Self {
         let (results_tx, results_rx) = mpsc::channel(1024);
         Self {
             cfg,
@@ -169,7 +173,9 @@ impl Client {
         tx.send(frame(Out::Hello(hello))).await?;
         let mut inbound = client.attach(ReceiverStream::new(rx)).await?.into_inner();
         let welcome = match inbound.message().await? {
-            Some(pb::ControlFrame { frame: Some(In::Welcome(w)) }) => w,
+            Some(pb::ControlFrame {
+                frame: Some(In::Welcome(w)),
+            }) => w,
             other => anyhow::bail!("expected Welcome as the first frame, got {other:?}"),
         };
         let interval = welcome
@@ -206,9 +212,16 @@ impl Client {
     }
 
     /// Acks a delivery and applies it unless it is a duplicate.
-    async fn command(&self, c: pb::Command, tx: &mpsc::Sender<pb::AgentFrame>) -> anyhow::Result<()> {
+    async fn command(
+        &self,
+        c: pb::Command,
+        tx: &mpsc::Sender<pb::AgentFrame>,
+    ) -> anyhow::Result<()> {
         let id = c.command_id.clone();
-        tx.send(frame(Out::Ack(pb::CommandAck { command_id: id.clone() }))).await?;
+        tx.send(frame(Out::Ack(pb::CommandAck {
+            command_id: id.clone(),
+        })))
+        .await?;
         match self.dedup.deliver(&id) {
             Seen::InProgress => {
                 self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
@@ -229,13 +242,20 @@ impl Client {
             .entry(c.session_id.clone())
             .or_default()
             .clone();
-        let (runtime, dedup, results) = (self.runtime.clone(), self.dedup.clone(), self.results_tx.clone());
+        let (runtime, dedup, results) = (
+            self.runtime.clone(),
+            self.dedup.clone(),
+            self.results_tx.clone(),
+        );
         let span = info_span!("command", command_id = %id, session_id = %c.session_id, generation = c.session_generation);
         tokio::spawn(
             async move {
                 let _guard = lock.lock().await;
                 let outcome = apply(&*runtime, &c).await;
-                let result = pb::CommandResult { command_id: id.clone(), outcome: Some(outcome) };
+                let result = pb::CommandResult {
+                    command_id: id.clone(),
+                    outcome: Some(outcome),
+                };
                 dedup.finish(&id, result.clone());
                 let _ = results.send(frame(Out::Result(result))).await;
             }
@@ -267,7 +287,11 @@ async fn apply(rt: &dyn Runtime, c: &pb::Command) -> pb::command_result::Outcome
         }
         Err(e) => {
             warn!(reason = ?e.reason, message = %e.message, "command failed");
-            Outcome::Failed(pb::CommandFailed { reason: e.reason as i32, message: e.message, retryable: e.retryable })
+            Outcome::Failed(pb::CommandFailed {
+                reason: e.reason as i32,
+                message: e.message,
+                retryable: e.retryable,
+            })
         }
     }
 }

@@ -14,7 +14,11 @@ use streamspace::v1 as pb;
 use crate::client::{ClientConfig, ClientTls};
 
 #[derive(Debug, Clone, Parser)]
-#[command(name = "streamspace-agent", version, about = "StreamSpace agent: runs sessions for the control plane")]
+#[command(
+    name = "streamspace-agent",
+    version,
+    about = "StreamSpace agent: runs sessions for the control plane"
+)]
 pub struct AgentArgs {
     /// Unique agent identifier (e.g. k8s-prod-us-east-1); must match the certificate.
     #[arg(long, env = "AGENT_ID")]
@@ -56,7 +60,11 @@ pub struct AgentArgs {
     #[arg(long, env = "AGENT_TLS_SERVER_NAME")]
     pub tls_server_name: Option<String>,
     /// State directory of the process runtime.
-    #[arg(long, env = "AGENT_DATA_DIR", default_value = "/var/lib/streamspace-agent")]
+    #[arg(
+        long,
+        env = "AGENT_DATA_DIR",
+        default_value = "/var/lib/streamspace-agent"
+    )]
     pub data_dir: PathBuf,
     /// Seconds a session process gets between SIGTERM and SIGKILL.
     #[arg(long, env = "STOP_GRACE_SECONDS", default_value_t = 10)]

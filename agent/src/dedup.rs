@@ -72,11 +72,17 @@ mod tests {
         let d = Dedup::new(2);
         assert!(matches!(d.deliver("a"), Seen::New));
         assert!(matches!(d.deliver("a"), Seen::InProgress));
-        let r = pb::CommandResult { command_id: "a".into(), outcome: None };
+        let r = pb::CommandResult {
+            command_id: "a".into(),
+            outcome: None,
+        };
         d.finish("a", r.clone());
         assert!(matches!(d.deliver("a"), Seen::Done(x) if x == r));
         d.finish("b", r.clone());
         d.finish("c", r.clone());
-        assert!(matches!(d.deliver("a"), Seen::New), "evicted beyond capacity");
+        assert!(
+            matches!(d.deliver("a"), Seen::New),
+            "evicted beyond capacity"
+        );
     }
 }

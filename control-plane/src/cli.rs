@@ -15,7 +15,11 @@ use crate::pki::{self, Pem};
 use crate::server::{ControlPlane, ServerConfig, TlsMaterial};
 
 #[derive(Debug, Parser)]
-#[command(name = "streamspace-control-plane", version, about = "StreamSpace control plane")]
+#[command(
+    name = "streamspace-control-plane",
+    version,
+    about = "StreamSpace control plane"
+)]
 pub struct Cli {
     /// Log format: text or json.
     #[arg(long, env = "LOG_FORMAT", default_value = "text", global = true)]
@@ -141,14 +145,30 @@ fn certs(cmd: CertsCommand) -> anyhow::Result<()> {
     };
     match cmd {
         CertsCommand::Ca { out } => say("CA", pki::new_ca("StreamSpace CA")?.save(&out, "ca")?),
-        CertsCommand::Server { ca_dir, out, dns, ips } => {
+        CertsCommand::Server {
+            ca_dir,
+            out,
+            dns,
+            ips,
+        } => {
             let ca = Pem::load(&ca_dir, "ca")?;
-            say("server", pki::new_server(&ca, &dns, &ips)?.save(&out, "server")?)
+            say(
+                "server",
+                pki::new_server(&ca, &dns, &ips)?.save(&out, "server")?,
+            )
         }
-        CertsCommand::Agent { ca_dir, out, id, trust_domain } => {
+        CertsCommand::Agent {
+            ca_dir,
+            out,
+            id,
+            trust_domain,
+        } => {
             let ca = Pem::load(&ca_dir, "ca")?;
             let pem = pki::new_agent(&ca, &trust_domain, &id)?;
-            say(&format!("agent {id} ({})", pki::agent_uri(&trust_domain, &id)), pem.save(&out, &format!("agent-{id}"))?)
+            say(
+                &format!("agent {id} ({})", pki::agent_uri(&trust_domain, &id)),
+                pem.save(&out, &format!("agent-{id}"))?,
+            )
         }
     }
     Ok(())

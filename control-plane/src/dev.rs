@@ -61,7 +61,10 @@ fn ensure_tokens(path: &Path) -> anyhow::Result<(Tokens, String)> {
     if !path.exists() {
         let token = format!("dev-admin-{}", uuid::Uuid::new_v4().simple());
         let user = format!("dev-user-{}", uuid::Uuid::new_v4().simple());
-        std::fs::write(path, format!("# token,user,role\n{token},admin,admin\n{user},alice,user\n"))?;
+        std::fs::write(
+            path,
+            format!("# token,user,role\n{token},admin,admin\n{user},alice,user\n"),
+        )?;
     }
     let text = std::fs::read_to_string(path)?;
     let admin = text
@@ -76,8 +79,14 @@ fn ensure_tokens(path: &Path) -> anyhow::Result<(Tokens, String)> {
 /// Templates the embedded default starts with.
 pub fn dev_templates() -> Vec<Template> {
     let small = Resources {
-        requests: ResourceList { cpu: "100m".into(), memory: "64Mi".into() },
-        limits: ResourceList { cpu: "1".into(), memory: "256Mi".into() },
+        requests: ResourceList {
+            cpu: "100m".into(),
+            memory: "64Mi".into(),
+        },
+        limits: ResourceList {
+            cpu: "1".into(),
+            memory: "256Mi".into(),
+        },
     };
     vec![
         Template {
@@ -85,8 +94,18 @@ pub fn dev_templates() -> Vec<Template> {
             display_name: "Static file server".into(),
             description: "Serves the session's home directory over HTTP (python3 only).".into(),
             image: "python:3.12-slim".into(),
-            command: vec!["python3".into(), "-m".into(), "http.server".into(), "${PORT}".into(), "--bind".into(), "127.0.0.1".into()],
-            ports: vec![Port { name: "http".into(), container_port: 8000 }],
+            command: vec![
+                "python3".into(),
+                "-m".into(),
+                "http.server".into(),
+                "${PORT}".into(),
+                "--bind".into(),
+                "127.0.0.1".into(),
+            ],
+            ports: vec![Port {
+                name: "http".into(),
+                container_port: 8000,
+            }],
             streaming_port: "http".into(),
             default_resources: small.clone(),
             ..Template::default()
@@ -96,8 +115,20 @@ pub fn dev_templates() -> Vec<Template> {
             display_name: "Persistent home file server".into(),
             description: "Like static-files, with the user's home kept across sessions.".into(),
             image: "python:3.12-slim".into(),
-            command: vec!["python3".into(), "-m".into(), "http.server".into(), "${PORT}".into(), "--bind".into(), "127.0.0.1".into(), "--directory".into(), "${HOME}".into()],
-            ports: vec![Port { name: "http".into(), container_port: 8000 }],
+            command: vec![
+                "python3".into(),
+                "-m".into(),
+                "http.server".into(),
+                "${PORT}".into(),
+                "--bind".into(),
+                "127.0.0.1".into(),
+                "--directory".into(),
+                "${HOME}".into(),
+            ],
+            ports: vec![Port {
+                name: "http".into(),
+                container_port: 8000,
+            }],
             streaming_port: "http".into(),
             default_resources: small,
             persistent_home: true,
@@ -109,11 +140,20 @@ pub fn dev_templates() -> Vec<Template> {
             display_name: "Firefox".into(),
             description: "Firefox streamed over noVNC (kubernetes runtime).".into(),
             image: "jlesage/firefox:latest".into(),
-            ports: vec![Port { name: "http".into(), container_port: 5800 }],
+            ports: vec![Port {
+                name: "http".into(),
+                container_port: 5800,
+            }],
             streaming_port: "http".into(),
             default_resources: Resources {
-                requests: ResourceList { cpu: "500m".into(), memory: "1Gi".into() },
-                limits: ResourceList { cpu: "2".into(), memory: "2Gi".into() },
+                requests: ResourceList {
+                    cpu: "500m".into(),
+                    memory: "1Gi".into(),
+                },
+                limits: ResourceList {
+                    cpu: "2".into(),
+                    memory: "2Gi".into(),
+                },
             },
             run_as_root: true,
             ..Template::default()
@@ -122,7 +162,8 @@ pub fn dev_templates() -> Vec<Template> {
 }
 
 pub async fn run(a: DevArgs) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&a.data_dir).with_context(|| format!("creating {}", a.data_dir.display()))?;
+    std::fs::create_dir_all(&a.data_dir)
+        .with_context(|| format!("creating {}", a.data_dir.display()))?;
     let dir = std::fs::canonicalize(&a.data_dir)?;
     let pki_dir = dir.join("pki");
     ensure_pki(&pki_dir, &a.tuning.trust_domain)?;
@@ -133,13 +174,20 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
         agent_addr: a.agent_addr,
         api_addr: a.api_addr,
         database_url: format!("sqlite://{}", dir.join("streamspace.db").display()),
-        tls: TlsMaterial { server_cert: server.cert, server_key: server.key, agent_ca: ca.cert.clone() },
+        tls: TlsMaterial {
+            server_cert: server.cert,
+            server_key: server.key,
+            agent_ca: ca.cert.clone(),
+        },
         tokens,
         hub: a.tuning.hub(),
         lifecycle: a.tuning.lifecycle(),
     };
     let cp = ControlPlane::start(cfg).await?;
-    let admin = Caller { user: "admin".into(), admin: true };
+    let admin = Caller {
+        user: "admin".into(),
+        admin: true,
+    };
     for t in dev_templates() {
         if cp.lifecycle.store().get_template(&t.name).await?.is_none() {
             cp.lifecycle.put_template(&admin, t).await?;
@@ -148,15 +196,29 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
 
     let agent_pem = Pem::load(&pki_dir, &format!("agent-{AGENT_ID}"))?;
     let (sink, statuses) = StatusSink::channel(4096);
-    let runtime = Arc::new(ProcessRuntime::open(&dir.join("agent"), sink, Duration::from_secs(5), true)?);
+    let runtime = Arc::new(ProcessRuntime::open(
+        &dir.join("agent"),
+        sink,
+        Duration::from_secs(5),
+        true,
+    )?);
     let client = Client::new(
         ClientConfig {
             agent_id: AGENT_ID.into(),
             control_plane_url: format!("https://{}", cp.agent_addr),
             platform: "process".into(),
             region: "local".into(),
-            capacity: pb::Capacity { max_sessions: 50, cpu_millis: 0, memory_bytes: 0 },
-            tls: ClientTls { ca: ca.cert, cert: agent_pem.cert, key: agent_pem.key, server_name: Some("localhost".into()) },
+            capacity: pb::Capacity {
+                max_sessions: 50,
+                cpu_millis: 0,
+                memory_bytes: 0,
+            },
+            tls: ClientTls {
+                ca: ca.cert,
+                cert: agent_pem.cert,
+                key: agent_pem.key,
+                server_name: Some("localhost".into()),
+            },
             backoff_base: Duration::from_millis(100),
             backoff_cap: Duration::from_secs(5),
             fencing_token: Arc::new(AtomicU64::new(0)),
@@ -179,7 +241,10 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
 
 fn print_walkthrough(dir: &Path, api: SocketAddr, token: &str) {
     let ca = dir.join("pki").join("ca.crt");
-    let g = format!("grpcurl -cacert {} -H \"authorization: Bearer $STREAMSPACE_TOKEN\"", ca.display());
+    let g = format!(
+        "grpcurl -cacert {} -H \"authorization: Bearer $STREAMSPACE_TOKEN\"",
+        ca.display()
+    );
     println!(
         r#"
 StreamSpace is running (embedded default).

@@ -42,7 +42,11 @@ pub fn new_ca(common_name: &str) -> Result<Pem, PkiError> {
     let mut p = CertificateParams::new(Vec::<String>::new())?;
     p.distinguished_name.push(DnType::CommonName, common_name);
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     let cert = p.self_signed(&key)?;
     Ok(Pem {
         cert: cert.pem(),
@@ -54,7 +58,10 @@ fn sign(ca: &Pem, mut p: CertificateParams) -> Result<Pem, PkiError> {
     let ca_key = KeyPair::from_pem(&ca.key)?;
     let issuer = Issuer::from_ca_cert_pem(&ca.cert, ca_key)?;
     let key = KeyPair::generate()?;
-    p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    p.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
     let cert = p.signed_by(&key, &issuer)?;
     Ok(Pem {
         cert: cert.pem(),
@@ -65,29 +72,43 @@ fn sign(ca: &Pem, mut p: CertificateParams) -> Result<Pem, PkiError> {
 /// A server certificate for the given DNS names and IP addresses.
 pub fn new_server(ca: &Pem, dns: &[String], ips: &[IpAddr]) -> Result<Pem, PkiError> {
     let mut p = CertificateParams::new(dns.to_vec())?;
-    p.subject_alt_names.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
-    p.distinguished_name.push(DnType::CommonName, "streamspace-control-plane");
+    p.subject_alt_names
+        .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+    p.distinguished_name
+        .push(DnType::CommonName, "streamspace-control-plane");
     p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     sign(ca, p)
 }
 
 /// A client certificate naming agent `id`.
 pub fn new_agent(ca: &Pem, trust_domain: &str, id: &str) -> Result<Pem, PkiError> {
-    if id.is_empty() || id.len() > 63 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_') {
+    if id.is_empty()
+        || id.len() > 63
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+    {
         return Err(PkiError::Invalid(format!(
             "agent id {id:?}: must be 1-63 letters, digits, '-', '.' or '_'"
         )));
     }
     let mut p = CertificateParams::new(Vec::<String>::new())?;
     let uri = agent_uri(trust_domain, id);
-    p.subject_alt_names = vec![SanType::URI(uri.try_into().map_err(|_| PkiError::Invalid("agent uri".into()))?)];
-    p.distinguished_name.push(DnType::CommonName, format!("agent {id}"));
+    p.subject_alt_names = vec![SanType::URI(
+        uri.try_into()
+            .map_err(|_| PkiError::Invalid("agent uri".into()))?,
+    )];
+    p.distinguished_name
+        .push(DnType::CommonName, format!("agent {id}"));
     p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     sign(ca, p)
 }
 
 fn write(path: &Path, contents: &str) -> Result<(), PkiError> {
-    let io = |source| PkiError::Io { path: path.to_path_buf(), source };
+    let io = |source| PkiError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).map_err(io)?;
     }
@@ -95,13 +116,19 @@ fn write(path: &Path, contents: &str) -> Result<(), PkiError> {
 }
 
 fn read(path: &Path) -> Result<String, PkiError> {
-    fs::read_to_string(path).map_err(|source| PkiError::Io { path: path.to_path_buf(), source })
+    fs::read_to_string(path).map_err(|source| PkiError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 impl Pem {
     /// Writes `<dir>/<name>.crt` and `<dir>/<name>.key`; returns both paths.
     pub fn save(&self, dir: &Path, name: &str) -> Result<(PathBuf, PathBuf), PkiError> {
-        let (c, k) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
+        let (c, k) = (
+            dir.join(format!("{name}.crt")),
+            dir.join(format!("{name}.key")),
+        );
         write(&c, &self.cert)?;
         write(&k, &self.key)?;
         #[cfg(unix)]
@@ -127,7 +154,8 @@ impl Pem {
 /// Reads the agent id from a client certificate (DER), expecting a SAN URI
 /// `spiffe://<trust_domain>/agent/<id>`.
 pub fn agent_id_from_cert(der: &[u8], trust_domain: &str) -> Result<String, String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| format!("client certificate does not parse: {e}"))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| format!("client certificate does not parse: {e}"))?;
     let prefix = format!("spiffe://{trust_domain}/agent/");
     let san = cert
         .subject_alternative_name()

@@ -58,18 +58,27 @@ const API_MAX_MESSAGE: usize = 1 << 20;
 fn health_and_reflection() -> anyhow::Result<(
     tonic_health::server::HealthReporter,
     tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
-    tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>,
-    tonic_reflection::server::v1alpha::ServerReflectionServer<impl tonic_reflection::server::v1alpha::ServerReflection>,
+    tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection,
+    >,
+    tonic_reflection::server::v1alpha::ServerReflectionServer<
+        impl tonic_reflection::server::v1alpha::ServerReflection,
+    >,
 )> {
     let (reporter, health) = tonic_health::server::health_reporter();
-    let v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(streamspace::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(streamspace::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    // Both reflection versions are served (grpcurl 1.8 asks v1alpha, newer
+    // clients v1), and each lists every service, itself and the other included.
+    let builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(streamspace::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            )
+    };
+    let v1 = builder().build_v1()?;
+    let v1alpha = builder().build_v1alpha()?;
     Ok((reporter, health, v1, v1alpha))
 }
 
@@ -121,13 +130,18 @@ impl ControlPlane {
         let s = stop.clone();
         tasks.push(tokio::spawn(async move {
             let incoming = TcpIncoming::from(agent_listener).with_nodelay(Some(true));
-            if let Err(e) = router.serve_with_incoming_shutdown(incoming, s.cancelled_owned()).await {
+            if let Err(e) = router
+                .serve_with_incoming_shutdown(incoming, s.cancelled_owned())
+                .await
+            {
                 warn!(error = %e, "agent listener stopped");
             }
         }));
 
         // API listener: TLS, bearer tokens.
-        let api_tls = ServerTlsConfig::new().identity(identity).timeout(Duration::from_secs(10));
+        let api_tls = ServerTlsConfig::new()
+            .identity(identity)
+            .timeout(Duration::from_secs(10));
         let (reporter, health, v1, v1alpha) = health_and_reflection()?;
         let tokens = cfg.tokens.clone();
         let auth = move |req| tokens.authenticate(req);
@@ -139,8 +153,10 @@ impl ControlPlane {
         reporter.set_serving::<Templates<TemplateApi>>().await;
         let sessions = Sessions::new(SessionApi::new(lifecycle.clone(), drain.clone()))
             .max_decoding_message_size(API_MAX_MESSAGE);
-        let admin = Admin::new(AdminApi::new(lifecycle.clone())).max_decoding_message_size(API_MAX_MESSAGE);
-        let templates = Templates::new(TemplateApi::new(lifecycle.clone())).max_decoding_message_size(API_MAX_MESSAGE);
+        let admin =
+            Admin::new(AdminApi::new(lifecycle.clone())).max_decoding_message_size(API_MAX_MESSAGE);
+        let templates = Templates::new(TemplateApi::new(lifecycle.clone()))
+            .max_decoding_message_size(API_MAX_MESSAGE);
         let router = Server::builder()
             .tls_config(api_tls)?
             .http2_keepalive_interval(keepalive)
@@ -148,13 +164,24 @@ impl ControlPlane {
             .add_service(health)
             .add_service(v1)
             .add_service(v1alpha)
-            .add_service(tonic::service::interceptor::InterceptedService::new(sessions, auth.clone()))
-            .add_service(tonic::service::interceptor::InterceptedService::new(admin, auth.clone()))
-            .add_service(tonic::service::interceptor::InterceptedService::new(templates, auth));
+            .add_service(tonic::service::interceptor::InterceptedService::new(
+                sessions,
+                auth.clone(),
+            ))
+            .add_service(tonic::service::interceptor::InterceptedService::new(
+                admin,
+                auth.clone(),
+            ))
+            .add_service(tonic::service::interceptor::InterceptedService::new(
+                templates, auth,
+            ));
         let s = stop.clone();
         tasks.push(tokio::spawn(async move {
             let incoming = TcpIncoming::from(api_listener).with_nodelay(Some(true));
-            if let Err(e) = router.serve_with_incoming_shutdown(incoming, s.cancelled_owned()).await {
+            if let Err(e) = router
+                .serve_with_incoming_shutdown(incoming, s.cancelled_owned())
+                .await
+            {
                 warn!(error = %e, "API listener stopped");
             }
         }));
@@ -171,7 +198,7 @@ impl ControlPlane {
                     _ = tick.tick() => {
                         if let Err(e) = lc.expire_overdue().await { warn!(error = %e, "expiring commands"); }
                         n += 1;
-                        if n % 5 == 0 && let Err(e) = lc.place_unplaced().await { warn!(error = %e, "placing sessions"); }
+                        if n.is_multiple_of(5) && let Err(e) = lc.place_unplaced().await { warn!(error = %e, "placing sessions"); }
                     }
                 }
             }

@@ -36,6 +36,7 @@ KWOK_PORT=$((API_PORT + 3))
 ETCD_PORT="${STREAMSPACE_K8S_ETCD_PORT:-52379}"
 ETCD_PEER_PORT=$((ETCD_PORT + 1))
 NODES="${STREAMSPACE_K8S_NODES:-2}"
+T0=$SECONDS
 TIMEOUT="${STREAMSPACE_K8S_TIMEOUT:-120}"
 
 KWOK_VERSION="v0.8.0"
@@ -157,12 +158,20 @@ cmd_build() {
 
 pidfile() { echo "$STATE/pids/$1.pid"; }
 
-alive() { # alive NAME : the recorded pid runs the expected binary
+ours() { # ours PID NAME : PID runs component NAME against this state dir
+  local exe cmdline
+  exe="$(readlink "/proc/$1/exe" 2>/dev/null)" || return 1
+  exe="${exe% (deleted)}"
+  [[ "${exe##*/}" == "$2" ]] || return 1
+  cmdline="$(tr '\0' ' ' < "/proc/$1/cmdline" 2>/dev/null)" || return 1
+  [[ "$cmdline" == *"$STATE/"* ]]
+}
+
+alive() { # alive NAME : the recorded pid still runs that component of this cluster
   local f pid; f="$(pidfile "$1")"
   [[ -f "$f" ]] || return 1
   pid="$(cat "$f" 2>/dev/null)" || return 1
-  [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 1
-  [[ "$(readlink -f "/proc/$pid/exe" 2>/dev/null)" == "$(readlink -f "$(bin_path "$1")")" ]]
+  [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null && ours "$pid" "$1"
 }
 
 launch() { # launch NAME ARGS... : start in background with its own session, log + pid files
@@ -170,7 +179,7 @@ launch() { # launch NAME ARGS... : start in background with its own session, log
   local bin; bin="$(bin_path "$name")"
   [[ -x "$bin" ]] || die "$bin is missing: run '$0 build'"
   log "starting $name"
-  setsid "$bin" "$@" >"$STATE/logs/$name.log" 2>&1 < /dev/null &
+  setsid "$bin" "$@" >"$STATE/logs/$name.log" 2>&1 < /dev/null 8>&- 9>&- &
   echo $! > "$(pidfile "$name")"
 }
 
@@ -201,8 +210,9 @@ wait_for() { # wait_for DESCRIPTION DEADLINE_SECONDS COMMAND... ; also checks co
       fi
     done
     (( SECONDS < deadline )) || fail_start "timed out after ${TIMEOUT}s waiting for $what"
-    sleep 0.3
+    sleep 0.2
   done
+  log "  $what: ok (t+$((SECONDS - T0))s)"
 }
 
 port_free() { # true when nothing listens on 127.0.0.1:PORT
@@ -236,7 +246,7 @@ gen_pki() {
   local p="$STATE/pki"
   mkdir -p "$p"
   ensure_openssl
-  openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days 3650 -subj "/CN=streamspace-test-k8s-ca" \
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -sha256 -days 3650 -subj "/CN=streamspace-test-k8s-ca" \
     -keyout "$p/ca.key" -out "$p/ca.crt" 2>/dev/null
   cat > "$p/apiserver.ext" <<EOF
 basicConstraints=CA:FALSE
@@ -244,12 +254,22 @@ keyUsage=critical,digitalSignature,keyEncipherment
 extendedKeyUsage=serverAuth
 subjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
 EOF
-  openssl req -newkey rsa:2048 -nodes -sha256 -subj "/CN=kube-apiserver" \
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -sha256 -subj "/CN=kube-apiserver" \
     -keyout "$p/apiserver.key" -out "$p/apiserver.csr" 2>/dev/null
   openssl x509 -req -sha256 -days 3650 -in "$p/apiserver.csr" -CA "$p/ca.crt" -CAkey "$p/ca.key" \
     -CAcreateserial -extfile "$p/apiserver.ext" -out "$p/apiserver.crt" 2>/dev/null
-  openssl genrsa -out "$p/sa.key" 2048 2>/dev/null
-  openssl rsa -in "$p/sa.key" -pubout -out "$p/sa.pub" 2>/dev/null
+  # Front proxy (aggregation layer): its own CA, so no API client cert can act as a proxy.
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -sha256 -days 3650 -subj "/CN=streamspace-test-front-proxy-ca" \
+    -keyout "$p/front-proxy-ca.key" -out "$p/front-proxy-ca.crt" 2>/dev/null
+  printf 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n' \
+    > "$p/front-proxy-client.ext"
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -sha256 -subj "/CN=front-proxy-client" \
+    -keyout "$p/front-proxy-client.key" -out "$p/front-proxy-client.csr" 2>/dev/null
+  openssl x509 -req -sha256 -days 3650 -in "$p/front-proxy-client.csr" -CA "$p/front-proxy-ca.crt" \
+    -CAkey "$p/front-proxy-ca.key" -CAcreateserial -extfile "$p/front-proxy-client.ext" \
+    -out "$p/front-proxy-client.crt" 2>/dev/null
+  openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$p/sa.key" 2>/dev/null
+  openssl pkey -in "$p/sa.key" -pubout -out "$p/sa.pub" 2>/dev/null
   # Static tokens: user,uid,"groups". The controller manager and scheduler use the
   # identities the bootstrap RBAC policy grants; admin and kwok are system:masters.
   local admin kcm sched kwok
@@ -343,6 +363,11 @@ metadata:
 spec:
   taints: []
 status:
+  addresses:
+  - type: InternalIP
+    address: 10.2.0.$((i + 1))
+  - type: Hostname
+    address: kwok-node-$i
   allocatable:
     cpu: \"8\"
     memory: 32Gi
@@ -364,6 +389,7 @@ status:
 }
 
 cmd_start() {
+  find_kubectl
   if healthy; then
     log "already running (state $STATE, apiserver https://127.0.0.1:$API_PORT)"
     cmd_env
@@ -374,7 +400,6 @@ cmd_start() {
     cmd_stop
   fi
   cmd_build
-  find_kubectl
   command -v curl >/dev/null 2>&1 || die "curl is missing (apt-get install curl)"
   command -v setsid >/dev/null 2>&1 || die "setsid is missing (apt-get install util-linux)"
   [[ -f "$KWOK_STAGES" ]] || die "missing $KWOK_STAGES"
@@ -383,7 +408,7 @@ cmd_start() {
     port_free "$port" || die "port 127.0.0.1:$port is already in use (set STREAMSPACE_K8S_PORT / STREAMSPACE_K8S_ETCD_PORT)"
   done
 
-  local t0=$SECONDS
+  T0=$SECONDS
   mkdir -p "$STATE"/{logs,pids,etcd}
   chmod 700 "$STATE/etcd"
   gen_pki
@@ -409,6 +434,14 @@ cmd_start() {
     --tls-cert-file="$STATE/pki/apiserver.crt" \
     --tls-private-key-file="$STATE/pki/apiserver.key" \
     --client-ca-file="$STATE/pki/ca.crt" \
+    --requestheader-client-ca-file="$STATE/pki/front-proxy-ca.crt" \
+    --requestheader-allowed-names=front-proxy-client \
+    --requestheader-username-headers=X-Remote-User \
+    --requestheader-uid-headers=X-Remote-Uid \
+    --requestheader-group-headers=X-Remote-Group \
+    --requestheader-extra-headers-prefix=X-Remote-Extra- \
+    --proxy-client-cert-file="$STATE/pki/front-proxy-client.crt" \
+    --proxy-client-key-file="$STATE/pki/front-proxy-client.key" \
     --cert-dir="$STATE/pki/apiserver-certs" \
     --endpoint-reconciler-type=none \
     --service-cluster-ip-range=10.0.0.0/24 \
@@ -433,6 +466,8 @@ cmd_start() {
     --service-account-private-key-file="$STATE/pki/sa.key" \
     --root-ca-file="$STATE/pki/ca.crt" \
     --leader-elect=false \
+    --kube-api-qps=200 \
+    --kube-api-burst=400 \
     --profiling=false \
     --v=1
   launch kube-scheduler \
@@ -442,6 +477,8 @@ cmd_start() {
     --bind-address=127.0.0.1 \
     --secure-port="$SCHED_PORT" \
     --leader-elect=false \
+    --kube-api-qps=200 \
+    --kube-api-burst=400 \
     --profiling=false \
     --v=1
   launch kwok \
@@ -461,7 +498,7 @@ cmd_start() {
   wait_for "kube-scheduler /healthz" "$TIMEOUT" readyz "$SCHED_PORT" healthz
   wait_for "$NODES KWOK nodes Ready" "$TIMEOUT" nodes_ready
   wait_for "the default ServiceAccount" "$TIMEOUT" default_sa_exists
-  log "cluster ready in $((SECONDS - t0))s: kubernetes $K8S_VERSION at https://127.0.0.1:$API_PORT, $NODES KWOK nodes"
+  log "cluster ready in $((SECONDS - T0))s: kubernetes $K8S_VERSION at https://127.0.0.1:$API_PORT, $NODES KWOK nodes"
   cmd_env
 }
 
@@ -480,14 +517,11 @@ kill_component() { # kill_component NAME : TERM, wait, KILL
   rm -f "$f"
 }
 
-leftovers() { # pids of processes still running one of our binaries with this state dir
-  local pid exe name cmdline
-  for pid in $(ls /proc | grep -E '^[0-9]+$'); do
-    exe="$(readlink -f "/proc/$pid/exe" 2>/dev/null)" || continue
+leftovers() { # pids of any of our components still running against this state dir
+  local pid name
+  for pid in $(pgrep -f -- "$STATE/" || true); do
     for name in "${COMPONENTS[@]}"; do
-      [[ "$exe" == "$(readlink -f "$(bin_path "$name")" 2>/dev/null)" ]] || continue
-      cmdline="$(tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null || true)"
-      [[ "$cmdline" == *"$STATE/"* ]] && echo "$pid"
+      if ours "$pid" "$name"; then echo "$pid"; fi
     done
   done
 }
@@ -539,10 +573,16 @@ cmd_status() {
   return $ok
 }
 
+lock_state() { # one start/stop at a time per state dir (parallel test binaries call start)
+  mkdir -p "$(dirname "$STATE")"
+  exec 8>"$STATE.lock"
+  flock -w 600 8 || die "timed out waiting for the lock $STATE.lock"
+}
+
 case "${1:-}" in
   build) cmd_build ;;
-  start) cmd_start ;;
-  stop) cmd_stop ;;
+  start) lock_state; cmd_start ;;
+  stop) lock_state; cmd_stop ;;
   env) cmd_env ;;
   status) cmd_status ;;
   versions) echo "kubernetes=$K8S_VERSION etcd=$ETCD_VERSION kwok=$KWOK_VERSION" ;;

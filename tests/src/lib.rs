@@ -37,7 +37,9 @@ pub fn tokens_csv() -> String {
 pub fn init() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .with_test_writer()
         .try_init();
 }
@@ -52,14 +54,19 @@ pub async fn database_url(dir: &std::path::Path) -> String {
     match store.as_str() {
         "postgres" => {
             let Ok(base) = std::env::var("STREAMSPACE_TEST_POSTGRES_URL") else {
-                panic!("STREAMSPACE_TEST_STORE=postgres needs STREAMSPACE_TEST_POSTGRES_URL (scripts/test.sh starts PostgreSQL)");
+                panic!(
+                    "STREAMSPACE_TEST_STORE=postgres needs STREAMSPACE_TEST_POSTGRES_URL (scripts/test.sh starts PostgreSQL)"
+                );
             };
             use sqlx::Connection;
             let mut admin = sqlx::PgConnection::connect(&base)
                 .await
                 .unwrap_or_else(|e| panic!("PostgreSQL at {base} is not reachable: {e}"));
             let db = format!("t_{}", uuid::Uuid::new_v4().simple());
-            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}"))).execute(&mut admin).await.expect("create database");
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+                .execute(&mut admin)
+                .await
+                .expect("create database");
             let (prefix, _) = base.rsplit_once('/').expect("postgres url has a database");
             format!("{prefix}/{db}")
         }
@@ -131,9 +138,18 @@ impl Api {
     pub async fn connect(pki: &TestPki, addr: std::net::SocketAddr, token: &str) -> Api {
         let ch = channel(pki, addr).await;
         Api {
-            sessions: pb::session_service_client::SessionServiceClient::with_interceptor(ch.clone(), bearer(token)),
-            templates: pb::template_service_client::TemplateServiceClient::with_interceptor(ch.clone(), bearer(token)),
-            admin: pb::agent_admin_service_client::AgentAdminServiceClient::with_interceptor(ch, bearer(token)),
+            sessions: pb::session_service_client::SessionServiceClient::with_interceptor(
+                ch.clone(),
+                bearer(token),
+            ),
+            templates: pb::template_service_client::TemplateServiceClient::with_interceptor(
+                ch.clone(),
+                bearer(token),
+            ),
+            admin: pb::agent_admin_service_client::AgentAdminServiceClient::with_interceptor(
+                ch,
+                bearer(token),
+            ),
         }
     }
 
@@ -145,7 +161,12 @@ impl Api {
     }
 
     /// Waits until session `name` is in `phase`; returns it.
-    pub async fn wait_phase(&mut self, name: &str, phase: pb::SessionPhase, secs: u64) -> pb::Session {
+    pub async fn wait_phase(
+        &mut self,
+        name: &str,
+        phase: pb::SessionPhase,
+        secs: u64,
+    ) -> pb::Session {
         let mut last = None;
         let r = tokio::time::timeout(Duration::from_secs(secs), async {
             loop {
@@ -159,7 +180,9 @@ impl Api {
             }
         })
         .await;
-        r.unwrap_or_else(|_| panic!("session {name} did not reach {phase:?} in {secs}s; last seen: {last:#?}"))
+        r.unwrap_or_else(|_| {
+            panic!("session {name} did not reach {phase:?} in {secs}s; last seen: {last:#?}")
+        })
     }
 
     /// Waits until session `name` is gone (NOT_FOUND).
@@ -179,7 +202,11 @@ impl Api {
         let _ = &mut sessions;
     }
 
-    pub async fn create(&mut self, name: &str, template: &str) -> Result<pb::Session, tonic::Status> {
+    pub async fn create(
+        &mut self,
+        name: &str,
+        template: &str,
+    ) -> Result<pb::Session, tonic::Status> {
         self.sessions
             .create_session(pb::CreateSessionRequest {
                 name: name.into(),
@@ -234,8 +261,13 @@ pub fn server_config(pki: &TestPki, database_url: &str, o: &CpOptions) -> Server
 
 /// Starts an in-process control plane with the dev templates.
 pub async fn start_cp(pki: &TestPki, database_url: &str, o: &CpOptions) -> ControlPlane {
-    let cp = ControlPlane::start(server_config(pki, database_url, o)).await.expect("control plane starts");
-    let admin = Caller { user: "admin".into(), admin: true };
+    let cp = ControlPlane::start(server_config(pki, database_url, o))
+        .await
+        .expect("control plane starts");
+    let admin = Caller {
+        user: "admin".into(),
+        admin: true,
+    };
     for t in streamspace_control_plane::dev::dev_templates() {
         cp.lifecycle.put_template(&admin, t).await.unwrap();
     }
@@ -247,7 +279,9 @@ pub fn target_dir() -> PathBuf {
     if let Ok(t) = std::env::var("CARGO_TARGET_DIR") {
         return PathBuf::from(t);
     }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("target")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("target")
 }
 
 /// A built binary of the workspace (`cargo build --workspace` first).
@@ -279,16 +313,28 @@ pub fn session_pid(s: &pb::Session) -> i32 {
 /// Whether `url` answers an HTTP GET with a 2xx status.
 pub async fn http_ok(url: &str) -> bool {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Some(rest) = url.strip_prefix("http://") else { return false };
-    let hostport = rest.split('/').next().unwrap_or_default();
-    let Ok(Ok(mut s)) = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(hostport)).await else {
+    let Some(rest) = url.strip_prefix("http://") else {
         return false;
     };
-    if s.write_all(format!("GET / HTTP/1.0\r\nHost: {hostport}\r\n\r\n").as_bytes()).await.is_err() {
+    let hostport = rest.split('/').next().unwrap_or_default();
+    let Ok(Ok(mut s)) = tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio::net::TcpStream::connect(hostport),
+    )
+    .await
+    else {
+        return false;
+    };
+    if s.write_all(format!("GET / HTTP/1.0\r\nHost: {hostport}\r\n\r\n").as_bytes())
+        .await
+        .is_err()
+    {
         return false;
     }
     let mut buf = vec![0u8; 64];
-    let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await else { return false };
+    let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await else {
+        return false;
+    };
     let head = String::from_utf8_lossy(&buf[..n]);
     head.starts_with("HTTP/1.0 2") || head.starts_with("HTTP/1.1 2")
 }
@@ -307,8 +353,14 @@ pub mod raw {
     pub type AgentClient = pb::agent_service_client::AgentServiceClient<Channel>;
 
     /// Connects to the agent port trusting `ca`, presenting `identity` if any.
-    pub async fn connect(ca: &str, addr: SocketAddr, identity: Option<&Pem>) -> Result<AgentClient, String> {
-        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)).domain_name("localhost");
+    pub async fn connect(
+        ca: &str,
+        addr: SocketAddr,
+        identity: Option<&Pem>,
+    ) -> Result<AgentClient, String> {
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca))
+            .domain_name("localhost");
         if let Some(id) = identity {
             tls = tls.identity(Identity::from_pem(&id.cert, &id.key));
         }
@@ -329,7 +381,10 @@ pub mod raw {
                 agent_id: id.into(),
                 platform: "process".into(),
                 region: "test".into(),
-                capacity: Some(pb::Capacity { max_sessions: 10, ..Default::default() }),
+                capacity: Some(pb::Capacity {
+                    max_sessions: 10,
+                    ..Default::default()
+                }),
                 agent_version: "test".into(),
                 protocol_version: streamspace::PROTOCOL_VERSION as i32,
                 fencing_token: 0,
@@ -344,7 +399,10 @@ pub mod raw {
     }
 
     /// Opens Attach sending `first` frames; Err is the status the server answered with.
-    pub async fn attach(client: &mut AgentClient, first: Vec<pb::AgentFrame>) -> Result<RawStream, tonic::Status> {
+    pub async fn attach(
+        client: &mut AgentClient,
+        first: Vec<pb::AgentFrame>,
+    ) -> Result<RawStream, tonic::Status> {
         let (tx, rx) = mpsc::channel(64);
         for f in first {
             tx.send(f).await.unwrap();
@@ -352,8 +410,12 @@ pub mod raw {
         let mut rx = client.attach(ReceiverStream::new(rx)).await?.into_inner();
         // The server answers Hello with Welcome or ends the stream with a status.
         match tokio::time::timeout(Duration::from_secs(15), rx.message()).await {
-            Ok(Ok(Some(pb::ControlFrame { frame: Some(pb::control_frame::Frame::Welcome(_)) }))) => Ok(RawStream { tx, rx }),
-            Ok(Ok(other)) => Err(tonic::Status::unknown(format!("expected Welcome, got {other:?}"))),
+            Ok(Ok(Some(pb::ControlFrame {
+                frame: Some(pb::control_frame::Frame::Welcome(_)),
+            }))) => Ok(RawStream { tx, rx }),
+            Ok(Ok(other)) => Err(tonic::Status::unknown(format!(
+                "expected Welcome, got {other:?}"
+            ))),
             Ok(Err(s)) => Err(s),
             Err(_) => Err(tonic::Status::deadline_exceeded("no answer to hello")),
         }
@@ -378,9 +440,15 @@ pub fn session_processes(name: &str) -> Vec<i32> {
     let want = format!("SESSION_ID={name}");
     let mut pids = vec![];
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else { continue };
-        if env.split(|b| *b == 0).any(|kv| kv == want.as_bytes()) && proc_state(pid).is_some_and(|s| s != 'Z') {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        if env.split(|b| *b == 0).any(|kv| kv == want.as_bytes())
+            && proc_state(pid).is_some_and(|s| s != 'Z')
+        {
             pids.push(pid);
         }
     }

@@ -23,7 +23,8 @@ impl TestPki {
     pub fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let ca = pki::new_ca("test CA").unwrap();
-        let server = pki::new_server(&ca, &["localhost".into()], &["127.0.0.1".parse().unwrap()]).unwrap();
+        let server =
+            pki::new_server(&ca, &["localhost".into()], &["127.0.0.1".parse().unwrap()]).unwrap();
         ca.save(dir.path(), "ca").unwrap();
         server.save(dir.path(), "server").unwrap();
         Self { dir, ca, server }
@@ -31,7 +32,10 @@ impl TestPki {
 
     /// An agent certificate for `id` signed by this CA; returns (cert, key) paths.
     pub fn agent(&self, id: &str) -> (PathBuf, PathBuf) {
-        pki::new_agent(&self.ca, TRUST_DOMAIN, id).unwrap().save(self.dir.path(), &format!("agent-{id}")).unwrap()
+        pki::new_agent(&self.ca, TRUST_DOMAIN, id)
+            .unwrap()
+            .save(self.dir.path(), &format!("agent-{id}"))
+            .unwrap()
     }
 
     pub fn agent_pem(&self, id: &str) -> Pem {

@@ -12,12 +12,19 @@ use crate::pki::{TRUST_DOMAIN, TestPki};
 
 /// A free loopback port (bound and released).
 pub fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
 }
 
 fn log_file(dir: &Path, name: &str) -> (Stdio, Stdio) {
     std::fs::create_dir_all(dir).unwrap();
-    let f = std::fs::OpenOptions::new().create(true).append(true).open(dir.join(name)).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(name))
+        .unwrap();
     (Stdio::from(f.try_clone().unwrap()), Stdio::from(f))
 }
 
@@ -47,7 +54,12 @@ impl AgentProc {
             "--backoff-base-ms=50".into(),
             "--backoff-max-ms=1000".into(),
         ];
-        let mut a = Self { id: id.into(), data_dir: data_dir.into(), cmd, child: None };
+        let mut a = Self {
+            id: id.into(),
+            data_dir: data_dir.into(),
+            cmd,
+            child: None,
+        };
         a.start();
         a
     }
@@ -122,7 +134,9 @@ impl CpProc {
         std::fs::write(&tokens, crate::tokens_csv()).unwrap();
         let (api_addr, agent_addr) = (free_addr(), free_addr());
         let cmd = vec![
-            crate::binary("streamspace-control-plane").display().to_string(),
+            crate::binary("streamspace-control-plane")
+                .display()
+                .to_string(),
             "serve".into(),
             format!("--api-addr={api_addr}"),
             format!("--agent-addr={agent_addr}"),
@@ -134,7 +148,13 @@ impl CpProc {
             format!("--trust-domain={TRUST_DOMAIN}"),
             format!("--heartbeat-interval-ms={heartbeat_ms}"),
         ];
-        let mut cp = Self { api_addr, agent_addr, dir: dir.into(), cmd, child: None };
+        let mut cp = Self {
+            api_addr,
+            agent_addr,
+            dir: dir.into(),
+            cmd,
+            child: None,
+        };
         cp.start();
         cp
     }

@@ -12,7 +12,11 @@ use streamspace_tests::*;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
-async fn cp() -> (TestPki, tempfile::TempDir, streamspace_control_plane::server::ControlPlane) {
+async fn cp() -> (
+    TestPki,
+    tempfile::TempDir,
+    streamspace_control_plane::server::ControlPlane,
+) {
     init();
     let pki = TestPki::new();
     let tmp = tempfile::tempdir().unwrap();
@@ -26,34 +30,60 @@ async fn certificate_identity_is_enforced() {
     let (pki, _tmp, cp) = cp().await;
     // A certificate for agent-a saying Hello as agent-b.
     let a = pki.agent_pem("agent-a");
-    let mut c = raw::connect(&pki.ca.cert, cp.agent_addr, Some(&a)).await.unwrap();
-    let err = raw::attach(&mut c, vec![raw::hello("agent-b")]).await.err().expect("refused");
+    let mut c = raw::connect(&pki.ca.cert, cp.agent_addr, Some(&a))
+        .await
+        .unwrap();
+    let err = raw::attach(&mut c, vec![raw::hello("agent-b")])
+        .await
+        .err()
+        .expect("refused");
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
-    assert!(err.message().contains("hello.agent_id"), "{}", err.message());
+    assert!(
+        err.message().contains("hello.agent_id"),
+        "{}",
+        err.message()
+    );
 
     // No client certificate: refused in the TLS handshake, nothing attaches.
     let refused = match raw::connect(&pki.ca.cert, cp.agent_addr, None).await {
         Err(_) => true,
-        Ok(mut c) => raw::attach(&mut c, vec![raw::hello("agent-a")]).await.is_err(),
+        Ok(mut c) => raw::attach(&mut c, vec![raw::hello("agent-a")])
+            .await
+            .is_err(),
     };
-    assert!(refused, "an agent without a client certificate must be refused");
+    assert!(
+        refused,
+        "an agent without a client certificate must be refused"
+    );
 
     // A certificate from another CA.
     let other_ca = pki::new_ca("rogue CA").unwrap();
-    let rogue = pki::new_agent(&other_ca, pki::agent_uri("x", "y").split('/').nth(2).unwrap(), "agent-a").unwrap();
-    let rogue2 = pki::new_agent(&other_ca, streamspace_tests::pki::TRUST_DOMAIN, "agent-a").unwrap();
+    let rogue = pki::new_agent(
+        &other_ca,
+        pki::agent_uri("x", "y").split('/').nth(2).unwrap(),
+        "agent-a",
+    )
+    .unwrap();
+    let rogue2 =
+        pki::new_agent(&other_ca, streamspace_tests::pki::TRUST_DOMAIN, "agent-a").unwrap();
     for cert in [rogue, rogue2] {
         let refused = match raw::connect(&pki.ca.cert, cp.agent_addr, Some(&cert)).await {
             Err(_) => true,
-            Ok(mut c) => raw::attach(&mut c, vec![raw::hello("agent-a")]).await.is_err(),
+            Ok(mut c) => raw::attach(&mut c, vec![raw::hello("agent-a")])
+                .await
+                .is_err(),
         };
         assert!(refused, "a certificate from another CA must be refused");
     }
     assert!(cp.lifecycle.roster().all().is_empty(), "nothing attached");
 
     // The right certificate works.
-    let mut c = raw::connect(&pki.ca.cert, cp.agent_addr, Some(&a)).await.unwrap();
-    raw::attach(&mut c, vec![raw::hello("agent-a")]).await.expect("attach with the right identity");
+    let mut c = raw::connect(&pki.ca.cert, cp.agent_addr, Some(&a))
+        .await
+        .unwrap();
+    raw::attach(&mut c, vec![raw::hello("agent-a")])
+        .await
+        .expect("attach with the right identity");
     cp.shutdown().await;
 }
 
@@ -62,15 +92,31 @@ async fn second_attach_is_refused_and_first_keeps_working() {
     let (pki, tmp, cp) = cp().await;
     let pem = pki.agent_pem("agent-1");
     let (sink, statuses) = StatusSink::channel(1024);
-    let rt = Arc::new(ProcessRuntime::open(&tmp.path().join("agent"), sink, Duration::from_secs(2), true).unwrap());
+    let rt = Arc::new(
+        ProcessRuntime::open(
+            &tmp.path().join("agent"),
+            sink,
+            Duration::from_secs(2),
+            true,
+        )
+        .unwrap(),
+    );
     let client = Arc::new(Client::new(
         ClientConfig {
             agent_id: "agent-1".into(),
             control_plane_url: format!("https://{}", cp.agent_addr),
             platform: "process".into(),
             region: "test".into(),
-            capacity: pb::Capacity { max_sessions: 10, ..Default::default() },
-            tls: ClientTls { ca: pki.ca.cert.clone(), cert: pem.cert.clone(), key: pem.key.clone(), server_name: Some("localhost".into()) },
+            capacity: pb::Capacity {
+                max_sessions: 10,
+                ..Default::default()
+            },
+            tls: ClientTls {
+                ca: pki.ca.cert.clone(),
+                cert: pem.cert.clone(),
+                key: pem.key.clone(),
+                server_name: Some("localhost".into()),
+            },
             backoff_base: Duration::from_millis(50),
             backoff_cap: Duration::from_secs(1),
             fencing_token: Arc::new(AtomicU64::new(0)),
@@ -90,8 +136,13 @@ async fn second_attach_is_refused_and_first_keeps_working() {
 
     // A second stream with the same identity while the first is healthy.
     for _ in 0..3 {
-        let mut c = raw::connect(&pki.ca.cert, cp.agent_addr, Some(&pem)).await.unwrap();
-        let err = raw::attach(&mut c, vec![raw::hello("agent-1")]).await.err().expect("refused");
+        let mut c = raw::connect(&pki.ca.cert, cp.agent_addr, Some(&pem))
+            .await
+            .unwrap();
+        let err = raw::attach(&mut c, vec![raw::hello("agent-1")])
+            .await
+            .err()
+            .expect("refused");
         assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
     }
     // The first stream still delivers commands.
@@ -102,7 +153,11 @@ async fn second_attach_is_refused_and_first_keeps_working() {
         let s = api.wait_phase(&name, pb::SessionPhase::Running, 30).await;
         assert!(http_ok(&s.url).await);
     }
-    assert_eq!(client.stats.attaches.load(Ordering::SeqCst), 1, "the first agent never reconnected");
+    assert_eq!(
+        client.stats.attaches.load(Ordering::SeqCst),
+        1,
+        "the first agent never reconnected"
+    );
     stop.cancel();
     task.await.unwrap();
     cp.shutdown().await;
@@ -117,46 +172,131 @@ async fn users_see_only_their_sessions() {
     alice.create("alice-1", "static-files").await.unwrap();
     bob.create("bob-1", "static-files").await.unwrap();
 
-    assert_eq!(bob.get("alice-1").await.unwrap_err().code(), Code::PermissionDenied);
-    let e = bob.sessions.hibernate_session(pb::HibernateSessionRequest { name: "alice-1".into() }).await.unwrap_err();
-    assert_eq!(e.code(), Code::PermissionDenied);
-    let e = bob.sessions.delete_session(pb::DeleteSessionRequest { name: "alice-1".into(), delete_home: false }).await.unwrap_err();
-    assert_eq!(e.code(), Code::PermissionDenied);
+    assert_eq!(
+        bob.get("alice-1").await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
     let e = bob
         .sessions
-        .create_session(pb::CreateSessionRequest { name: "sneaky".into(), template: "static-files".into(), user: "alice".into(), ..Default::default() })
+        .hibernate_session(pb::HibernateSessionRequest {
+            name: "alice-1".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
-    let e = bob.sessions.list_sessions(pb::ListSessionsRequest { user: "alice".into(), ..Default::default() }).await.unwrap_err();
+    let e = bob
+        .sessions
+        .delete_session(pb::DeleteSessionRequest {
+            name: "alice-1".into(),
+            delete_home: false,
+        })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
-    let mine = bob.sessions.list_sessions(pb::ListSessionsRequest::default()).await.unwrap().into_inner();
-    assert_eq!(mine.sessions.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["bob-1"]);
-    assert_eq!(alice.get("alice-1").await.unwrap().desired_state, pb::DesiredState::Running as i32, "bob changed nothing");
+    let e = bob
+        .sessions
+        .create_session(pb::CreateSessionRequest {
+            name: "sneaky".into(),
+            template: "static-files".into(),
+            user: "alice".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    let e = bob
+        .sessions
+        .list_sessions(pb::ListSessionsRequest {
+            user: "alice".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    let mine = bob
+        .sessions
+        .list_sessions(pb::ListSessionsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        mine.sessions
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>(),
+        ["bob-1"]
+    );
+    assert_eq!(
+        alice.get("alice-1").await.unwrap().desired_state,
+        pb::DesiredState::Running as i32,
+        "bob changed nothing"
+    );
 
     // An admin sees and acts on all.
-    let all = admin.sessions.list_sessions(pb::ListSessionsRequest::default()).await.unwrap().into_inner();
+    let all = admin
+        .sessions
+        .list_sessions(pb::ListSessionsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(all.sessions.len(), 2);
-    admin.sessions.hibernate_session(pb::HibernateSessionRequest { name: "alice-1".into() }).await.unwrap();
-    assert_eq!(alice.get("alice-1").await.unwrap().desired_state, pb::DesiredState::Hibernated as i32);
     admin
         .sessions
-        .create_session(pb::CreateSessionRequest { name: "for-bob".into(), template: "static-files".into(), user: "bob".into(), ..Default::default() })
+        .hibernate_session(pb::HibernateSessionRequest {
+            name: "alice-1".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        alice.get("alice-1").await.unwrap().desired_state,
+        pb::DesiredState::Hibernated as i32
+    );
+    admin
+        .sessions
+        .create_session(pb::CreateSessionRequest {
+            name: "for-bob".into(),
+            template: "static-files".into(),
+            user: "bob".into(),
+            ..Default::default()
+        })
         .await
         .unwrap();
     assert_eq!(bob.get("for-bob").await.unwrap().user, "bob");
     // Only admins use the agent admin service and change templates.
-    assert_eq!(bob.admin.list_agents(pb::ListAgentsRequest {}).await.unwrap_err().code(), Code::PermissionDenied);
-    admin.admin.list_agents(pb::ListAgentsRequest {}).await.unwrap();
-    let e = bob.templates.delete_template(pb::DeleteTemplateRequest { name: "static-files".into() }).await.unwrap_err();
+    assert_eq!(
+        bob.admin
+            .list_agents(pb::ListAgentsRequest {})
+            .await
+            .unwrap_err()
+            .code(),
+        Code::PermissionDenied
+    );
+    admin
+        .admin
+        .list_agents(pb::ListAgentsRequest {})
+        .await
+        .unwrap();
+    let e = bob
+        .templates
+        .delete_template(pb::DeleteTemplateRequest {
+            name: "static-files".into(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
 
     // No token, or a wrong one.
     let ch = channel(&pki, cp.api_addr).await;
     let mut anon = pb::session_service_client::SessionServiceClient::new(ch);
-    let e = anon.list_sessions(pb::ListSessionsRequest::default()).await.unwrap_err();
+    let e = anon
+        .list_sessions(pb::ListSessionsRequest::default())
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
     let mut wrong = Api::connect(&pki, cp.api_addr, "not-a-real-token-xxxx").await;
-    assert_eq!(wrong.get("alice-1").await.unwrap_err().code(), Code::Unauthenticated);
+    assert_eq!(
+        wrong.get("alice-1").await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
     cp.shutdown().await;
 }

@@ -31,34 +31,56 @@ async fn create_hibernate_wake_delete() {
     assert_eq!(created.user, "alice");
     assert_eq!(created.desired_state, pb::DesiredState::Running as i32);
 
-    let running = api.wait_phase("alice-files", pb::SessionPhase::Running, 30).await;
-    assert!(running.url.starts_with("http://127.0.0.1:"), "url: {}", running.url);
+    let running = api
+        .wait_phase("alice-files", pb::SessionPhase::Running, 30)
+        .await;
+    assert!(
+        running.url.starts_with("http://127.0.0.1:"),
+        "url: {}",
+        running.url
+    );
     assert!(http_ok(&running.url).await, "the session's URL must answer");
     assert_eq!(running.agent_id, "agent-1");
     let pid = session_pid(&running);
     assert!(matches!(proc_state(pid), Some('S' | 'R')));
 
     api.sessions
-        .hibernate_session(pb::HibernateSessionRequest { name: "alice-files".into() })
+        .hibernate_session(pb::HibernateSessionRequest {
+            name: "alice-files".into(),
+        })
         .await
         .unwrap();
-    api.wait_phase("alice-files", pb::SessionPhase::Hibernated, 30).await;
-    wait_for("the process to be stopped (state T)", 10, || async move { (proc_state(pid) == Some('T')).then_some(()) }).await;
+    api.wait_phase("alice-files", pb::SessionPhase::Hibernated, 30)
+        .await;
+    wait_for("the process to be stopped (state T)", 10, || async move {
+        (proc_state(pid) == Some('T')).then_some(())
+    })
+    .await;
 
     api.sessions
-        .wake_session(pb::WakeSessionRequest { name: "alice-files".into() })
+        .wake_session(pb::WakeSessionRequest {
+            name: "alice-files".into(),
+        })
         .await
         .unwrap();
-    let woken = api.wait_phase("alice-files", pb::SessionPhase::Running, 30).await;
+    let woken = api
+        .wait_phase("alice-files", pb::SessionPhase::Running, 30)
+        .await;
     assert_eq!(session_pid(&woken), pid, "wake resumes the same process");
     assert!(http_ok(&woken.url).await);
 
     api.sessions
-        .delete_session(pb::DeleteSessionRequest { name: "alice-files".into(), delete_home: false })
+        .delete_session(pb::DeleteSessionRequest {
+            name: "alice-files".into(),
+            delete_home: false,
+        })
         .await
         .unwrap();
     api.wait_gone("alice-files", 30).await;
-    wait_for("the process to be gone", 10, || async move { proc_state(pid).is_none().then_some(()) }).await;
+    wait_for("the process to be gone", 10, || async move {
+        proc_state(pid).is_none().then_some(())
+    })
+    .await;
 
     // Every transition was delivered to the watcher, in order.
     let mut phases = vec![];
@@ -79,13 +101,20 @@ async fn create_hibernate_wake_delete() {
             }
         }
     };
-    tokio::time::timeout(Duration::from_secs(10), collect).await.expect("watch delivers the deletion");
+    tokio::time::timeout(Duration::from_secs(10), collect)
+        .await
+        .expect("watch delivers the deletion");
     assert!(deleted, "DELETED event");
     use pb::SessionPhase::*;
     for want in [Pending, Provisioning, Running, Hibernated, Stopped] {
         assert!(phases.contains(&want), "watch missed {want:?}: {phases:?}");
     }
     let pos = |p| phases.iter().position(|x| *x == p).unwrap();
-    assert!(pos(Pending) < pos(Running) && pos(Running) < pos(Hibernated) && pos(Hibernated) < pos(Stopped), "{phases:?}");
+    assert!(
+        pos(Pending) < pos(Running)
+            && pos(Running) < pos(Hibernated)
+            && pos(Hibernated) < pos(Stopped),
+        "{phases:?}"
+    );
     cp.shutdown().await;
 }

@@ -48,13 +48,30 @@ impl StatusSink {
         (Self(tx), rx)
     }
 
-    pub fn report(&self, session: &str, phase: pb::SessionPhase, url: &str, reason: pb::FailureReason, message: &str, workload: &str) {
-        let _ = self.0.try_send(status(session, phase, url, reason, message, workload));
+    pub fn report(
+        &self,
+        session: &str,
+        phase: pb::SessionPhase,
+        url: &str,
+        reason: pb::FailureReason,
+        message: &str,
+        workload: &str,
+    ) {
+        let _ = self
+            .0
+            .try_send(status(session, phase, url, reason, message, workload));
     }
 }
 
 /// Builds a status frame stamped now.
-pub fn status(session: &str, phase: pb::SessionPhase, url: &str, reason: pb::FailureReason, message: &str, workload: &str) -> pb::SessionStatus {
+pub fn status(
+    session: &str,
+    phase: pb::SessionPhase,
+    url: &str,
+    reason: pb::FailureReason,
+    message: &str,
+    workload: &str,
+) -> pb::SessionStatus {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();

@@ -34,8 +34,13 @@ impl NoopRuntime {
             }
         }
         let p = phase.unwrap_or(pb::SessionPhase::Stopped);
-        let url = if p == pb::SessionPhase::Running { format!("noop://{session}") } else { String::new() };
-        self.status.report(session, p, &url, pb::FailureReason::Unspecified, "", "");
+        let url = if p == pb::SessionPhase::Running {
+            format!("noop://{session}")
+        } else {
+            String::new()
+        };
+        self.status
+            .report(session, p, &url, pb::FailureReason::Unspecified, "", "");
         Ok(())
     }
 }
@@ -46,7 +51,11 @@ impl Runtime for NoopRuntime {
         let s = self.sessions.lock().expect("noop lock");
         Ok(s.iter()
             .map(|(id, p)| {
-                let url = if *p == pb::SessionPhase::Running { format!("noop://{id}") } else { String::new() };
+                let url = if *p == pb::SessionPhase::Running {
+                    format!("noop://{id}")
+                } else {
+                    String::new()
+                };
                 status(id, *p, &url, pb::FailureReason::Unspecified, "", "")
             })
             .collect())
@@ -61,14 +70,24 @@ impl Runtime for NoopRuntime {
     }
 
     async fn hibernate(&self, session: &str) -> Result<(), RuntimeError> {
-        if !self.sessions.lock().expect("noop lock").contains_key(session) {
+        if !self
+            .sessions
+            .lock()
+            .expect("noop lock")
+            .contains_key(session)
+        {
             return Err(RuntimeError::not_found(session));
         }
         self.set(session, Some(pb::SessionPhase::Hibernated))
     }
 
     async fn wake(&self, session: &str) -> Result<(), RuntimeError> {
-        if !self.sessions.lock().expect("noop lock").contains_key(session) {
+        if !self
+            .sessions
+            .lock()
+            .expect("noop lock")
+            .contains_key(session)
+        {
             return Err(RuntimeError::not_found(session));
         }
         self.set(session, Some(pb::SessionPhase::Running))

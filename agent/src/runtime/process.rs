@@ -92,21 +92,31 @@ fn signal_group(pid: i32, sig: Signal) {
 }
 
 fn free_port() -> Result<u16, RuntimeError> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| io_err("finding a free port", e))?;
-    Ok(l.local_addr().map_err(|e| io_err("finding a free port", e))?.port())
+    let l =
+        std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| io_err("finding a free port", e))?;
+    Ok(l.local_addr()
+        .map_err(|e| io_err("finding a free port", e))?
+        .port())
 }
 
 fn substitute(arg: &str, vars: &[(&str, &str)]) -> String {
-    vars.iter()
-        .fold(arg.to_string(), |a, (k, v)| a.replace(&format!("${{{k}}}"), v))
+    vars.iter().fold(arg.to_string(), |a, (k, v)| {
+        a.replace(&format!("${{{k}}}"), v)
+    })
 }
 
 impl ProcessRuntime {
     /// Opens the state directory and re-adopts every session whose process is
     /// still alive (forgetting the ones that died while the agent was away).
-    pub fn open(dir: &Path, status: StatusSink, stop_grace: Duration, stop_on_exit: bool) -> Result<Self, RuntimeError> {
+    pub fn open(
+        dir: &Path,
+        status: StatusSink,
+        stop_grace: Duration,
+        stop_on_exit: bool,
+    ) -> Result<Self, RuntimeError> {
         for sub in ["sessions", "logs", "homes", "scratch"] {
-            std::fs::create_dir_all(dir.join(sub)).map_err(|e| io_err(&format!("creating {}", dir.join(sub).display()), e))?;
+            std::fs::create_dir_all(dir.join(sub))
+                .map_err(|e| io_err(&format!("creating {}", dir.join(sub).display()), e))?;
         }
         let rt = Self {
             dir: dir.to_path_buf(),
@@ -117,10 +127,13 @@ impl ProcessRuntime {
             stop_on_exit,
         };
         let mut procs = HashMap::new();
-        let entries = std::fs::read_dir(dir.join("sessions")).map_err(|e| io_err("reading session state", e))?;
+        let entries = std::fs::read_dir(dir.join("sessions"))
+            .map_err(|e| io_err("reading session state", e))?;
         for e in entries.flatten() {
             let path = e.path();
-            let Ok(text) = std::fs::read_to_string(&path) else { continue };
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
             let Ok(st) = serde_json::from_str::<ProcState>(&text) else {
                 warn!(path = %path.display(), "ignoring unreadable session state");
                 continue;
@@ -130,9 +143,9 @@ impl ProcessRuntime {
                 let p = Proc {
                     state: st.clone(),
                     stopping: Arc::new(AtomicBool::new(false)),
-                    ready: Arc::new(AtomicBool::new(true)),
+                    ready: Arc::new(AtomicBool::new(false)),
                 };
-                rt.watch_adopted(&p);
+                rt.monitor(&p, None);
                 procs.insert(st.session.clone(), p);
             } else {
                 info!(session = %st.session, pid = st.pid, "session process gone while the agent was away");
@@ -156,19 +169,74 @@ impl ProcessRuntime {
     }
 
     fn report(&self, st: &ProcState, phase: P, reason: R, message: &str) {
-        let url = if phase == P::Running { st.url() } else { String::new() };
-        self.status.report(&st.session, phase, &url, reason, message, &st.workload());
+        let url = if phase == P::Running {
+            st.url()
+        } else {
+            String::new()
+        };
+        self.status
+            .report(&st.session, phase, &url, reason, message, &st.workload());
     }
 
-    /// Watches an adopted process (not our child): polls until it is gone.
-    fn watch_adopted(&self, p: &Proc) {
-        let (st, stopping, procs, sink) = (p.state.clone(), p.stopping.clone(), self.procs.clone(), self.status.clone());
-        let path = self.state_path(&st.session);
+    /// Watches a session process: reports RUNNING once its port accepts
+    /// connections, reaps it (our child) or polls it (adopted after a
+    /// restart), and reports a crash if it exits while we did not stop it.
+    fn monitor(&self, p: &Proc, child: Option<tokio::process::Child>) {
+        let (st, stopping, ready) = (p.state.clone(), p.stopping.clone(), p.ready.clone());
+        let (procs, sink, path, ready_timeout) = (
+            self.procs.clone(),
+            self.status.clone(),
+            self.state_path(&st.session),
+            self.ready_timeout,
+        );
         tokio::spawn(async move {
-            while alive(st.pid, st.start_time) {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            exited(&st, &stopping, &procs, &sink, &path, "the process exited".into()).await;
+            let probe = async {
+                let deadline = tokio::time::Instant::now() + ready_timeout;
+                loop {
+                    if tokio::net::TcpStream::connect(("127.0.0.1", st.port))
+                        .await
+                        .is_ok()
+                    {
+                        return true;
+                    }
+                    if tokio::time::Instant::now() > deadline {
+                        return false;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            };
+            let wait = async {
+                match child {
+                    Some(mut c) => match c.wait().await {
+                        Ok(s) => format!("the process exited ({s})"),
+                        Err(e) => format!("waiting for the process failed: {e}"),
+                    },
+                    None => {
+                        while alive(st.pid, st.start_time) {
+                            tokio::time::sleep(Duration::from_millis(250)).await;
+                        }
+                        "the process exited".to_string()
+                    }
+                }
+            };
+            tokio::pin!(probe, wait);
+            let why = tokio::select! {
+                ok = &mut probe => {
+                    if ok {
+                        ready.store(true, Ordering::SeqCst);
+                        let hibernated = procs.lock().await.get(&st.session).is_some_and(|p| p.state.hibernated);
+                        if !stopping.load(Ordering::SeqCst) && !hibernated {
+                            sink.report(&st.session, P::Running, &st.url(), R::Unspecified, "", &st.workload());
+                        }
+                    } else if !stopping.load(Ordering::SeqCst) {
+                        sink.report(&st.session, P::Failed, "", R::CrashLoop,
+                            &format!("the process did not open port {} within {ready_timeout:?}", st.port), &st.workload());
+                    }
+                    wait.await
+                }
+                why = &mut wait => why,
+            };
+            exited(&st, &stopping, &procs, &sink, &path, why).await;
         });
     }
 
@@ -177,7 +245,10 @@ impl ProcessRuntime {
         if w.command.is_empty() {
             return Err(RuntimeError::new(
                 R::Invalid,
-                format!("template {:?} has no command; the process runtime runs commands, not images", start.template),
+                format!(
+                    "template {:?} has no command; the process runtime runs commands, not images",
+                    start.template
+                ),
                 false,
             ));
         }
@@ -190,11 +261,18 @@ impl ProcessRuntime {
         std::fs::create_dir_all(&home).map_err(|e| io_err("creating the home directory", e))?;
         let port_s = port.to_string();
         let home_s = home.display().to_string();
-        let vars = [("PORT", port_s.as_str()), ("SESSION_ID", session), ("USER", start.user.as_str()), ("HOME", home_s.as_str())];
+        let vars = [
+            ("PORT", port_s.as_str()),
+            ("SESSION_ID", session),
+            ("USER", start.user.as_str()),
+            ("HOME", home_s.as_str()),
+        ];
         let args: Vec<String> = w.command.iter().map(|a| substitute(a, &vars)).collect();
         let log = std::fs::File::create(self.dir.join("logs").join(format!("{session}.log")))
             .map_err(|e| io_err("creating the session log", e))?;
-        let log2 = log.try_clone().map_err(|e| io_err("creating the session log", e))?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| io_err("creating the session log", e))?;
         let mut cmd = tokio::process::Command::new(&args[0]);
         cmd.args(&args[1..])
             .envs(w.env.iter())
@@ -209,9 +287,16 @@ impl ProcessRuntime {
             .process_group(0)
             .kill_on_drop(false);
         let mut child = cmd.spawn().map_err(|e| {
-            RuntimeError::new(R::Image, format!("command {:?} cannot be executed: {e}", args[0]), false)
+            RuntimeError::new(
+                R::Image,
+                format!("command {:?} cannot be executed: {e}", args[0]),
+                false,
+            )
         })?;
-        let pid = child.id().map(|p| p as i32).ok_or_else(|| io_err("spawning", "no pid"))?;
+        let pid = child
+            .id()
+            .map(|p| p as i32)
+            .ok_or_else(|| io_err("spawning", "no pid"))?;
         let start_time = proc_stat(pid).map(|(_, t)| t).unwrap_or(0);
         let st = ProcState {
             session: session.to_string(),
@@ -234,48 +319,7 @@ impl ProcessRuntime {
             stopping: Arc::new(AtomicBool::new(false)),
             ready: Arc::new(AtomicBool::new(false)),
         };
-        // The monitor reaps the child and reports readiness and crashes.
-        let (stopping, ready, procs, sink) = (p.stopping.clone(), p.ready.clone(), self.procs.clone(), self.status.clone());
-        let path = self.state_path(session);
-        let ready_timeout = self.ready_timeout;
-        tokio::spawn(async move {
-            let probe = async {
-                let deadline = tokio::time::Instant::now() + ready_timeout;
-                loop {
-                    if tokio::net::TcpStream::connect(("127.0.0.1", st.port)).await.is_ok() {
-                        return true;
-                    }
-                    if tokio::time::Instant::now() > deadline {
-                        return false;
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            };
-            tokio::pin!(probe);
-            let wait = child.wait();
-            tokio::pin!(wait);
-            let exit = tokio::select! {
-                ok = &mut probe => {
-                    if ok {
-                        ready.store(true, Ordering::SeqCst);
-                        let hibernated = procs.lock().await.get(&st.session).is_some_and(|p| p.state.hibernated);
-                        if !stopping.load(Ordering::SeqCst) && !hibernated {
-                            sink.report(&st.session, P::Running, &st.url(), R::Unspecified, "", &st.workload());
-                        }
-                    } else if !stopping.load(Ordering::SeqCst) {
-                        sink.report(&st.session, P::Failed, "", R::CrashLoop,
-                            &format!("the process did not open port {} within {ready_timeout:?}", st.port), &st.workload());
-                    }
-                    wait.await
-                }
-                r = &mut wait => r,
-            };
-            let why = match exit {
-                Ok(s) => format!("the process exited ({s})"),
-                Err(e) => format!("waiting for the process failed: {e}"),
-            };
-            exited(&st, &stopping, &procs, &sink, &path, why).await;
-        });
+        self.monitor(&p, Some(child));
         Ok(p)
     }
 }
@@ -293,11 +337,21 @@ async fn exited(
         return;
     }
     let mut procs = procs.lock().await;
-    if procs.get(&st.session).is_some_and(|p| p.state.pid == st.pid) {
+    if procs
+        .get(&st.session)
+        .is_some_and(|p| p.state.pid == st.pid)
+    {
         procs.remove(&st.session);
         let _ = std::fs::remove_file(path);
         warn!(session = %st.session, pid = st.pid, %why, "session process died");
-        sink.report(&st.session, P::Failed, "", R::CrashLoop, &why, &st.workload());
+        sink.report(
+            &st.session,
+            P::Failed,
+            "",
+            R::CrashLoop,
+            &why,
+            &st.workload(),
+        );
     }
 }
 
@@ -328,14 +382,23 @@ impl Runtime for ProcessRuntime {
                     p.state.hibernated = false;
                     self.save(&p.state)?;
                 }
-                let phase = if p.ready.load(Ordering::SeqCst) { P::Running } else { P::Provisioning };
+                let phase = if p.ready.load(Ordering::SeqCst) {
+                    P::Running
+                } else {
+                    P::Provisioning
+                };
                 self.report(&p.state, phase, R::Unspecified, "already running");
                 return Ok(());
             }
             procs.remove(session);
         }
         let p = self.spawn(session, start).await?;
-        self.report(&p.state, P::Provisioning, R::Unspecified, "process started; waiting for its port");
+        self.report(
+            &p.state,
+            P::Provisioning,
+            R::Unspecified,
+            "process started; waiting for its port",
+        );
         procs.insert(session.to_string(), p);
         Ok(())
     }
@@ -344,7 +407,8 @@ impl Runtime for ProcessRuntime {
         let mut procs = self.procs.lock().await;
         let Some(p) = procs.remove(session) else {
             let _ = std::fs::remove_file(self.state_path(session));
-            self.status.report(session, P::Stopped, "", R::Unspecified, "not running", "");
+            self.status
+                .report(session, P::Stopped, "", R::Unspecified, "not running", "");
             return Ok(());
         };
         p.stopping.store(true, Ordering::SeqCst);
@@ -356,7 +420,11 @@ impl Runtime for ProcessRuntime {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         if alive(st.pid, st.start_time) {
-            warn!(session, pid = st.pid, "process ignored SIGTERM; sending SIGKILL");
+            warn!(
+                session,
+                pid = st.pid,
+                "process ignored SIGTERM; sending SIGKILL"
+            );
             signal_group(st.pid, Signal::SIGKILL);
             let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
             while alive(st.pid, st.start_time) && tokio::time::Instant::now() < deadline {
@@ -377,25 +445,38 @@ impl Runtime for ProcessRuntime {
 
     async fn hibernate(&self, session: &str) -> Result<(), RuntimeError> {
         let mut procs = self.procs.lock().await;
-        let p = procs.get_mut(session).ok_or_else(|| RuntimeError::not_found(session))?;
+        let p = procs
+            .get_mut(session)
+            .ok_or_else(|| RuntimeError::not_found(session))?;
         signal_group(p.state.pid, Signal::SIGSTOP);
         if !p.state.hibernated {
             p.state.hibernated = true;
             self.save(&p.state)?;
         }
-        self.report(&p.state, P::Hibernated, R::Unspecified, "process stopped (SIGSTOP)");
+        self.report(
+            &p.state,
+            P::Hibernated,
+            R::Unspecified,
+            "process stopped (SIGSTOP)",
+        );
         Ok(())
     }
 
     async fn wake(&self, session: &str) -> Result<(), RuntimeError> {
         let mut procs = self.procs.lock().await;
-        let p = procs.get_mut(session).ok_or_else(|| RuntimeError::not_found(session))?;
+        let p = procs
+            .get_mut(session)
+            .ok_or_else(|| RuntimeError::not_found(session))?;
         signal_group(p.state.pid, Signal::SIGCONT);
         if p.state.hibernated {
             p.state.hibernated = false;
             self.save(&p.state)?;
         }
-        let phase = if p.ready.load(Ordering::SeqCst) { P::Running } else { P::Provisioning };
+        let phase = if p.ready.load(Ordering::SeqCst) {
+            P::Running
+        } else {
+            P::Provisioning
+        };
         self.report(&p.state, phase, R::Unspecified, "");
         Ok(())
     }

@@ -178,13 +178,21 @@ impl Lifecycle {
 
     // ---- user-facing operations -------------------------------------------
 
-    pub async fn create_session(&self, caller: &Caller, req: NewSession) -> Result<Session, LifecycleError> {
+    pub async fn create_session(
+        &self,
+        caller: &Caller,
+        req: NewSession,
+    ) -> Result<Session, LifecycleError> {
         validate::dns_label("name", &req.name, validate::MAX_SESSION_NAME)?;
         if req.template.is_empty() {
             return Err(invalid("template", "is required").into());
         }
         validate::dns_label("template", &req.template, validate::MAX_NAME)?;
-        let user = if req.user.is_empty() { caller.user.clone() } else { req.user.clone() };
+        let user = if req.user.is_empty() {
+            caller.user.clone()
+        } else {
+            req.user.clone()
+        };
         validate::user_name("user", &user)?;
         if !caller.may_act_on(&user) {
             return Err(LifecycleError::PermissionDenied(format!(
@@ -200,14 +208,29 @@ impl Lifecycle {
         if desired == Desired::Terminated {
             return Err(invalid("desired_state", "must be RUNNING or HIBERNATED on create").into());
         }
-        let template = self.store.get_template(&req.template).await?.ok_or_else(|| {
-            invalid("template", format!("no template named {:?} exists", req.template))
-        })?;
+        let template = self
+            .store
+            .get_template(&req.template)
+            .await?
+            .ok_or_else(|| {
+                invalid(
+                    "template",
+                    format!("no template named {:?} exists", req.template),
+                )
+            })?;
         let resources = req.resources.or(&template.default_resources);
         validate::resources("resources", &resources)?;
         let timeouts = Timeouts {
-            idle_secs: if req.timeouts.idle_secs > 0 { req.timeouts.idle_secs } else { template.timeouts.idle_secs },
-            max_secs: if req.timeouts.max_secs > 0 { req.timeouts.max_secs } else { template.timeouts.max_secs },
+            idle_secs: if req.timeouts.idle_secs > 0 {
+                req.timeouts.idle_secs
+            } else {
+                template.timeouts.idle_secs
+            },
+            max_secs: if req.timeouts.max_secs > 0 {
+                req.timeouts.max_secs
+            } else {
+                template.timeouts.max_secs
+            },
         };
         let workload = WorkloadSpec {
             image: template.image.clone(),
@@ -244,7 +267,12 @@ impl Lifecycle {
         let used = self.store.sessions_per_agent().await?;
         match placement::pick(&s.selector, &self.roster.all(), &used) {
             Ok(agent) => {
-                s.set_condition("Scheduled", true, "Placed", &format!("placed on agent {agent}"));
+                s.set_condition(
+                    "Scheduled",
+                    true,
+                    "Placed",
+                    &format!("placed on agent {agent}"),
+                );
                 s.agent_id = Some(agent);
             }
             Err(why) => {
@@ -266,7 +294,11 @@ impl Lifecycle {
         Ok(s)
     }
 
-    pub async fn get_session(&self, caller: &Caller, name: &str) -> Result<Session, LifecycleError> {
+    pub async fn get_session(
+        &self,
+        caller: &Caller,
+        name: &str,
+    ) -> Result<Session, LifecycleError> {
         if name.is_empty() {
             return Err(invalid("name", "is required").into());
         }
@@ -283,7 +315,11 @@ impl Lifecycle {
         Ok(s)
     }
 
-    pub async fn list_sessions(&self, caller: &Caller, mut f: SessionFilter) -> Result<Vec<Session>, LifecycleError> {
+    pub async fn list_sessions(
+        &self,
+        caller: &Caller,
+        mut f: SessionFilter,
+    ) -> Result<Vec<Session>, LifecycleError> {
         match &f.user {
             Some(u) if !caller.may_act_on(u) => {
                 return Err(LifecycleError::PermissionDenied(format!(
@@ -309,7 +345,9 @@ impl Lifecycle {
         let cfg = self.step_cfg();
         let change = self
             .transition(name, |s, active| {
-                let s = s.ok_or_else(|| LifecycleError::NotFound(format!("session {name:?} not found")))?;
+                let s = s.ok_or_else(|| {
+                    LifecycleError::NotFound(format!("session {name:?} not found"))
+                })?;
                 if s.desired == Desired::Terminated && desired != Desired::Terminated {
                     return Err(LifecycleError::FailedPrecondition(format!(
                         "session {name:?} is being deleted"
@@ -346,8 +384,12 @@ impl Lifecycle {
         let online = self.roster.all();
         let mut used = self.store.sessions_per_agent().await?;
         for name in names {
-            let Some(s) = self.store.get_session(&name).await? else { continue };
-            let Ok(agent) = placement::pick(&s.selector, &online, &used) else { continue };
+            let Some(s) = self.store.get_session(&name).await? else {
+                continue;
+            };
+            let Ok(agent) = placement::pick(&s.selector, &online, &used) else {
+                continue;
+            };
             let cfg = self.step_cfg();
             self.transition(&name, |s, active| Ok(steps::placed(s, active, &agent, cfg)))
                 .await?;
@@ -362,17 +404,26 @@ impl Lifecycle {
     pub async fn acknowledged(&self, agent: &str, cmd_id: &str) -> Result<(), LifecycleError> {
         let cmd = self.command_of(agent, cmd_id).await?;
         let now = now_ms();
-        self.transition(&cmd.session, |_, active| Ok(steps::acknowledged(active, cmd_id, now)))
-            .await?;
+        self.transition(&cmd.session, |_, active| {
+            Ok(steps::acknowledged(active, cmd_id, now))
+        })
+        .await?;
         Ok(())
     }
 
     /// The agent finished a command.
-    pub async fn finished(&self, agent: &str, cmd_id: &str, outcome: Outcome) -> Result<(), LifecycleError> {
+    pub async fn finished(
+        &self,
+        agent: &str,
+        cmd_id: &str,
+        outcome: Outcome,
+    ) -> Result<(), LifecycleError> {
         let cmd = self.command_of(agent, cmd_id).await?;
         let cfg = self.step_cfg();
         let change = self
-            .transition(&cmd.session, |s, active| Ok(steps::finished(s, active, cmd_id, &outcome, cfg)))
+            .transition(&cmd.session, |s, active| {
+                Ok(steps::finished(s, active, cmd_id, &outcome, cfg))
+            })
             .await?;
         if let Some(c) = change.update_command {
             info!(command = %c.id, session = %c.session, agent, action = c.action.name(), state = %c.state, message = %c.message, "command finished");
@@ -383,27 +434,38 @@ impl Lifecycle {
     async fn command_of(&self, agent: &str, cmd_id: &str) -> Result<Command, LifecycleError> {
         match self.store.get_command(cmd_id).await? {
             Some(c) if c.agent_id == agent => Ok(c),
-            _ => Err(invalid("command_id", format!("no command {cmd_id:?} was sent to agent {agent}")).into()),
+            _ => Err(invalid(
+                "command_id",
+                format!("no command {cmd_id:?} was sent to agent {agent}"),
+            )
+            .into()),
         }
     }
 
     /// The agent reported the observed state of one session.
     pub async fn observed(&self, agent: &str, o: &Observed) -> Result<(), LifecycleError> {
         let cfg = self.step_cfg();
-        self.transition(&o.session, |s, active| Ok(steps::observed(s, active, agent, o, cfg)))
-            .await?;
+        self.transition(&o.session, |s, active| {
+            Ok(steps::observed(s, active, agent, o, cfg))
+        })
+        .await?;
         Ok(())
     }
 
     /// The agent (re)attached with this inventory: update what it reports,
     /// repair what it no longer runs, stop what nobody wants, re-send what is
     /// unfinished and place sessions that were waiting for an agent.
-    pub async fn attached(&self, agent: &str, inventory: &[Observed]) -> Result<(), LifecycleError> {
+    pub async fn attached(
+        &self,
+        agent: &str,
+        inventory: &[Observed],
+    ) -> Result<(), LifecycleError> {
         let requeued = self.store.requeue_commands(agent).await?;
         for o in inventory {
             self.observed(agent, o).await?;
         }
-        let reported: std::collections::HashSet<&str> = inventory.iter().map(|o| o.session.as_str()).collect();
+        let reported: std::collections::HashSet<&str> =
+            inventory.iter().map(|o| o.session.as_str()).collect();
         for s in self.store.sessions_on_agent(agent).await? {
             if reported.contains(s.name.as_str()) {
                 continue;
@@ -413,7 +475,12 @@ impl Lifecycle {
                 .await?;
         }
         self.place_unplaced().await?;
-        info!(agent, inventory = inventory.len(), requeued, "agent reconciled");
+        info!(
+            agent,
+            inventory = inventory.len(),
+            requeued,
+            "agent reconciled"
+        );
         self.roster.ring(agent);
         Ok(())
     }
@@ -424,17 +491,25 @@ impl Lifecycle {
         let overdue = self.store.overdue_commands(now).await?;
         for c in &overdue {
             warn!(command = %c.id, session = %c.session, agent = %c.agent_id, action = c.action.name(), "command expired");
-            self.transition(&c.session, |s, active| Ok(steps::expired(s, active, &c.id, now)))
-                .await?;
+            self.transition(&c.session, |s, active| {
+                Ok(steps::expired(s, active, &c.id, now))
+            })
+            .await?;
         }
         Ok(overdue.len())
     }
 
     // ---- templates ---------------------------------------------------------
 
-    pub async fn put_template(&self, caller: &Caller, t: Template) -> Result<Template, LifecycleError> {
+    pub async fn put_template(
+        &self,
+        caller: &Caller,
+        t: Template,
+    ) -> Result<Template, LifecycleError> {
         if !caller.admin {
-            return Err(LifecycleError::PermissionDenied("only an admin may change templates".into()));
+            return Err(LifecycleError::PermissionDenied(
+                "only an admin may change templates".into(),
+            ));
         }
         validate::template(&t)?;
         self.store.put_template(&t).await?;
@@ -443,11 +518,15 @@ impl Lifecycle {
 
     pub async fn delete_template(&self, caller: &Caller, name: &str) -> Result<(), LifecycleError> {
         if !caller.admin {
-            return Err(LifecycleError::PermissionDenied("only an admin may change templates".into()));
+            return Err(LifecycleError::PermissionDenied(
+                "only an admin may change templates".into(),
+            ));
         }
         validate::dns_label("name", name, validate::MAX_NAME)?;
         if !self.store.delete_template(name).await? {
-            return Err(LifecycleError::NotFound(format!("template {name:?} not found")));
+            return Err(LifecycleError::NotFound(format!(
+                "template {name:?} not found"
+            )));
         }
         Ok(())
     }

@@ -10,4 +10,6 @@ pub mod steps;
 pub mod store;
 pub mod validate;
 
-pub use lifecycle::{Caller, EventKind, Lifecycle, LifecycleConfig, LifecycleError, NewSession, SessionEvent};
+pub use lifecycle::{
+    Caller, EventKind, Lifecycle, LifecycleConfig, LifecycleError, NewSession, SessionEvent,
+};

@@ -105,7 +105,13 @@ pub struct Resources {
 impl Resources {
     /// `self` with every empty quantity taken from `defaults`.
     pub fn or(&self, defaults: &Resources) -> Resources {
-        let pick = |a: &str, b: &str| if a.is_empty() { b.to_string() } else { a.to_string() };
+        let pick = |a: &str, b: &str| {
+            if a.is_empty() {
+                b.to_string()
+            } else {
+                a.to_string()
+            }
+        };
         Resources {
             requests: ResourceList {
                 cpu: pick(&self.requests.cpu, &defaults.requests.cpu),
@@ -255,7 +261,7 @@ pub enum Action {
     Start {
         user: String,
         template: String,
-        workload: WorkloadSpec,
+        workload: Box<WorkloadSpec>,
     },
     Stop {
         delete_home: bool,

@@ -7,7 +7,11 @@ use super::roster::OnlineAgent;
 
 /// Picks the least-loaded non-draining agent that matches `sel` and has a
 /// free session slot. On failure, says why in words a user understands.
-pub fn pick(sel: &Selector, online: &[OnlineAgent], used: &HashMap<String, u32>) -> Result<String, String> {
+pub fn pick(
+    sel: &Selector,
+    online: &[OnlineAgent],
+    used: &HashMap<String, u32>,
+) -> Result<String, String> {
     if online.is_empty() {
         return Err("no agent is connected".into());
     }

@@ -177,7 +177,13 @@ impl Roster {
     }
 
     pub fn all(&self) -> Vec<OnlineAgent> {
-        let mut v: Vec<_> = self.agents.lock().expect("roster lock").values().cloned().collect();
+        let mut v: Vec<_> = self
+            .agents
+            .lock()
+            .expect("roster lock")
+            .values()
+            .cloned()
+            .collect();
         v.sort_by(|a, b| a.hello.id.cmp(&b.hello.id));
         v
     }
@@ -224,7 +230,10 @@ mod tests {
         let r = Roster::new(Duration::from_secs(30));
         let t0 = Instant::now();
         let first = r.register(hello("a", 0), 0, t0).unwrap();
-        let err = r.register(hello("a", 0), 0, t0 + Duration::from_secs(5)).err().unwrap();
+        let err = r
+            .register(hello("a", 0), 0, t0 + Duration::from_secs(5))
+            .err()
+            .unwrap();
         assert!(matches!(err, AttachRefused::AlreadyAttached { .. }));
         assert!(!first.cancel.is_cancelled());
     }
@@ -234,10 +243,15 @@ mod tests {
         let r = Roster::new(Duration::from_secs(30));
         let t0 = Instant::now();
         let first = r.register(hello("a", 0), 0, t0).unwrap();
-        let second = r.register(hello("a", 0), 0, t0 + Duration::from_secs(31)).unwrap();
+        let second = r
+            .register(hello("a", 0), 0, t0 + Duration::from_secs(31))
+            .unwrap();
         assert!(first.cancel.is_cancelled());
         assert!(second.replaced);
-        assert!(!r.unregister("a", first.conn_id), "old stream must not remove the new one");
+        assert!(
+            !r.unregister("a", first.conn_id),
+            "old stream must not remove the new one"
+        );
         assert!(r.unregister("a", second.conn_id));
     }
 
@@ -251,7 +265,10 @@ mod tests {
             AttachRefused::StaleFencing { seen: 3, .. }
         ));
         r.register(hello("a", 4), 0, t0).unwrap();
-        assert!(first.cancel.is_cancelled(), "a newer leader replaces a healthy stream");
+        assert!(
+            first.cancel.is_cancelled(),
+            "a newer leader replaces a healthy stream"
+        );
         assert!(matches!(
             r.register(hello("b", 1), 5, t0).err().unwrap(),
             AttachRefused::StaleFencing { seen: 5, .. }

@@ -34,7 +34,7 @@ pub fn next_step(s: &Session) -> Step {
         Step::Send(Action::Start {
             user: s.user.clone(),
             template: s.template.clone(),
-            workload: s.workload.clone(),
+            workload: Box::new(s.workload.clone()),
         })
     };
     match s.desired {
@@ -217,7 +217,12 @@ pub fn finished(
             cmd.failure_reason = *reason;
             cmd.message = message.clone();
             cmd.retryable = *retryable;
-            fail(&mut s, *reason, &format!("{} failed: {message}", cmd.action.name()), cfg.now);
+            fail(
+                &mut s,
+                *reason,
+                &format!("{} failed: {message}", cmd.action.name()),
+                cfg.now,
+            );
             Change {
                 session: SessionWrite::Upsert(s),
                 update_command: Some(cmd),
@@ -237,7 +242,12 @@ fn fail(s: &mut Session, reason: FailureReason, message: &str, now: Millis) {
 }
 
 /// `cmd` passed its deadline without a result.
-pub fn expired(session: Option<Session>, active: Option<Command>, cmd_id: &str, now: Millis) -> Change {
+pub fn expired(
+    session: Option<Session>,
+    active: Option<Command>,
+    cmd_id: &str,
+    now: Millis,
+) -> Change {
     let Some(mut cmd) = active.filter(|c| c.id == cmd_id) else {
         return Change::default();
     };
@@ -287,20 +297,38 @@ pub fn observed(
     if s.agent_id.as_deref() != Some(agent) {
         return Change::default();
     }
-    let before = (s.phase, s.url.clone(), s.message.clone(), s.workload_name.clone());
+    let before = (
+        s.phase,
+        s.url.clone(),
+        s.message.clone(),
+        s.workload_name.clone(),
+    );
     s.phase = o.phase;
-    s.url = if o.phase == Phase::Running { o.url.clone() } else { String::new() };
+    s.url = if o.phase == Phase::Running {
+        o.url.clone()
+    } else {
+        String::new()
+    };
     s.failure_reason = o.failure_reason;
     s.message = o.message.clone();
     if !o.workload_name.is_empty() {
         s.workload_name = o.workload_name.clone();
     }
     match o.phase {
-        Phase::Running => s.set_condition("Ready", true, "Running", "the session answers on its URL"),
+        Phase::Running => {
+            s.set_condition("Ready", true, "Running", "the session answers on its URL")
+        }
         Phase::Failed => s.set_condition("Ready", false, "Failed", &o.message),
         p => s.set_condition("Ready", false, &capitalize(p.as_str()), &o.message),
     }
-    if before == (s.phase, s.url.clone(), s.message.clone(), s.workload_name.clone()) {
+    if before
+        == (
+            s.phase,
+            s.url.clone(),
+            s.message.clone(),
+            s.workload_name.clone(),
+        )
+    {
         return Change::default();
     }
     if active.is_some() {
@@ -321,7 +349,10 @@ pub fn absent(session: Option<Session>, active: Option<Command>, cfg: StepConfig
     if active.is_some() {
         return Change::default();
     }
-    if matches!(s.phase, Phase::Provisioning | Phase::Running | Phase::Hibernated) {
+    if matches!(
+        s.phase,
+        Phase::Provisioning | Phase::Running | Phase::Hibernated
+    ) {
         s.phase = Phase::Stopped;
         s.url.clear();
         s.message = "the agent no longer runs this session".into();
@@ -339,11 +370,21 @@ pub fn absent(session: Option<Session>, active: Option<Command>, cfg: StepConfig
 }
 
 /// `agent` takes the unplaced session `s`.
-pub fn placed(session: Option<Session>, active: Option<Command>, agent: &str, cfg: StepConfig) -> Change {
+pub fn placed(
+    session: Option<Session>,
+    active: Option<Command>,
+    agent: &str,
+    cfg: StepConfig,
+) -> Change {
     match session {
         Some(mut s) if s.agent_id.is_none() && s.desired != Desired::Terminated => {
             s.agent_id = Some(agent.to_string());
-            s.set_condition("Scheduled", true, "Placed", &format!("placed on agent {agent}"));
+            s.set_condition(
+                "Scheduled",
+                true,
+                "Placed",
+                &format!("placed on agent {agent}"),
+            );
             plan(s, active, cfg)
         }
         _ => Change::default(),

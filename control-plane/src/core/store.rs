@@ -30,6 +30,8 @@ pub struct Change {
     pub new_command: Option<Command>,
 }
 
+// One per transition and short-lived: boxing the session would only add noise.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Default)]
 pub enum SessionWrite {
     #[default]
@@ -75,8 +77,11 @@ pub trait Store: Send + Sync + 'static {
     /// Loads the session row and its active command under a lock, lets `f`
     /// decide the change and writes it, all in one transaction. Returns the
     /// change as written.
-    async fn transition(&self, session: &str, f: &mut TransitionFn<'_>)
-    -> Result<Change, StoreError>;
+    async fn transition(
+        &self,
+        session: &str,
+        f: &mut TransitionFn<'_>,
+    ) -> Result<Change, StoreError>;
     /// Names of sessions that wait for an agent (no agent, not terminated).
     async fn unplaced_sessions(&self) -> Result<Vec<String>, StoreError>;
     /// Sessions placed on `agent`.

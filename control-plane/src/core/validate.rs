@@ -88,7 +88,10 @@ pub fn short_text(field: &str, value: &str) -> Result<(), Invalid> {
         ));
     }
     if value.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(invalid(field, "must not contain whitespace or control characters"));
+        return Err(invalid(
+            field,
+            "must not contain whitespace or control characters",
+        ));
     }
     Ok(())
 }
@@ -122,14 +125,23 @@ pub fn resources(field: &str, r: &Resources) -> Result<(), Invalid> {
             .map(Some)
             .map_err(|e| invalid(format!("{field}.{f}.memory"), e))
     };
-    let (rc, lc) = (cpu("requests", &r.requests.cpu)?, cpu("limits", &r.limits.cpu)?);
-    let (rm, lm) = (mem("requests", &r.requests.memory)?, mem("limits", &r.limits.memory)?);
+    let (rc, lc) = (
+        cpu("requests", &r.requests.cpu)?,
+        cpu("limits", &r.limits.cpu)?,
+    );
+    let (rm, lm) = (
+        mem("requests", &r.requests.memory)?,
+        mem("limits", &r.limits.memory)?,
+    );
     if let (Some(req), Some(lim)) = (rc, lc)
         && lim < req
     {
         return Err(invalid(
             format!("{field}.limits.cpu"),
-            format!("must be >= requests.cpu ({}), got {}", r.requests.cpu, r.limits.cpu),
+            format!(
+                "must be >= requests.cpu ({}), got {}",
+                r.requests.cpu, r.limits.cpu
+            ),
         ));
     }
     if let (Some(req), Some(lim)) = (rm, lm)
@@ -147,7 +159,10 @@ pub fn resources(field: &str, r: &Resources) -> Result<(), Invalid> {
 }
 
 pub fn timeouts(field: &str, t: &Timeouts) -> Result<(), Invalid> {
-    for (name, v) in [("idle_timeout", t.idle_secs), ("max_session_duration", t.max_secs)] {
+    for (name, v) in [
+        ("idle_timeout", t.idle_secs),
+        ("max_session_duration", t.max_secs),
+    ] {
         if v > MAX_TIMEOUT_SECS {
             return Err(invalid(
                 format!("{field}.{name}"),
@@ -197,7 +212,10 @@ pub fn template(t: &Template) -> Result<(), Invalid> {
         ));
     }
     if t.command.len() > 256 {
-        return Err(invalid("template.command", "must have at most 256 arguments"));
+        return Err(invalid(
+            "template.command",
+            "must have at most 256 arguments",
+        ));
     }
     for (i, a) in t.command.iter().enumerate() {
         text(&format!("template.command[{i}]"), a)?;
@@ -236,16 +254,32 @@ mod tests {
     fn labels() {
         assert!(dns_label("name", "alice-firefox-1", 53).is_ok());
         assert_eq!(dns_label("name", "", 53).unwrap_err().rule, "is required");
-        assert!(dns_label("name", "Alice", 53).unwrap_err().rule.contains("DNS-1123"));
+        assert!(
+            dns_label("name", "Alice", 53)
+                .unwrap_err()
+                .rule
+                .contains("DNS-1123")
+        );
         assert!(dns_label("name", "-a", 53).is_err());
-        assert!(dns_label("name", &"a".repeat(54), 53).unwrap_err().rule.contains("at most 53"));
+        assert!(
+            dns_label("name", &"a".repeat(54), 53)
+                .unwrap_err()
+                .rule
+                .contains("at most 53")
+        );
     }
 
     #[test]
     fn limits_below_requests() {
         let r = Resources {
-            requests: ResourceList { cpu: "2".into(), memory: "1Gi".into() },
-            limits: ResourceList { cpu: "1".into(), memory: "2Gi".into() },
+            requests: ResourceList {
+                cpu: "2".into(),
+                memory: "1Gi".into(),
+            },
+            limits: ResourceList {
+                cpu: "1".into(),
+                memory: "2Gi".into(),
+            },
         };
         let e = resources("resources", &r).unwrap_err();
         assert_eq!(e.field, "resources.limits.cpu");

@@ -34,9 +34,9 @@ impl AdminApi {
                 let online = roster.get(&a.id);
                 pb::Agent {
                     connected: online.is_some(),
-                    heartbeat_age: online
-                        .as_ref()
-                        .map(|o| duration_pb(Instant::now().saturating_duration_since(o.last_heartbeat))),
+                    heartbeat_age: online.as_ref().map(|o| {
+                        duration_pb(Instant::now().saturating_duration_since(o.last_heartbeat))
+                    }),
                     draining: online.as_ref().is_some_and(|o| o.draining),
                     capacity: Some(convert::capacity_pb(&a.capacity)),
                     sessions: sessions.get(&a.id).copied().unwrap_or(0),
@@ -57,19 +57,29 @@ impl AdminApi {
 fn admin<T>(req: &Request<T>) -> Result<Caller, Status> {
     let c = caller(req)?;
     if !c.admin {
-        return Err(Status::permission_denied("only an admin may use AgentAdminService"));
+        return Err(Status::permission_denied(
+            "only an admin may use AgentAdminService",
+        ));
     }
     Ok(c)
 }
 
 #[tonic::async_trait]
 impl pb::agent_admin_service_server::AgentAdminService for AdminApi {
-    async fn list_agents(&self, req: Request<pb::ListAgentsRequest>) -> Result<Response<pb::ListAgentsResponse>, Status> {
+    async fn list_agents(
+        &self,
+        req: Request<pb::ListAgentsRequest>,
+    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
         admin(&req)?;
-        Ok(Response::new(pb::ListAgentsResponse { agents: self.agents().await? }))
+        Ok(Response::new(pb::ListAgentsResponse {
+            agents: self.agents().await?,
+        }))
     }
 
-    async fn get_agent(&self, req: Request<pb::GetAgentRequest>) -> Result<Response<pb::Agent>, Status> {
+    async fn get_agent(
+        &self,
+        req: Request<pb::GetAgentRequest>,
+    ) -> Result<Response<pb::Agent>, Status> {
         admin(&req)?;
         let id = &req.get_ref().id;
         if id.is_empty() {
@@ -83,15 +93,23 @@ impl pb::agent_admin_service_server::AgentAdminService for AdminApi {
             .ok_or_else(|| Status::not_found(format!("agent {id:?} not found")))
     }
 
-    async fn drain_agent(&self, req: Request<pb::DrainAgentRequest>) -> Result<Response<pb::Agent>, Status> {
+    async fn drain_agent(
+        &self,
+        req: Request<pb::DrainAgentRequest>,
+    ) -> Result<Response<pb::Agent>, Status> {
         admin(&req)?;
         let id = req.get_ref().id.clone();
         if !self.lifecycle.roster().drain(&id) {
-            return Err(Status::failed_precondition(format!("agent {id:?} is not connected")));
+            return Err(Status::failed_precondition(format!(
+                "agent {id:?} is not connected"
+            )));
         }
         let mut agents = self.agents().await?;
         agents.retain(|a| a.id == id);
-        agents.pop().map(Response::new).ok_or_else(|| Status::not_found(format!("agent {id:?} not found")))
+        agents
+            .pop()
+            .map(Response::new)
+            .ok_or_else(|| Status::not_found(format!("agent {id:?} not found")))
     }
 }
 
@@ -107,7 +125,10 @@ impl TemplateApi {
 
 #[tonic::async_trait]
 impl pb::template_service_server::TemplateService for TemplateApi {
-    async fn list_templates(&self, req: Request<pb::ListTemplatesRequest>) -> Result<Response<pb::ListTemplatesResponse>, Status> {
+    async fn list_templates(
+        &self,
+        req: Request<pb::ListTemplatesRequest>,
+    ) -> Result<Response<pb::ListTemplatesResponse>, Status> {
         caller(&req)?;
         let ts = self
             .lifecycle
@@ -115,10 +136,15 @@ impl pb::template_service_server::TemplateService for TemplateApi {
             .list_templates()
             .await
             .map_err(|e| status(e.into()))?;
-        Ok(Response::new(pb::ListTemplatesResponse { templates: ts.iter().map(template_pb).collect() }))
+        Ok(Response::new(pb::ListTemplatesResponse {
+            templates: ts.iter().map(template_pb).collect(),
+        }))
     }
 
-    async fn get_template(&self, req: Request<pb::GetTemplateRequest>) -> Result<Response<pb::Template>, Status> {
+    async fn get_template(
+        &self,
+        req: Request<pb::GetTemplateRequest>,
+    ) -> Result<Response<pb::Template>, Status> {
         caller(&req)?;
         let name = &req.get_ref().name;
         validate::dns_label("name", name, validate::MAX_NAME).map_err(invalid_status)?;
@@ -128,11 +154,18 @@ impl pb::template_service_server::TemplateService for TemplateApi {
             .get_template(name)
             .await
             .map_err(|e| status(e.into()))?
-            .ok_or_else(|| status(LifecycleError::NotFound(format!("template {name:?} not found"))))?;
+            .ok_or_else(|| {
+                status(LifecycleError::NotFound(format!(
+                    "template {name:?} not found"
+                )))
+            })?;
         Ok(Response::new(template_pb(&t)))
     }
 
-    async fn put_template(&self, req: Request<pb::PutTemplateRequest>) -> Result<Response<pb::Template>, Status> {
+    async fn put_template(
+        &self,
+        req: Request<pb::PutTemplateRequest>,
+    ) -> Result<Response<pb::Template>, Status> {
         let who = caller(&req)?;
         let t = req
             .into_inner()
@@ -143,9 +176,15 @@ impl pb::template_service_server::TemplateService for TemplateApi {
         Ok(Response::new(template_pb(&t)))
     }
 
-    async fn delete_template(&self, req: Request<pb::DeleteTemplateRequest>) -> Result<Response<()>, Status> {
+    async fn delete_template(
+        &self,
+        req: Request<pb::DeleteTemplateRequest>,
+    ) -> Result<Response<()>, Status> {
         let who = caller(&req)?;
-        self.lifecycle.delete_template(&who, &req.get_ref().name).await.map_err(status)?;
+        self.lifecycle
+            .delete_template(&who, &req.get_ref().name)
+            .await
+            .map_err(status)?;
         Ok(Response::new(()))
     }
 }

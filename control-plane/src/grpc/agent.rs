@@ -76,11 +76,16 @@ impl AgentHub {
         let leaf = certs
             .first()
             .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
-        crate::pki::agent_id_from_cert(leaf, &self.cfg.trust_domain).map_err(Status::unauthenticated)
+        crate::pki::agent_id_from_cert(leaf, &self.cfg.trust_domain)
+            .map_err(Status::unauthenticated)
     }
 
     /// Checks Hello against the certificate and converts it.
-    fn check_hello(&self, cert_id: &str, h: &pb::Hello) -> Result<(AgentHello, Vec<Observed>), Status> {
+    fn check_hello(
+        &self,
+        cert_id: &str,
+        h: &pb::Hello,
+    ) -> Result<(AgentHello, Vec<Observed>), Status> {
         if h.agent_id != cert_id {
             return Err(Status::permission_denied(format!(
                 "hello.agent_id: {:?} does not match the client certificate, which names agent {cert_id:?}",
@@ -99,7 +104,10 @@ impl AgentHub {
         validate::short_text("hello.region", &h.region).map_err(invalid_status)?;
         validate::short_text("hello.agent_version", &h.agent_version).map_err(invalid_status)?;
         if h.inventory.len() > 100_000 {
-            return Err(invalid_status(invalid("hello.inventory", "must list at most 100000 sessions")));
+            return Err(invalid_status(invalid(
+                "hello.inventory",
+                "must list at most 100000 sessions",
+            )));
         }
         let inventory = h
             .inventory
@@ -126,12 +134,20 @@ impl AgentHub {
 impl pb::agent_service_server::AgentService for AgentHub {
     type AttachStream = ReceiverStream<Result<pb::ControlFrame, Status>>;
 
-    async fn attach(&self, req: Request<Streaming<pb::AgentFrame>>) -> Result<Response<Self::AttachStream>, Status> {
+    async fn attach(
+        &self,
+        req: Request<Streaming<pb::AgentFrame>>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
         let cert_id = self.peer_agent_id(&req)?;
         let mut inbound = req.into_inner();
         let first = tokio::time::timeout(self.cfg.hello_timeout, inbound.message())
             .await
-            .map_err(|_| Status::deadline_exceeded(format!("frame: no hello within {:?}", self.cfg.hello_timeout)))??
+            .map_err(|_| {
+                Status::deadline_exceeded(format!(
+                    "frame: no hello within {:?}",
+                    self.cfg.hello_timeout
+                ))
+            })??
             .ok_or_else(|| Status::invalid_argument("frame: the stream ended before hello"))?;
         let hello = match first.frame {
             Some(In::Hello(h)) => h,
@@ -141,7 +157,11 @@ impl pb::agent_service_server::AgentService for AgentHub {
                     frame_name(&other)
                 )));
             }
-            None => return Err(Status::invalid_argument("frame: is required (empty AgentFrame)")),
+            None => {
+                return Err(Status::invalid_argument(
+                    "frame: is required (empty AgentFrame)",
+                ));
+            }
         };
         let (hello, inventory) = self.check_hello(&cert_id, &hello)?;
         let store = self.lifecycle.store();
@@ -182,7 +202,9 @@ impl pb::agent_service_server::AgentService for AgentHub {
             protocol_version: streamspace::PROTOCOL_VERSION as i32,
             server_version: env!("CARGO_PKG_VERSION").into(),
         };
-        let _ = tx.try_send(Ok(pb::ControlFrame { frame: Some(Out::Welcome(welcome)) }));
+        let _ = tx.try_send(Ok(pb::ControlFrame {
+            frame: Some(Out::Welcome(welcome)),
+        }));
         let stream = Stream {
             hub: self.clone(),
             id: hello.id.clone(),
@@ -306,7 +328,8 @@ impl Stream {
     /// Sends pending commands, up to the in-flight window.
     async fn dispatch(&self) -> Result<(), End> {
         if roster_draining(&self.hub, &self.id, self.conn_id) {
-            self.send_drain("drained by an operator", Duration::from_secs(5)).await;
+            self.send_drain("drained by an operator", Duration::from_secs(5))
+                .await;
             self.cancel.cancel();
             return Ok(());
         }
@@ -334,19 +357,33 @@ impl Stream {
         let lc = &self.hub.lifecycle;
         let r: Result<(), LifecycleError> = match f.frame {
             None => Err(invalid("frame", "is required (empty AgentFrame)").into()),
-            Some(In::Hello(_)) => Err(invalid("frame", "hello may be sent only once, first").into()),
+            Some(In::Hello(_)) => {
+                Err(invalid("frame", "hello may be sent only once, first").into())
+            }
             Some(In::Heartbeat(h)) => {
-                lc.roster().heartbeat(&self.id, self.conn_id, h.sequence, convert::capacity_from(&h.in_use), Instant::now());
+                lc.roster().heartbeat(
+                    &self.id,
+                    self.conn_id,
+                    h.sequence,
+                    convert::capacity_from(&h.in_use),
+                    Instant::now(),
+                );
                 Ok(())
             }
             Some(In::Ack(a)) => {
                 let span = info_span!("command", command_id = %a.command_id, agent_id = %self.id);
-                lc.acknowledged(&self.id, &a.command_id).instrument(span).await
+                lc.acknowledged(&self.id, &a.command_id)
+                    .instrument(span)
+                    .await
             }
             Some(In::Result(r)) => {
                 let span = info_span!("command", command_id = %r.command_id, agent_id = %self.id);
                 match convert::outcome_from(&r) {
-                    Ok(o) => lc.finished(&self.id, &r.command_id, o).instrument(span).await,
+                    Ok(o) => {
+                        lc.finished(&self.id, &r.command_id, o)
+                            .instrument(span)
+                            .await
+                    }
                     Err(e) => Err(e.into()),
                 }
             }

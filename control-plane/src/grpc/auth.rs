@@ -26,15 +26,30 @@ impl Tokens {
                 return Err(format!("line {}: expected token,user,role", i + 1));
             };
             if token.len() < 16 {
-                return Err(format!("line {}: token must be at least 16 characters", i + 1));
+                return Err(format!(
+                    "line {}: token must be at least 16 characters",
+                    i + 1
+                ));
             }
-            crate::core::validate::user_name("user", user).map_err(|e| format!("line {}: {e}", i + 1))?;
+            crate::core::validate::user_name("user", user)
+                .map_err(|e| format!("line {}: {e}", i + 1))?;
             let admin = match role {
                 "admin" => true,
                 "user" => false,
-                r => return Err(format!("line {}: role must be admin or user, got {r:?}", i + 1)),
+                r => {
+                    return Err(format!(
+                        "line {}: role must be admin or user, got {r:?}",
+                        i + 1
+                    ));
+                }
             };
-            map.insert(token.to_string(), Caller { user: user.to_string(), admin });
+            map.insert(
+                token.to_string(),
+                Caller {
+                    user: user.to_string(),
+                    admin,
+                },
+            );
         }
         Ok(Self(Arc::new(map)))
     }
@@ -47,14 +62,18 @@ impl Tokens {
     /// The interceptor: `authorization: Bearer <token>` -> `Caller`.
     #[allow(clippy::result_large_err)]
     pub fn authenticate(&self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        let header = req
-            .metadata()
-            .get("authorization")
-            .ok_or_else(|| Status::unauthenticated("authorization: missing; send \"authorization: Bearer <token>\""))?;
+        let header = req.metadata().get("authorization").ok_or_else(|| {
+            Status::unauthenticated(
+                "authorization: missing; send \"authorization: Bearer <token>\"",
+            )
+        })?;
         let token = header
             .to_str()
             .ok()
-            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
             .ok_or_else(|| Status::unauthenticated("authorization: expected \"Bearer <token>\""))?;
         let caller = self
             .0

@@ -53,10 +53,15 @@ fn secs_pb(s: u64) -> Option<prost_types::Duration> {
 }
 
 pub fn timeouts_from(field: &str, t: &Option<pb::Timeouts>) -> Result<Timeouts, Invalid> {
-    let Some(t) = t else { return Ok(Timeouts::default()) };
+    let Some(t) = t else {
+        return Ok(Timeouts::default());
+    };
     Ok(Timeouts {
         idle_secs: secs(&format!("{field}.idle_timeout"), &t.idle_timeout)?,
-        max_secs: secs(&format!("{field}.max_session_duration"), &t.max_session_duration)?,
+        max_secs: secs(
+            &format!("{field}.max_session_duration"),
+            &t.max_session_duration,
+        )?,
     })
 }
 
@@ -305,12 +310,18 @@ fn workload_pb(w: &WorkloadSpec) -> pb::WorkloadSpec {
 pub fn command_pb(c: &Command) -> pb::Command {
     use pb::command::Action as A;
     let action = match &c.action {
-        Action::Start { user, template, workload } => A::Start(pb::StartSession {
+        Action::Start {
+            user,
+            template,
+            workload,
+        } => A::Start(pb::StartSession {
             user: user.clone(),
             template: template.clone(),
             workload: Some(workload_pb(workload)),
         }),
-        Action::Stop { delete_home } => A::Stop(pb::StopSession { delete_home: *delete_home }),
+        Action::Stop { delete_home } => A::Stop(pb::StopSession {
+            delete_home: *delete_home,
+        }),
         Action::Hibernate => A::Hibernate(pb::HibernateSession {}),
         Action::Wake => A::Wake(pb::WakeSession {}),
     };
@@ -360,6 +371,9 @@ pub fn outcome_from(r: &pb::CommandResult) -> Result<Outcome, Invalid> {
                 retryable: f.retryable,
             })
         }
-        None => Err(invalid("result.outcome", "is required (succeeded or failed)")),
+        None => Err(invalid(
+            "result.outcome",
+            "is required (succeeded or failed)",
+        )),
     }
 }

@@ -22,7 +22,10 @@ pub struct SessionApi {
 
 impl SessionApi {
     pub fn new(lifecycle: Arc<Lifecycle>, shutdown: CancellationToken) -> Self {
-        Self { lifecycle, shutdown }
+        Self {
+            lifecycle,
+            shutdown,
+        }
     }
 }
 
@@ -41,7 +44,12 @@ fn parse_page_token(t: &str) -> Result<Option<(i64, String)>, Status> {
     t.split_once('/')
         .and_then(|(ms, name)| Some((ms.parse().ok()?, name.to_string())))
         .map(Some)
-        .ok_or_else(|| invalid_status(invalid("page_token", "is not a token returned by ListSessions")))
+        .ok_or_else(|| {
+            invalid_status(invalid(
+                "page_token",
+                "is not a token returned by ListSessions",
+            ))
+        })
 }
 
 #[allow(clippy::result_large_err)]
@@ -55,12 +63,16 @@ fn optional_user(u: &str) -> Result<Option<String>, Status> {
 
 #[tonic::async_trait]
 impl pb::session_service_server::SessionService for SessionApi {
-    async fn create_session(&self, req: Request<pb::CreateSessionRequest>) -> Result<Response<pb::Session>, Status> {
+    async fn create_session(
+        &self,
+        req: Request<pb::CreateSessionRequest>,
+    ) -> Result<Response<pb::Session>, Status> {
         let who = caller(&req)?;
         let r = req.into_inner();
         let new = NewSession {
             timeouts: convert::timeouts_from("timeouts", &r.timeouts).map_err(invalid_status)?,
-            desired: convert::desired_from("desired_state", r.desired_state).map_err(invalid_status)?,
+            desired: convert::desired_from("desired_state", r.desired_state)
+                .map_err(invalid_status)?,
             resources: convert::resources_from(&r.resources),
             selector: r
                 .selector
@@ -74,17 +86,31 @@ impl pb::session_service_server::SessionService for SessionApi {
             user: r.user,
             persistent_home: r.persistent_home,
         };
-        let s = self.lifecycle.create_session(&who, new).await.map_err(status)?;
+        let s = self
+            .lifecycle
+            .create_session(&who, new)
+            .await
+            .map_err(status)?;
         Ok(Response::new(session_pb(&s)))
     }
 
-    async fn get_session(&self, req: Request<pb::GetSessionRequest>) -> Result<Response<pb::Session>, Status> {
+    async fn get_session(
+        &self,
+        req: Request<pb::GetSessionRequest>,
+    ) -> Result<Response<pb::Session>, Status> {
         let who = caller(&req)?;
-        let s = self.lifecycle.get_session(&who, &req.get_ref().name).await.map_err(status)?;
+        let s = self
+            .lifecycle
+            .get_session(&who, &req.get_ref().name)
+            .await
+            .map_err(status)?;
         Ok(Response::new(session_pb(&s)))
     }
 
-    async fn list_sessions(&self, req: Request<pb::ListSessionsRequest>) -> Result<Response<pb::ListSessionsResponse>, Status> {
+    async fn list_sessions(
+        &self,
+        req: Request<pb::ListSessionsRequest>,
+    ) -> Result<Response<pb::ListSessionsResponse>, Status> {
         let who = caller(&req)?;
         let r = req.into_inner();
         let limit = match r.page_size {
@@ -97,10 +123,17 @@ impl pb::session_service_server::SessionService for SessionApi {
             after: parse_page_token(&r.page_token)?,
             limit: limit + 1,
         };
-        let mut sessions = self.lifecycle.list_sessions(&who, filter).await.map_err(status)?;
+        let mut sessions = self
+            .lifecycle
+            .list_sessions(&who, filter)
+            .await
+            .map_err(status)?;
         let next_page_token = if sessions.len() > limit as usize {
             sessions.truncate(limit as usize);
-            sessions.last().map(|s| page_token(s.created_ms, &s.name)).unwrap_or_default()
+            sessions
+                .last()
+                .map(|s| page_token(s.created_ms, &s.name))
+                .unwrap_or_default()
         } else {
             String::new()
         };
@@ -112,13 +145,23 @@ impl pb::session_service_server::SessionService for SessionApi {
 
     type WatchSessionsStream = ReceiverStream<Result<pb::SessionEvent, Status>>;
 
-    async fn watch_sessions(&self, req: Request<pb::WatchSessionsRequest>) -> Result<Response<Self::WatchSessionsStream>, Status> {
+    async fn watch_sessions(
+        &self,
+        req: Request<pb::WatchSessionsRequest>,
+    ) -> Result<Response<Self::WatchSessionsStream>, Status> {
         let who = caller(&req)?;
         let r = req.into_inner();
         let user = optional_user(&r.user)?;
         // Same authorization as listing; fails early if not allowed.
-        let probe = SessionFilter { user: user.clone(), limit: 1, ..Default::default() };
-        self.lifecycle.list_sessions(&who, probe).await.map_err(status)?;
+        let probe = SessionFilter {
+            user: user.clone(),
+            limit: 1,
+            ..Default::default()
+        };
+        self.lifecycle
+            .list_sessions(&who, probe)
+            .await
+            .map_err(status)?;
         let only = match (&user, who.admin) {
             (Some(u), _) => Some(u.clone()),
             (None, true) => None,
@@ -129,10 +172,22 @@ impl pb::session_service_server::SessionService for SessionApi {
         if r.send_initial {
             let mut after = None;
             loop {
-                let page = SessionFilter { user: only.clone(), after: after.clone(), limit: 500, ..Default::default() };
-                let batch = self.lifecycle.list_sessions(&who, page).await.map_err(status)?;
+                let page = SessionFilter {
+                    user: only.clone(),
+                    after: after.clone(),
+                    limit: 500,
+                    ..Default::default()
+                };
+                let batch = self
+                    .lifecycle
+                    .list_sessions(&who, page)
+                    .await
+                    .map_err(status)?;
                 for s in &batch {
-                    let ev = pb::SessionEvent { r#type: pb::session_event::Type::Added as i32, session: Some(session_pb(s)) };
+                    let ev = pb::SessionEvent {
+                        r#type: pb::session_event::Type::Added as i32,
+                        session: Some(session_pb(s)),
+                    };
                     if tx.send(Ok(ev)).await.is_err() {
                         return Ok(Response::new(ReceiverStream::new(rx)));
                     }
@@ -170,7 +225,10 @@ impl pb::session_service_server::SessionService for SessionApi {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
-    async fn hibernate_session(&self, req: Request<pb::HibernateSessionRequest>) -> Result<Response<pb::Session>, Status> {
+    async fn hibernate_session(
+        &self,
+        req: Request<pb::HibernateSessionRequest>,
+    ) -> Result<Response<pb::Session>, Status> {
         let who = caller(&req)?;
         let s = self
             .lifecycle
@@ -180,7 +238,10 @@ impl pb::session_service_server::SessionService for SessionApi {
         Ok(Response::new(session_pb(&s)))
     }
 
-    async fn wake_session(&self, req: Request<pb::WakeSessionRequest>) -> Result<Response<pb::Session>, Status> {
+    async fn wake_session(
+        &self,
+        req: Request<pb::WakeSessionRequest>,
+    ) -> Result<Response<pb::Session>, Status> {
         let who = caller(&req)?;
         let s = self
             .lifecycle
@@ -190,7 +251,10 @@ impl pb::session_service_server::SessionService for SessionApi {
         Ok(Response::new(session_pb(&s)))
     }
 
-    async fn delete_session(&self, req: Request<pb::DeleteSessionRequest>) -> Result<Response<pb::Session>, Status> {
+    async fn delete_session(
+        &self,
+        req: Request<pb::DeleteSessionRequest>,
+    ) -> Result<Response<pb::Session>, Status> {
         let who = caller(&req)?;
         let r = req.get_ref();
         let s = self

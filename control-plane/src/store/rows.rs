@@ -63,7 +63,8 @@ fn corrupt(what: &str, v: &str) -> StoreError {
 }
 
 fn json<T: serde::de::DeserializeOwned>(what: &str, v: &str) -> Result<T, StoreError> {
-    serde_json::from_str(v).map_err(|e| StoreError::Backend(format!("stored {what} is not valid JSON: {e}")))
+    serde_json::from_str(v)
+        .map_err(|e| StoreError::Backend(format!("stored {what} is not valid JSON: {e}")))
 }
 
 pub fn to_json<T: serde::Serialize>(v: &T) -> String {
@@ -101,7 +102,8 @@ impl TryFrom<CommandRow> for Command {
     fn try_from(r: CommandRow) -> Result<Self, StoreError> {
         Ok(Command {
             action: json("action", &r.action)?,
-            state: CommandState::parse(&r.state).ok_or_else(|| corrupt("command state", &r.state))?,
+            state: CommandState::parse(&r.state)
+                .ok_or_else(|| corrupt("command state", &r.state))?,
             failure_reason: FailureReason::parse(&r.failure_reason)
                 .ok_or_else(|| corrupt("failure_reason", &r.failure_reason))?,
             id: r.id,
