@@ -12,8 +12,7 @@
 # Environment:
 #   STREAMSPACE_CACHE        binary cache (default ${XDG_CACHE_HOME:-$HOME/.cache}/streamspace)
 #   STREAMSPACE_K8S_DIR      state dir (default /tmp/streamspace-k8s)
-#   STREAMSPACE_K8S_PORT     kube-apiserver port (default 56443); controller manager,
-#                            scheduler and kwok use PORT+1, PORT+2, PORT+3
+#   STREAMSPACE_K8S_PORT     kube-apiserver port (default 56443)
 #   STREAMSPACE_K8S_ETCD_PORT etcd client port (default 52379); peer port is +1
 #   STREAMSPACE_K8S_NODES    number of KWOK nodes (default 2)
 #   STREAMSPACE_K8S_TIMEOUT  seconds to wait for readiness (default 120)
@@ -30,9 +29,6 @@ KWOK_STAGES="$HERE/kwok-stages.yaml"
 CACHE="${STREAMSPACE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/streamspace}"
 STATE="${STREAMSPACE_K8S_DIR:-/tmp/streamspace-k8s}"
 API_PORT="${STREAMSPACE_K8S_PORT:-56443}"
-KCM_PORT=$((API_PORT + 1))
-SCHED_PORT=$((API_PORT + 2))
-KWOK_PORT=$((API_PORT + 3))
 ETCD_PORT="${STREAMSPACE_K8S_ETCD_PORT:-52379}"
 ETCD_PEER_PORT=$((ETCD_PORT + 1))
 NODES="${STREAMSPACE_K8S_NODES:-2}"
@@ -404,7 +400,7 @@ cmd_start() {
   command -v setsid >/dev/null 2>&1 || die "setsid is missing (apt-get install util-linux)"
   [[ -f "$KWOK_STAGES" ]] || die "missing $KWOK_STAGES"
   local port
-  for port in "$API_PORT" "$KCM_PORT" "$SCHED_PORT" "$KWOK_PORT" "$ETCD_PORT" "$ETCD_PEER_PORT"; do
+  for port in "$API_PORT" "$ETCD_PORT" "$ETCD_PEER_PORT"; do
     port_free "$port" || die "port 127.0.0.1:$port is already in use (set STREAMSPACE_K8S_PORT / STREAMSPACE_K8S_ETCD_PORT)"
   done
 
@@ -455,12 +451,13 @@ cmd_start() {
     --v=1
   wait_for "kube-apiserver /readyz" "$TIMEOUT" readyz "$API_PORT"
 
+  # The controller manager, scheduler and kwok serve no port (--secure-port=0, no
+  # --server-address): a port bound this late in the ephemeral range (32768-60999) can
+  # already be the source port of a loopback connection (apiserver -> etcd), and then
+  # the bind fails.
   launch kube-controller-manager \
     --kubeconfig="$STATE/kube-controller-manager.kubeconfig" \
-    --authentication-kubeconfig="$STATE/kube-controller-manager.kubeconfig" \
-    --authorization-kubeconfig="$STATE/kube-controller-manager.kubeconfig" \
-    --bind-address=127.0.0.1 \
-    --secure-port="$KCM_PORT" \
+    --secure-port=0 \
     --controllers='*' \
     --use-service-account-credentials=true \
     --service-account-private-key-file="$STATE/pki/sa.key" \
@@ -472,10 +469,7 @@ cmd_start() {
     --v=1
   launch kube-scheduler \
     --kubeconfig="$STATE/kube-scheduler.kubeconfig" \
-    --authentication-kubeconfig="$STATE/kube-scheduler.kubeconfig" \
-    --authorization-kubeconfig="$STATE/kube-scheduler.kubeconfig" \
-    --bind-address=127.0.0.1 \
-    --secure-port="$SCHED_PORT" \
+    --secure-port=0 \
     --leader-elect=false \
     --kube-api-qps=200 \
     --kube-api-burst=400 \
@@ -490,13 +484,11 @@ cmd_start() {
     --disregard-status-with-annotation-selector=kwok.x-k8s.io/status=custom \
     --disregard-status-with-label-selector= \
     --cidr=10.1.0.1/16 \
-    --node-ip=10.1.0.1 \
-    --server-address="127.0.0.1:$KWOK_PORT"
+    --node-ip=10.1.0.1
 
   create_nodes
-  wait_for "kube-controller-manager /healthz" "$TIMEOUT" readyz "$KCM_PORT" healthz
-  wait_for "kube-scheduler /healthz" "$TIMEOUT" readyz "$SCHED_PORT" healthz
   wait_for "$NODES KWOK nodes Ready" "$TIMEOUT" nodes_ready
+  # Created by the controller manager: proves it is up (its serving port is off, see above).
   wait_for "the default ServiceAccount" "$TIMEOUT" default_sa_exists
   log "cluster ready in $((SECONDS - T0))s: kubernetes $K8S_VERSION at https://127.0.0.1:$API_PORT, $NODES KWOK nodes"
   cmd_env
