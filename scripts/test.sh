@@ -15,10 +15,23 @@ eval "$(scripts/tools.sh env)"
 command -v grpcurl >/dev/null || { echo "grpcurl missing after install" >&2; exit 1; }
 export GRPCURL="$(command -v grpcurl)"
 
+command -v kubectl >/dev/null || { echo "kubectl missing after install" >&2; exit 1; }
+export KUBECTL="$(command -v kubectl)"
+
+cleanup() {
+  tests/k8s/cluster.sh stop >/dev/null 2>&1 || true
+  scripts/postgres.sh stop >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+
 log "starting PostgreSQL"
 scripts/postgres.sh start >/dev/null
 export STREAMSPACE_TEST_POSTGRES_URL="$(scripts/postgres.sh url)"
-trap 'scripts/postgres.sh stop >/dev/null 2>&1 || true' EXIT
+
+log "building (cached) and starting the Kubernetes test control plane"
+tests/k8s/cluster.sh build
+tests/k8s/cluster.sh start >/dev/null
+eval "$(tests/k8s/cluster.sh env)"
 
 log "cargo fmt --check"
 cargo fmt --all -- --check

@@ -68,11 +68,25 @@ pub struct Client {
     results_tx: mpsc::Sender<pb::AgentFrame>,
     results_rx: Mutex<mpsc::Receiver<pb::AgentFrame>>,
     pub stats: Arc<ClientStats>,
+    /// With HA: attach only while this replica holds the Lease.
+    leadership: Option<crate::lease::Leadership>,
 }
 
 enum SessionEnd {
     Shutdown,
     Drained(Duration),
+    LostLease,
+}
+
+/// Resolves when leadership is withdrawn; never without HA.
+async fn lease_lost(leadership: &Option<crate::lease::Leadership>) {
+    match leadership {
+        Some(l) => {
+            let mut l = l.clone();
+            let _ = l.wait_for(|v| v.is_none()).await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 fn frame(f: Out) -> pb::AgentFrame {
@@ -95,7 +109,14 @@ impl Client {
             results_tx,
             results_rx: Mutex::new(results_rx),
             stats: Default::default(),
+            leadership: None,
         }
+    }
+
+    /// Attach only while `leadership` says this replica leads, with its fencing token.
+    pub fn with_leadership(mut self, leadership: crate::lease::Leadership) -> Self {
+        self.leadership = Some(leadership);
+        self
     }
 
     fn endpoint(&self) -> Result<Endpoint, tonic::transport::Error> {
@@ -120,16 +141,31 @@ impl Client {
         let mut backoff = Backoff::new(self.cfg.backoff_base, self.cfg.backoff_cap);
         info!(agent = %self.cfg.agent_id, url = %self.cfg.control_plane_url, platform = %self.cfg.platform, "starting agent");
         loop {
+            if let Some(l) = &self.leadership {
+                let mut l = l.clone();
+                let token = tokio::select! {
+                    v = l.wait_for(|v| v.is_some()) => v.ok().and_then(|v| *v),
+                    _ = shutdown.cancelled() => break,
+                };
+                let token = token.unwrap_or_default();
+                self.cfg.fencing_token.store(token, Ordering::SeqCst);
+                info!(fencing_token = token, "leading: attaching");
+            }
             let started = Instant::now();
             let result = tokio::select! {
                 r = self.attach_once(&shutdown) => r,
                 _ = shutdown.cancelled() => Ok(SessionEnd::Shutdown),
+                _ = lease_lost(&self.leadership) => Ok(SessionEnd::LostLease),
             };
             if started.elapsed() > Duration::from_secs(10) {
                 backoff.reset();
             }
             let delay = match result {
                 Ok(SessionEnd::Shutdown) => break,
+                Ok(SessionEnd::LostLease) => {
+                    warn!("lost the lease: stream closed");
+                    continue;
+                }
                 Ok(SessionEnd::Drained(after)) => {
                     info!(?after, "drained by the control plane; reconnecting later");
                     backoff.reset();

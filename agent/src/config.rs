@@ -78,6 +78,33 @@ pub struct AgentArgs {
     /// Largest reconnect delay, in milliseconds.
     #[arg(long, env = "BACKOFF_MAX_MS", default_value_t = 30_000)]
     pub backoff_max_ms: u64,
+    /// Storage class of home volumes (kubernetes runtime); empty = cluster default.
+    #[arg(long, env = "STORAGE_CLASS", default_value = "")]
+    pub storage_class: String,
+    /// Size of a home volume when the template names none.
+    #[arg(long, env = "HOME_SIZE", default_value = "5Gi")]
+    pub home_size: String,
+    /// Cluster DNS domain used in session URLs.
+    #[arg(long, env = "CLUSTER_DOMAIN", default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// Run as one of several replicas: only the holder of a Lease attaches.
+    #[arg(long, env = "ENABLE_HA", default_value_t = false)]
+    pub enable_ha: bool,
+    /// This replica's identity in the Lease (required with --enable-ha).
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+    /// Lease name; defaults to streamspace-agent-<agent-id>.
+    #[arg(long, env = "LEASE_NAME")]
+    pub lease_name: Option<String>,
+    /// How long a Lease stays valid after its last renewal.
+    #[arg(long, env = "LEASE_DURATION_SECONDS", default_value_t = 4)]
+    pub lease_duration_seconds: u64,
+    /// A leader that cannot renew for this long steps down.
+    #[arg(long, env = "RENEW_DEADLINE_MS", default_value_t = 3000)]
+    pub renew_deadline_ms: u64,
+    /// How often the leader renews and standbys retry.
+    #[arg(long, env = "RETRY_PERIOD_MS", default_value_t = 500)]
+    pub retry_period_ms: u64,
     /// Log format: text or json.
     #[arg(long, env = "LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -109,5 +136,51 @@ impl AgentArgs {
             backoff_cap: Duration::from_millis(self.backoff_max_ms),
             fencing_token: Arc::new(AtomicU64::new(0)),
         })
+    }
+
+    pub fn lease_config(&self) -> anyhow::Result<crate::lease::LeaseConfig> {
+        let identity = self
+            .pod_name
+            .clone()
+            .filter(|p| !p.is_empty())
+            .context("--enable-ha needs --pod-name / POD_NAME")?;
+        Ok(crate::lease::LeaseConfig {
+            name: self
+                .lease_name
+                .clone()
+                .unwrap_or_else(|| format!("streamspace-agent-{}", self.agent_id)),
+            identity,
+            lease_duration: Duration::from_secs(self.lease_duration_seconds.max(1)),
+            renew_deadline: Duration::from_millis(self.renew_deadline_ms.max(100)),
+            retry_period: Duration::from_millis(self.retry_period_ms.max(50)),
+        })
+    }
+
+    pub fn object_config(&self) -> crate::runtime::kube_objects::ObjectConfig {
+        crate::runtime::kube_objects::ObjectConfig {
+            namespace: self.namespace.clone(),
+            storage_class: Some(self.storage_class.clone()).filter(|s| !s.is_empty()),
+            home_size: self.home_size.clone(),
+            cluster_domain: self.cluster_domain.clone(),
+        }
+    }
+
+    /// A Kubernetes client from --kubeconfig, or in-cluster / the default chain.
+    pub async fn kube_client(&self) -> anyhow::Result<kube::Client> {
+        let config = match &self.kubeconfig {
+            Some(p) => {
+                let kc = kube::config::Kubeconfig::read_from(p)
+                    .with_context(|| format!("reading --kubeconfig {}", p.display()))?;
+                kube::Config::from_custom_kubeconfig(
+                    kc,
+                    &kube::config::KubeConfigOptions::default(),
+                )
+                .await?
+            }
+            None => kube::Config::infer()
+                .await
+                .context("no --kubeconfig and no in-cluster configuration")?,
+        };
+        Ok(kube::Client::try_from(config)?)
     }
 }

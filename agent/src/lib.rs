@@ -6,6 +6,7 @@ pub mod backoff;
 pub mod client;
 pub mod config;
 pub mod dedup;
+pub mod lease;
 pub mod runtime;
 
 use std::sync::Arc;
@@ -20,16 +21,43 @@ pub use config::AgentArgs;
 pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let cfg = args.client_config()?;
     let (sink, statuses) = runtime::StatusSink::channel(4096);
-    let rt: Arc<dyn runtime::Runtime> = match args.platform.as_str() {
-        "process" => Arc::new(runtime::process::ProcessRuntime::open(
+    let kube = if args.platform == "kubernetes" || args.enable_ha {
+        Some(args.kube_client().await?)
+    } else {
+        None
+    };
+    let rt: Arc<dyn runtime::Runtime> = match (args.platform.as_str(), &kube) {
+        ("process", _) => Arc::new(runtime::process::ProcessRuntime::open(
             &args.data_dir,
             sink,
             Duration::from_secs(args.stop_grace_seconds),
             args.stop_sessions_on_exit,
         )?),
-        other => anyhow::bail!("--platform: {other:?} is not available in this build; use process"),
+        ("kubernetes", Some(k)) => {
+            runtime::kubernetes::KubernetesRuntime::start(k.clone(), args.object_config(), sink)
+                .await?
+        }
+        (other, _) => anyhow::bail!("--platform: expected kubernetes or process, got {other:?}"),
     };
-    Client::new(cfg, rt, statuses).run(shutdown).await;
+    let mut client = Client::new(cfg, rt, statuses);
+    let mut elector = None;
+    if args.enable_ha {
+        let lease_cfg = args.lease_config()?;
+        let api =
+            kube::Api::namespaced(kube.clone().expect("kube client with HA"), &args.namespace);
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        elector = Some(tokio::spawn(lease::run(
+            api,
+            lease_cfg,
+            tx,
+            shutdown.clone(),
+        )));
+        client = client.with_leadership(rx);
+    }
+    client.run(shutdown).await;
+    if let Some(e) = elector {
+        let _ = e.await;
+    }
     Ok(())
 }
 

@@ -63,6 +63,38 @@ pub struct ServeArgs {
     pub tokens_file: PathBuf,
     #[command(flatten)]
     pub tuning: Tuning,
+    #[command(flatten)]
+    pub kube: KubeArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct KubeArgs {
+    /// Run the embedded Session controller (true/false). Default: on when
+    /// running inside a cluster (KUBERNETES_SERVICE_HOST is set).
+    #[arg(long = "kubernetes", env = "KUBERNETES_CONTROLLER")]
+    pub enabled: Option<bool>,
+    /// Kubeconfig for the controller; empty = in-cluster.
+    #[arg(long = "kubeconfig", env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Watch Session/Template objects only in this namespace; empty = all.
+    #[arg(long, env = "WATCH_NAMESPACE", default_value = "")]
+    pub watch_namespace: String,
+    /// Namespace where sessions created through the API appear as objects.
+    #[arg(long, env = "MIRROR_NAMESPACE", default_value = "streamspace")]
+    pub mirror_namespace: String,
+}
+
+impl KubeArgs {
+    pub fn options(&self) -> Option<crate::k8s::KubeOptions> {
+        let enabled = self
+            .enabled
+            .unwrap_or_else(|| std::env::var_os("KUBERNETES_SERVICE_HOST").is_some());
+        enabled.then(|| crate::k8s::KubeOptions {
+            kubeconfig: self.kubeconfig.clone(),
+            namespace: Some(self.watch_namespace.clone()).filter(|n| !n.is_empty()),
+            mirror_namespace: self.mirror_namespace.clone(),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -188,6 +220,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         tokens,
         hub: a.tuning.hub(),
         lifecycle: a.tuning.lifecycle(),
+        kube: a.kube.options(),
     };
     let cp = ControlPlane::start(cfg).await?;
     streamspace_agent::shutdown_signal().await;

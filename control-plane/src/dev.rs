@@ -182,6 +182,7 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
         tokens,
         hub: a.tuning.hub(),
         lifecycle: a.tuning.lifecycle(),
+        kube: None,
     };
     let cp = ControlPlane::start(cfg).await?;
     let admin = Caller {

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod core;
 pub mod dev;
 pub mod grpc;
+pub mod k8s;
 pub mod pki;
 pub mod server;
 pub mod store;

@@ -40,6 +40,8 @@ pub struct ServerConfig {
     pub tokens: Tokens,
     pub hub: HubConfig,
     pub lifecycle: LifecycleConfig,
+    /// Run the embedded Session controller against this cluster.
+    pub kube: Option<crate::k8s::KubeOptions>,
 }
 
 /// A running control plane.
@@ -203,7 +205,14 @@ impl ControlPlane {
                 }
             }
         }));
-        info!(%agent_addr, %api_addr, "control plane serving");
+        if let Some(k) = &cfg.kube {
+            tasks.extend(
+                crate::k8s::start(k, lifecycle.clone(), stop.clone())
+                    .await
+                    .context("starting the Kubernetes controller")?,
+            );
+        }
+        info!(%agent_addr, %api_addr, kubernetes = cfg.kube.is_some(), "control plane serving");
         Ok(Self {
             agent_addr,
             api_addr,

@@ -154,6 +154,13 @@ cmd_build() {
 
 pidfile() { echo "$STATE/pids/$1.pid"; }
 
+pid_running() { # pid_running PID : exists and is not a zombie
+  local stat
+  stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
+  stat="${stat##*) }"
+  [[ "${stat:0:1}" != Z ]]
+}
+
 ours() { # ours PID NAME : PID runs component NAME against this state dir
   local exe cmdline
   exe="$(readlink "/proc/$1/exe" 2>/dev/null)" || return 1
@@ -167,7 +174,7 @@ alive() { # alive NAME : the recorded pid still runs that component of this clus
   local f pid; f="$(pidfile "$1")"
   [[ -f "$f" ]] || return 1
   pid="$(cat "$f" 2>/dev/null)" || return 1
-  [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null && ours "$pid" "$1"
+  [[ -n "$pid" ]] && pid_running "$pid" && ours "$pid" "$1"
 }
 
 launch() { # launch NAME ARGS... : start in background with its own session, log + pid files
@@ -191,6 +198,8 @@ tail_logs() {
 fail_start() {
   log "ERROR: $*"
   tail_logs "${COMPONENTS[@]}"
+  rm -rf "$STATE-failed-logs"
+  cp -r "$STATE/logs" "$STATE-failed-logs" 2>/dev/null && log "full logs kept in $STATE-failed-logs"
   log "stopping the partially started cluster"
   cmd_stop >/dev/null 2>&1 || true
   exit 1
@@ -396,7 +405,10 @@ cmd_start() {
     cmd_stop
   fi
   cmd_build
-  command -v curl >/dev/null 2>&1 || die "curl is missing (apt-get install curl)"
+  if ! command -v curl >/dev/null 2>&1; then
+    log "curl not found: installing the Debian package"
+    (apt-get update -qq && apt-get install -y -qq curl) >&2 || die "curl is missing and apt-get install curl failed"
+  fi
   command -v setsid >/dev/null 2>&1 || die "setsid is missing (apt-get install util-linux)"
   [[ -f "$KWOK_STAGES" ]] || die "missing $KWOK_STAGES"
   local port
@@ -494,21 +506,6 @@ cmd_start() {
   cmd_env
 }
 
-kill_component() { # kill_component NAME : TERM, wait, KILL
-  local f pid i; f="$(pidfile "$1")"
-  [[ -f "$f" ]] || return 0
-  pid="$(cat "$f" 2>/dev/null || true)"
-  if [[ -n "$pid" ]] && alive "$1"; then
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 50; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    if kill -0 "$pid" 2>/dev/null; then
-      log "$1 (pid $pid) ignored SIGTERM: killing"
-      kill -KILL "$pid" 2>/dev/null || true
-    fi
-  fi
-  rm -f "$f"
-}
-
 leftovers() { # pids of any of our components still running against this state dir
   local pid name
   for pid in $(pgrep -f -- "$STATE/" || true); do
@@ -519,11 +516,29 @@ leftovers() { # pids of any of our components still running against this state d
 }
 
 cmd_stop() {
-  local i name pid
-  for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
-    name="${COMPONENTS[$i]}"
-    if [[ -f "$(pidfile "$name")" ]]; then log "stopping $name"; fi
-    kill_component "$name"
+  local i name pid pids=()
+  # SIGTERM to every component at once (the state is thrown away, so no ordering),
+  # SIGKILL whatever still runs 2 s later (the apiserver and etcd drain for longer).
+  for name in "${COMPONENTS[@]}"; do
+    if alive "$name"; then
+      pid="$(cat "$(pidfile "$name")")"
+      log "stopping $name (pid $pid)"
+      kill -TERM "$pid" 2>/dev/null || true
+      pids+=("$pid")
+    fi
+    rm -f "$(pidfile "$name")"
+  done
+  for ((i = 0; i < 20; i++)); do
+    local any=0
+    for pid in "${pids[@]}"; do if pid_running "$pid"; then any=1; fi; done
+    (( any )) || break
+    sleep 0.1
+  done
+  for pid in "${pids[@]}"; do
+    if pid_running "$pid"; then
+      log "pid $pid still running 2s after SIGTERM: SIGKILL"
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
   done
   # Anything of ours still running against this state dir (lost pid file, crash mid-start).
   for pid in $(leftovers); do
@@ -532,6 +547,14 @@ cmd_stop() {
   done
   for ((i = 0; i < 50; i++)); do [[ -z "$(leftovers)" ]] && break; sleep 0.1; done
   [[ -z "$(leftovers)" ]] || die "processes still running after stop: $(leftovers | tr '\n' ' ')"
+  # Killed processes stay zombies until their parent (often init) reaps them: give it a
+  # moment so that `pgrep kube-apiserver` right after stop finds nothing.
+  for ((i = 0; i < 30; i++)); do
+    local left=0
+    for pid in "${pids[@]}"; do if kill -0 "$pid" 2>/dev/null; then left=1; fi; done
+    (( left )) || break
+    sleep 0.1
+  done
   if [[ -d "$STATE" ]]; then
     rm -rf "$STATE"
     log "stopped; removed $STATE"

@@ -8,6 +8,7 @@
 //! `CI=true` a requested component that is missing fails the test.
 #![forbid(unsafe_code)]
 
+pub mod k8s;
 pub mod pki;
 pub mod procs;
 
@@ -223,6 +224,8 @@ impl Api {
 pub struct CpOptions {
     pub heartbeat: Duration,
     pub command_timeout: Duration,
+    /// Run the embedded Session controller against the test cluster.
+    pub kube: Option<streamspace_control_plane::k8s::KubeOptions>,
 }
 
 impl Default for CpOptions {
@@ -230,6 +233,7 @@ impl Default for CpOptions {
         Self {
             heartbeat: Duration::from_millis(500),
             command_timeout: Duration::from_secs(60),
+            kube: None,
         }
     }
 }
@@ -256,6 +260,7 @@ pub fn server_config(pki: &TestPki, database_url: &str, o: &CpOptions) -> Server
         lifecycle: streamspace_control_plane::core::LifecycleConfig {
             command_timeout: o.command_timeout,
         },
+        kube: o.kube.clone(),
     }
 }
 

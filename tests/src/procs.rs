@@ -33,17 +33,30 @@ pub struct AgentProc {
     pub id: String,
     pub data_dir: PathBuf,
     cmd: Vec<String>,
+    env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
 impl AgentProc {
+    /// An agent with the process runtime.
     pub fn spawn(pki: &TestPki, id: &str, agent_addr: SocketAddr, data_dir: &Path) -> Self {
+        Self::spawn_with(pki, id, agent_addr, data_dir, &["--platform=process"], &[])
+    }
+
+    /// An agent with extra flags (e.g. `--platform=kubernetes`) and environment.
+    pub fn spawn_with(
+        pki: &TestPki,
+        id: &str,
+        agent_addr: SocketAddr,
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let (cert, key) = pki.agent(id);
-        let cmd = vec![
+        let mut cmd = vec![
             crate::binary("streamspace-agent").display().to_string(),
             format!("--agent-id={id}"),
             format!("--control-plane-url=https://{agent_addr}"),
-            "--platform=process".into(),
             "--region=test".into(),
             format!("--tls-cert={}", cert.display()),
             format!("--tls-key={}", key.display()),
@@ -54,10 +67,16 @@ impl AgentProc {
             "--backoff-base-ms=50".into(),
             "--backoff-max-ms=1000".into(),
         ];
+        cmd.extend(extra.iter().map(|s| s.to_string()));
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let mut a = Self {
             id: id.into(),
             data_dir: data_dir.into(),
             cmd,
+            env,
             child: None,
         };
         a.start();
@@ -69,6 +88,7 @@ impl AgentProc {
         let child = Command::new(&self.cmd[0])
             .args(&self.cmd[1..])
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().cloned())
             .stdout(out)
             .stderr(err)
             .spawn()
@@ -129,6 +149,17 @@ pub struct CpProc {
 
 impl CpProc {
     pub fn spawn(pki: &TestPki, database_url: &str, dir: &Path, heartbeat_ms: u64) -> Self {
+        Self::spawn_with(pki, database_url, dir, heartbeat_ms, &[])
+    }
+
+    /// With extra flags, e.g. `--kubernetes=true --kubeconfig=...`.
+    pub fn spawn_with(
+        pki: &TestPki,
+        database_url: &str,
+        dir: &Path,
+        heartbeat_ms: u64,
+        extra: &[&str],
+    ) -> Self {
         std::fs::create_dir_all(dir).unwrap();
         let tokens = dir.join("tokens.csv");
         std::fs::write(&tokens, crate::tokens_csv()).unwrap();
@@ -148,6 +179,8 @@ impl CpProc {
             format!("--trust-domain={TRUST_DOMAIN}"),
             format!("--heartbeat-interval-ms={heartbeat_ms}"),
         ];
+        let mut cmd = cmd;
+        cmd.extend(extra.iter().map(|s| s.to_string()));
         let mut cp = Self {
             api_addr,
             agent_addr,

@@ -2,6 +2,8 @@
 //! is idempotent ("apply", not "create"): starting a running session, stopping
 //! a stopped one or hibernating a hibernated one succeeds and changes nothing.
 
+pub mod kube_objects;
+pub mod kubernetes;
 pub mod noop;
 pub mod process;
 

@@ -66,6 +66,8 @@ pub struct NewSession {
     pub timeouts: Timeouts,
     pub selector: Selector,
     pub desired: Option<Desired>,
+    /// UID of the Kubernetes object the session belongs to.
+    pub external_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -261,6 +263,7 @@ impl Lifecycle {
             message: String::new(),
             workload_name: String::new(),
             delete_home: false,
+            external_id: req.external_id.clone(),
             created_ms: cfg.now,
             updated_ms: cfg.now,
         };
@@ -374,8 +377,28 @@ impl Lifecycle {
         }
     }
 
-    /// A session created by someone else than the API (e.g. the Kubernetes
-    /// controller) re-checks placement for every unplaced session.
+    /// Binds a session to the Kubernetes object (UID) that represents it.
+    pub async fn link_external(&self, name: &str, uid: &str) -> Result<(), LifecycleError> {
+        let now = now_ms();
+        self.transition(name, |s, _| {
+            Ok(match s {
+                Some(mut s) if s.external_id.is_none() => {
+                    s.external_id = Some(uid.to_string());
+                    s.updated_ms = now;
+                    Change {
+                        session: SessionWrite::Upsert(s),
+                        ..Change::default()
+                    }
+                }
+                _ => Change::default(),
+            })
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Places every session still waiting for an agent (after an attach, and
+    /// periodically, as capacity frees up).
     pub async fn place_unplaced(&self) -> Result<(), LifecycleError> {
         let names = self.store.unplaced_sessions().await?;
         if names.is_empty() {

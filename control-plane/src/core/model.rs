@@ -210,6 +210,8 @@ pub struct Session {
     pub workload_name: String,
     /// Whether the stop that terminates this session also deletes the home.
     pub delete_home: bool,
+    /// UID of the Kubernetes Session object it belongs to, if any.
+    pub external_id: Option<String>,
     pub created_ms: Millis,
     pub updated_ms: Millis,
 }
@@ -234,6 +236,7 @@ impl Session {
             message: String::new(),
             workload_name: String::new(),
             delete_home: false,
+            external_id: None,
             created_ms: 0,
             updated_ms: 0,
         }

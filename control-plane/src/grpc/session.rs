@@ -85,6 +85,7 @@ impl pb::session_service_server::SessionService for SessionApi {
             template: r.template,
             user: r.user,
             persistent_home: r.persistent_home,
+            external_id: None,
         };
         let s = self
             .lifecycle

@@ -22,6 +22,7 @@ pub struct SessionRow {
     pub message: String,
     pub workload_name: String,
     pub delete_home: bool,
+    pub external_id: Option<String>,
     pub created_ms: i64,
     pub updated_ms: i64,
 }
@@ -91,6 +92,7 @@ impl TryFrom<SessionRow> for Session {
             message: r.message,
             workload_name: r.workload_name,
             delete_home: r.delete_home,
+            external_id: r.external_id,
             created_ms: r.created_ms,
             updated_ms: r.updated_ms,
         })

@@ -3,7 +3,7 @@
 //! `RETURNING` and partial indexes; the one difference is the row lock
 //! (`FOR UPDATE`), which PostgreSQL needs and SQLite (one writer) does not.
 
-pub const SESSION_COLS: &str = "name, user_name, template, desired, generation, phase, url, agent_id, selector, workload, conditions, failure_reason, message, workload_name, delete_home, created_ms, updated_ms";
+pub const SESSION_COLS: &str = "name, user_name, template, desired, generation, phase, url, agent_id, selector, workload, conditions, failure_reason, message, workload_name, delete_home, external_id, created_ms, updated_ms";
 pub const COMMAND_COLS: &str = "id, session, agent_id, generation, action, state, deadline_ms, created_ms, updated_ms, failure_reason, message, retryable";
 pub const ACTIVE: &str = "state IN ('pending', 'delivered', 'acknowledged')";
 
@@ -24,12 +24,13 @@ macro_rules! sql_store {
 
         async fn upsert_session(c: &mut Conn, s: &Session) -> Result<(), StoreError> {
             sqlx::query(sqlx::AssertSqlSafe(format!(
-                "INSERT INTO sessions ({SESSION_COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17)
+                "INSERT INTO sessions ({SESSION_COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18)
                  ON CONFLICT (name) DO UPDATE SET user_name=excluded.user_name, template=excluded.template,
                  desired=excluded.desired, generation=excluded.generation, phase=excluded.phase, url=excluded.url,
                  agent_id=excluded.agent_id, selector=excluded.selector, workload=excluded.workload,
                  conditions=excluded.conditions, failure_reason=excluded.failure_reason, message=excluded.message,
-                 workload_name=excluded.workload_name, delete_home=excluded.delete_home, updated_ms=excluded.updated_ms"
+                 workload_name=excluded.workload_name, delete_home=excluded.delete_home, external_id=excluded.external_id,
+                 updated_ms=excluded.updated_ms"
             )))
             .bind(&s.name)
             .bind(&s.user)
@@ -46,6 +47,7 @@ macro_rules! sql_store {
             .bind(&s.message)
             .bind(&s.workload_name)
             .bind(s.delete_home)
+            .bind(&s.external_id)
             .bind(s.created_ms)
             .bind(s.updated_ms)
             .execute(&mut *c)

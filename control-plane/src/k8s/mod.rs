@@ -1,0 +1,66 @@
+//! Kubernetes adapter of the control plane: the Session/Template custom
+//! resources, the embedded Session controller, the template watcher and the
+//! mirror that shows API-created sessions as objects.
+
+pub mod controller;
+pub mod convert;
+pub mod crd;
+pub mod mirror;
+pub mod templates;
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::core::Lifecycle;
+
+/// Where and how the controller runs.
+#[derive(Debug, Clone)]
+pub struct KubeOptions {
+    /// Kubeconfig path; None = in-cluster / default chain.
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// Watch only this namespace; None = all namespaces.
+    pub namespace: Option<String>,
+    /// Namespace where API-created sessions appear as objects.
+    pub mirror_namespace: String,
+}
+
+pub async fn client(o: &KubeOptions) -> anyhow::Result<kube::Client> {
+    let config = match &o.kubeconfig {
+        Some(p) => {
+            let kc = kube::config::Kubeconfig::read_from(p)?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?
+        }
+        None => kube::Config::infer().await?,
+    };
+    Ok(kube::Client::try_from(config)?)
+}
+
+/// Starts the controller, the template watcher and the mirror.
+pub async fn start(
+    o: &KubeOptions,
+    lifecycle: Arc<Lifecycle>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let c = client(o).await?;
+    Ok(vec![
+        tokio::spawn(controller::run(
+            c.clone(),
+            lifecycle.clone(),
+            o.namespace.clone(),
+            shutdown.clone(),
+        )),
+        tokio::spawn(templates::run(
+            c.clone(),
+            lifecycle.clone(),
+            o.namespace.clone(),
+            shutdown.clone(),
+        )),
+        tokio::spawn(mirror::run(
+            c,
+            lifecycle,
+            o.mirror_namespace.clone(),
+            shutdown,
+        )),
+    ])
+}

@@ -1,0 +1,143 @@
+//! The Kubernetes test control plane (tests/k8s/cluster.sh) as tests see it:
+//! an admin client, a namespace per test, and an agent kubeconfig that holds
+//! only a ServiceAccount token bound by the agent's RBAC manifest.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use kube::config::Kubeconfig;
+
+pub struct TestCluster {
+    pub admin_kubeconfig: PathBuf,
+    pub client: kube::Client,
+}
+
+fn kubectl() -> String {
+    std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into())
+}
+
+/// Runs kubectl with the admin kubeconfig; panics with its output on failure.
+pub fn kubectl_ok(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> String {
+    use std::io::Write;
+    let mut child = Command::new(kubectl())
+        .arg(format!("--kubeconfig={}", kubeconfig.display()))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl runs (scripts/tools.sh installs it)");
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "kubectl {args:?} failed: {}{}",
+        text,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+/// The running test cluster, or None (after a loud message) outside CI.
+/// Under CI=true a missing cluster fails the test.
+pub async fn cluster() -> Option<TestCluster> {
+    let dir =
+        std::env::var("STREAMSPACE_K8S_DIR").unwrap_or_else(|_| "/tmp/streamspace-k8s".into());
+    let path = PathBuf::from(dir).join("kubeconfig");
+    if !path.exists() {
+        if crate::in_ci() {
+            panic!(
+                "the Kubernetes test control plane is required under CI=true: {} is missing (scripts/test.sh starts tests/k8s/cluster.sh)",
+                path.display()
+            );
+        }
+        eprintln!(
+            "SKIPPING: no Kubernetes test control plane at {}; start it with tests/k8s/cluster.sh start",
+            path.display()
+        );
+        return None;
+    }
+    let kc = Kubeconfig::read_from(&path).expect("admin kubeconfig parses");
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .expect("kubeconfig");
+    let client = kube::Client::try_from(cfg).expect("kube client");
+    Some(TestCluster {
+        admin_kubeconfig: path,
+        client,
+    })
+}
+
+impl TestCluster {
+    /// A fresh namespace for one test.
+    pub fn namespace(&self, prefix: &str) -> String {
+        let ns = format!(
+            "{prefix}-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        kubectl_ok(&self.admin_kubeconfig, &["create", "namespace", &ns], None);
+        ns
+    }
+
+    pub fn kubectl(&self, args: &[&str]) -> String {
+        kubectl_ok(&self.admin_kubeconfig, args, None)
+    }
+
+    /// Applies agent/k8s/rbac.yaml in `ns` and writes a kubeconfig that
+    /// authenticates as its ServiceAccount (a token, not the admin's).
+    pub fn agent_kubeconfig(&self, ns: &str, dir: &Path) -> PathBuf {
+        let rbac = std::fs::read_to_string(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../agent/k8s/rbac.yaml"),
+        )
+        .unwrap();
+        let rbac = rbac.replace("namespace: streamspace", &format!("namespace: {ns}"));
+        kubectl_ok(&self.admin_kubeconfig, &["apply", "-f", "-"], Some(&rbac));
+        let token = kubectl_ok(
+            &self.admin_kubeconfig,
+            &[
+                "-n",
+                ns,
+                "create",
+                "token",
+                "streamspace-agent",
+                "--duration=2h",
+            ],
+            None,
+        );
+        let admin = Kubeconfig::read_from(&self.admin_kubeconfig).unwrap();
+        let cluster = admin.clusters[0].cluster.clone().expect("cluster entry");
+        let server = cluster.server.expect("server");
+        let ca = match (
+            cluster.certificate_authority_data,
+            cluster.certificate_authority,
+        ) {
+            (Some(d), _) => format!("certificate-authority-data: {d}"),
+            (None, Some(p)) => format!("certificate-authority: {p}"),
+            _ => "insecure-skip-tls-verify: true".into(),
+        };
+        let yaml = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {server}\n    {ca}\nusers:\n- name: agent\n  user:\n    token: {}\ncontexts:\n- name: agent\n  context:\n    cluster: test\n    user: agent\n    namespace: {ns}\ncurrent-context: agent\n",
+            token.trim()
+        );
+        std::fs::create_dir_all(dir).unwrap();
+        let path = dir.join("agent-kubeconfig");
+        std::fs::write(&path, yaml).unwrap();
+        path
+    }
+
+    pub fn delete_namespace(&self, ns: &str) {
+        let _ = Command::new(kubectl())
+            .arg(format!("--kubeconfig={}", self.admin_kubeconfig.display()))
+            .args(["delete", "namespace", ns, "--wait=false"])
+            .output();
+    }
+}
