@@ -42,7 +42,7 @@ cargo build --workspace --bins
 
 jobs="${STREAMSPACE_TEST_THREADS:-2}"
 log "tests on SQLite"
-STREAMSPACE_TEST_STORE=sqlite cargo test --workspace -- --test-threads="$jobs"
+STREAMSPACE_TEST_STORE=sqlite cargo test --workspace --no-fail-fast -- --test-threads="$jobs"
 log "tests on PostgreSQL ($STREAMSPACE_TEST_POSTGRES_URL)"
-STREAMSPACE_TEST_STORE=postgres cargo test -p streamspace-tests -- --test-threads="$jobs"
+STREAMSPACE_TEST_STORE=postgres cargo test -p streamspace-tests --no-fail-fast -- --test-threads="$jobs"
 log "all tests passed"

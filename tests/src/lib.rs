@@ -203,6 +203,17 @@ impl Api {
         let _ = &mut sessions;
     }
 
+    /// Puts the embedded default's templates through the API (admin only).
+    pub async fn put_dev_templates(&mut self) {
+        for t in streamspace_control_plane::dev::dev_templates() {
+            let template = Some(streamspace_control_plane::grpc::convert::template_pb(&t));
+            self.templates
+                .put_template(pb::PutTemplateRequest { template })
+                .await
+                .expect("put template");
+        }
+    }
+
     pub async fn create(
         &mut self,
         name: &str,

@@ -112,6 +112,33 @@ async fn session_objects_are_reconciled() {
         .args(["create", "namespace", "streamspace"])
         .output();
     let ns = "streamspace";
+    // Seed 000 names its namespace: start it clean (a failed earlier run may
+    // have left objects whose finalizer no controller will release now).
+    for name in k
+        .kubectl(&["get", "sessions", "-n", ns, "-o", "name"])
+        .lines()
+    {
+        let _ = Command::new(std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into()))
+            .arg(format!("--kubeconfig={}", k.admin_kubeconfig.display()))
+            .args([
+                "patch",
+                name,
+                "-n",
+                ns,
+                "--type=merge",
+                "-p",
+                r#"{"metadata":{"finalizers":null}}"#,
+            ])
+            .output();
+    }
+    k.kubectl(&[
+        "delete",
+        "sessions,deployments,services",
+        "--all",
+        "-n",
+        ns,
+        "--wait=true",
+    ]);
     let pki = TestPki::new();
     let tmp = tempfile::tempdir().unwrap();
     let db = database_url(tmp.path()).await;
@@ -124,13 +151,7 @@ async fn session_objects_are_reconciled() {
     let mut cp = CpProc::spawn_with(&pki, &db, &tmp.path().join("cp"), 500, &cp_args);
     cp.ready().await;
     let mut api = Api::connect(&pki, cp.api_addr, ADMIN_TOKEN).await;
-    for t in streamspace_control_plane::dev::dev_templates() {
-        let t = streamspace_control_plane::grpc::convert::template_pb(&t);
-        api.templates
-            .put_template(pb::PutTemplateRequest { template: Some(t) })
-            .await
-            .unwrap();
-    }
+    api.put_dev_templates().await;
     let agent_kubeconfig = k.agent_kubeconfig(ns, tmp.path());
     let agent_args = [
         "--platform=kubernetes".to_string(),
@@ -222,8 +243,18 @@ async fn session_objects_are_reconciled() {
         })
         .await
         .unwrap();
-    let v = wait_status(&k, "from-grpc", "Hibernated", 60).await;
-    assert_eq!(v["spec"]["state"], "hibernated");
+    wait_status(&k, "from-grpc", "Hibernated", 60).await;
+    wait_for("the API's hibernate to reach spec.state", 30, || async {
+        session_json(&k, "from-grpc").filter(|v| v["spec"]["state"] == "hibernated")
+    })
+    .await;
+    // ...and is not reverted by the controller.
+    let s = api.get("from-grpc").await.unwrap();
+    assert_eq!(s.desired_state, pb::DesiredState::Hibernated as i32);
+    assert_eq!(
+        wait_status(&k, "from-grpc", "Hibernated", 5).await["spec"]["state"],
+        "hibernated"
+    );
 
     // kubectl patch spec.state: hibernated and back.
     k.kubectl(&[

@@ -150,15 +150,7 @@ async fn control_plane_killed_and_restarted_on_its_store() {
     cp.ready().await;
     // Templates go in through the API.
     let mut api = Api::connect(&pki, cp.api_addr, ADMIN_TOKEN).await;
-    for t in streamspace_control_plane::dev::dev_templates() {
-        let pbt = streamspace_control_plane::grpc::convert::template_pb(&t);
-        api.templates
-            .put_template(pb::PutTemplateRequest {
-                template: Some(pbt),
-            })
-            .await
-            .unwrap();
-    }
+    api.put_dev_templates().await;
     let _agent = AgentProc::spawn(
         &pki,
         "cp-crash-agent",

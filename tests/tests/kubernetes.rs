@@ -69,6 +69,16 @@ impl Env {
         )
     }
 
+    /// Object settings matching the agents these tests start.
+    fn objects(&self) -> ObjectConfig {
+        ObjectConfig {
+            namespace: self.ns.clone(),
+            storage_class: None,
+            home_size: "1Gi".into(),
+            cluster_domain: "cluster.local".into(),
+        }
+    }
+
     fn deployments(&self) -> Api<Deployment> {
         Api::namespaced(self.k.client.clone(), &self.ns)
     }
@@ -219,12 +229,7 @@ async fn same_start_twice_changes_nothing() {
         return;
     };
     let (sink, _rx) = StatusSink::channel(1024);
-    let cfg = ObjectConfig {
-        namespace: e.ns.clone(),
-        storage_class: None,
-        home_size: "1Gi".into(),
-        cluster_domain: "cluster.local".into(),
-    };
+    let cfg = e.objects();
     let rt: Arc<KubernetesRuntime> = KubernetesRuntime::start(e.k.client.clone(), cfg, sink)
         .await
         .unwrap();
@@ -332,12 +337,7 @@ async fn restarted_agent_knows_what_it_runs_and_repairs_drift() {
     agent.kill9();
     // What the restarted agent's Hello will carry: the inventory read from the cluster.
     let (sink, _rx) = StatusSink::channel(1024);
-    let cfg = ObjectConfig {
-        namespace: e.ns.clone(),
-        storage_class: None,
-        home_size: "1Gi".into(),
-        cluster_domain: "cluster.local".into(),
-    };
+    let cfg = e.objects();
     let probe = KubernetesRuntime::start(e.k.client.clone(), cfg, sink)
         .await
         .unwrap();
@@ -396,12 +396,7 @@ async fn restarted_agent_knows_what_it_runs_and_repairs_drift() {
             ..Default::default()
         }),
     };
-    let cfg = ObjectConfig {
-        namespace: e.ns.clone(),
-        storage_class: None,
-        home_size: "1Gi".into(),
-        cluster_domain: "cluster.local".into(),
-    };
+    let cfg = e.objects();
     let dep = kube_objects::deployment("ghost", &ghost, 1, &cfg);
     e.deployments()
         .create(&Default::default(), &dep)

@@ -23,6 +23,19 @@ impl NoopRuntime {
         }
     }
 
+    /// Moves a session that exists to `phase`; NOT_FOUND otherwise.
+    fn set_existing(&self, session: &str, phase: pb::SessionPhase) -> Result<(), RuntimeError> {
+        if !self
+            .sessions
+            .lock()
+            .expect("noop lock")
+            .contains_key(session)
+        {
+            return Err(RuntimeError::not_found(session));
+        }
+        self.set(session, Some(phase))
+    }
+
     fn set(&self, session: &str, phase: Option<pb::SessionPhase>) -> Result<(), RuntimeError> {
         let mut s = self.sessions.lock().expect("noop lock");
         match phase {
@@ -70,27 +83,11 @@ impl Runtime for NoopRuntime {
     }
 
     async fn hibernate(&self, session: &str) -> Result<(), RuntimeError> {
-        if !self
-            .sessions
-            .lock()
-            .expect("noop lock")
-            .contains_key(session)
-        {
-            return Err(RuntimeError::not_found(session));
-        }
-        self.set(session, Some(pb::SessionPhase::Hibernated))
+        self.set_existing(session, pb::SessionPhase::Hibernated)
     }
 
     async fn wake(&self, session: &str) -> Result<(), RuntimeError> {
-        if !self
-            .sessions
-            .lock()
-            .expect("noop lock")
-            .contains_key(session)
-        {
-            return Err(RuntimeError::not_found(session));
-        }
-        self.set(session, Some(pb::SessionPhase::Running))
+        self.set_existing(session, pb::SessionPhase::Running)
     }
 
     fn in_use(&self) -> pb::Capacity {

@@ -87,6 +87,18 @@ fn alive(pid: i32, start_time: u64) -> bool {
     matches!(proc_stat(pid), Some((st, t)) if t == start_time && st != 'Z' && st != 'X')
 }
 
+/// Waits up to `limit` for the session's process to exit; returns whether it did.
+async fn gone_within(st: &ProcState, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while alive(st.pid, st.start_time) {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    true
+}
+
 fn signal_group(pid: i32, sig: Signal) {
     let _ = killpg(Pid::from_raw(pid), sig);
 }
@@ -415,21 +427,14 @@ impl Runtime for ProcessRuntime {
         let st = &p.state;
         signal_group(st.pid, Signal::SIGTERM);
         signal_group(st.pid, Signal::SIGCONT);
-        let deadline = tokio::time::Instant::now() + self.stop_grace;
-        while alive(st.pid, st.start_time) && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        if alive(st.pid, st.start_time) {
+        if !gone_within(st, self.stop_grace).await {
             warn!(
                 session,
                 pid = st.pid,
                 "process ignored SIGTERM; sending SIGKILL"
             );
             signal_group(st.pid, Signal::SIGKILL);
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-            while alive(st.pid, st.start_time) && tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(25)).await;
-            }
+            gone_within(st, Duration::from_secs(5)).await;
         }
         // Children of the session that left its group are not followed; the
         // group itself is gone.

@@ -279,8 +279,7 @@ impl Lifecycle {
                 s.agent_id = Some(agent);
             }
             Err(why) => {
-                s.message = format!("waiting for an agent: {why}");
-                s.set_condition("Scheduled", false, "NoAgentAvailable", &why);
+                steps::mark_unplaced(&mut s, &why);
             }
         }
         let change = steps::plan(s.clone(), None, cfg);
@@ -410,13 +409,18 @@ impl Lifecycle {
             let Some(s) = self.store.get_session(&name).await? else {
                 continue;
             };
-            let Ok(agent) = placement::pick(&s.selector, &online, &used) else {
-                continue;
-            };
             let cfg = self.step_cfg();
-            self.transition(&name, |s, active| Ok(steps::placed(s, active, &agent, cfg)))
-                .await?;
-            *used.entry(agent).or_default() += 1;
+            match placement::pick(&s.selector, &online, &used) {
+                Ok(agent) => {
+                    self.transition(&name, |s, active| Ok(steps::placed(s, active, &agent, cfg)))
+                        .await?;
+                    *used.entry(agent).or_default() += 1;
+                }
+                Err(why) => {
+                    self.transition(&name, |s, _| Ok(steps::unplaced(s, &why, cfg.now)))
+                        .await?;
+                }
+            }
         }
         Ok(())
     }

@@ -391,6 +391,34 @@ pub fn placed(
     }
 }
 
+/// Records why no agent can take `s`; returns whether that changed anything.
+pub fn mark_unplaced(s: &mut Session, why: &str) -> bool {
+    let message = format!("waiting for an agent: {why}");
+    if s.message == message {
+        return false;
+    }
+    s.message = message;
+    s.set_condition("Scheduled", false, "NoAgentAvailable", why);
+    true
+}
+
+/// No agent can take the unplaced session `s` yet: keep its reason current.
+pub fn unplaced(session: Option<Session>, why: &str, now: Millis) -> Change {
+    match session {
+        Some(mut s) if s.agent_id.is_none() && s.desired != Desired::Terminated => {
+            if !mark_unplaced(&mut s, why) {
+                return Change::default();
+            }
+            s.updated_ms = now;
+            Change {
+                session: SessionWrite::Upsert(s),
+                ..Change::default()
+            }
+        }
+        _ => Change::default(),
+    }
+}
+
 fn capitalize(s: &str) -> String {
     let mut c = s.chars();
     c.next()

@@ -218,8 +218,13 @@ impl Ctx {
                 return Ok(Action::await_change());
             }
         }
+        // Apply spec.state only when the spec changed since it was last
+        // applied: otherwise the store is newer (an API call whose mirror
+        // patch of spec.state is still on its way) and must not be reverted.
         let want = desired(obj.spec.state);
-        let stored = if stored.desired != want {
+        let spec_is_new =
+            obj.status.as_ref().and_then(|s| s.observed_generation) != obj.metadata.generation;
+        let stored = if spec_is_new && stored.desired != want {
             match lc.set_desired(&admin(), &name, want, false).await {
                 Ok(s) => s,
                 Err(LifecycleError::FailedPrecondition(m)) => {

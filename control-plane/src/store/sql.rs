@@ -94,6 +94,21 @@ macro_rules! sql_store {
             Ok(())
         }
 
+        /// Runs a `SELECT agent_id, COUNT(*) ... GROUP BY agent_id` query.
+        async fn count_per_agent(
+            pool: &sqlx::Pool<$db>,
+            sql: &'static str,
+        ) -> Result<HashMap<String, u32>, StoreError> {
+            let rows = sqlx::query(sql).fetch_all(pool).await.map_err(db_err)?;
+            rows.iter()
+                .map(|r| {
+                    let agent = r.try_get::<String, _>(0).map_err(db_err)?;
+                    let n = r.try_get::<i64, _>(1).map_err(db_err)?;
+                    Ok((agent, n as u32))
+                })
+                .collect()
+        }
+
         fn sessions(rows: Vec<SessionRow>) -> Result<Vec<Session>, StoreError> {
             rows.into_iter().map(Session::try_from).collect()
         }
@@ -232,15 +247,11 @@ macro_rules! sql_store {
             }
 
             async fn sessions_per_agent(&self) -> Result<HashMap<String, u32>, StoreError> {
-                let rows = sqlx::query(
+                count_per_agent(
+                    &self.pool,
                     "SELECT agent_id, COUNT(*) FROM sessions WHERE agent_id IS NOT NULL GROUP BY agent_id",
                 )
-                .fetch_all(&self.pool)
                 .await
-                .map_err(db_err)?;
-                rows.iter()
-                    .map(|r| Ok((r.try_get::<String, _>(0).map_err(db_err)?, r.try_get::<i64, _>(1).map_err(db_err)? as u32)))
-                    .collect()
             }
 
             async fn get_command(&self, id: &str) -> Result<Option<Command>, StoreError> {
@@ -307,15 +318,11 @@ macro_rules! sql_store {
             }
 
             async fn active_commands_per_agent(&self) -> Result<HashMap<String, u32>, StoreError> {
-                let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "SELECT agent_id, COUNT(*) FROM commands WHERE state IN ('delivered', 'acknowledged') GROUP BY agent_id"
-                )))
-                .fetch_all(&self.pool)
+                count_per_agent(
+                    &self.pool,
+                    "SELECT agent_id, COUNT(*) FROM commands WHERE state IN ('delivered', 'acknowledged') GROUP BY agent_id",
+                )
                 .await
-                .map_err(db_err)?;
-                rows.iter()
-                    .map(|r| Ok((r.try_get::<String, _>(0).map_err(db_err)?, r.try_get::<i64, _>(1).map_err(db_err)? as u32)))
-                    .collect()
             }
 
             async fn upsert_agent(&self, a: &AgentRecord) -> Result<(), StoreError> {
