@@ -55,6 +55,8 @@ pub struct ClientStats {
     pub applied: AtomicU64,
     /// Deliveries recognised as duplicates.
     pub duplicates: AtomicU64,
+    /// Drain frames received.
+    pub drains: AtomicU64,
 }
 
 pub struct Client {
@@ -239,6 +241,7 @@ impl Client {
                     Some(pb::ControlFrame { frame: Some(In::Drain(d)) }) => {
                         let after = d.reconnect_after.and_then(|d| Duration::try_from(d).ok()).unwrap_or(Duration::from_secs(1));
                         info!(reason = %d.reason, "drain requested");
+                        self.stats.drains.fetch_add(1, Ordering::Relaxed);
                         return Ok(SessionEnd::Drained(after));
                     }
                     Some(other) => debug!(?other, "ignoring unexpected frame"),

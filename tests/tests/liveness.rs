@@ -191,3 +191,56 @@ async fn silent_stream_is_closed_and_replaced() {
         .expect("re-attach after the silent stream was closed");
     cp.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_attached_agents() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use streamspace_agent::runtime::{StatusSink, noop::NoopRuntime};
+    use streamspace_agent::{Client, ClientConfig, ClientTls};
+    init();
+    let pki = TestPki::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let db = database_url(tmp.path()).await;
+    let cp = start_cp(&pki, &db, &CpOptions::default()).await;
+    let pem = pki.agent_pem("drained");
+    let (sink, statuses) = StatusSink::channel(64);
+    let client = Arc::new(Client::new(
+        ClientConfig {
+            agent_id: "drained".into(),
+            control_plane_url: format!("https://{}", cp.agent_addr),
+            platform: "noop".into(),
+            region: "test".into(),
+            capacity: pb::Capacity::default(),
+            tls: ClientTls {
+                ca: pki.ca.cert.clone(),
+                cert: pem.cert,
+                key: pem.key,
+                server_name: Some("localhost".into()),
+            },
+            backoff_base: Duration::from_millis(50),
+            backoff_cap: Duration::from_secs(1),
+            fencing_token: Arc::new(AtomicU64::new(0)),
+        },
+        Arc::new(NoopRuntime::new(sink)),
+        statuses,
+    ));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (c, s) = (client.clone(), stop.clone());
+    let task = tokio::spawn(async move { c.run(s).await });
+    let roster = cp.lifecycle.roster().clone();
+    wait_for("the agent to attach", 20, || {
+        let r = roster.clone();
+        async move { r.get("drained").map(|_| ()) }
+    })
+    .await;
+    // SIGTERM path: every attached agent gets Drain before the listeners stop.
+    cp.shutdown().await;
+    assert_eq!(
+        client.stats.drains.load(Ordering::SeqCst),
+        1,
+        "the agent was told to drain"
+    );
+    stop.cancel();
+    task.await.unwrap();
+}
