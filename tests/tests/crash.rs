@@ -135,6 +135,10 @@ async fn agent_killed_with_pending_commands() {
     api.wait_phase("keep-0", P::Running, 40).await;
     assert_exactly_one_process(&mut api, "keep-0").await;
     api.wait_gone("queued-0", 40).await;
+    // keep-1 was hibernated (stopped process) when the agent died: it survives.
+    let s = api.wait_phase("keep-1", P::Hibernated, 40).await;
+    assert_exactly_one_process(&mut api, "keep-1").await;
+    assert_eq!(proc_state(session_pid(&s)), Some('T'), "still stopped");
     assert!(session_processes("queued-0").is_empty());
     drop(agent);
     cp.shutdown().await;

@@ -118,3 +118,51 @@ async fn create_hibernate_wake_delete() {
     );
     cp.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_that_cannot_run_fails_with_a_reason() {
+    init();
+    let pki = TestPki::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let db = database_url(tmp.path()).await;
+    let cp = start_cp(&pki, &db, &CpOptions::default()).await;
+    let _agent = AgentProc::spawn(&pki, "agent-2", cp.agent_addr, &tmp.path().join("agent"));
+    let mut admin = Api::connect(&pki, cp.api_addr, ADMIN_TOKEN).await;
+    let t = pb::Template {
+        name: "broken".into(),
+        command: vec!["/nonexistent/streamspace-session".into()],
+        ..Default::default()
+    };
+    admin
+        .templates
+        .put_template(pb::PutTemplateRequest { template: Some(t) })
+        .await
+        .unwrap();
+    let crash = pb::Template {
+        name: "exits".into(),
+        command: vec!["sh".into(), "-c".into(), "exit 3".into()],
+        ..Default::default()
+    };
+    admin
+        .templates
+        .put_template(pb::PutTemplateRequest {
+            template: Some(crash),
+        })
+        .await
+        .unwrap();
+    admin.create("cannot-run", "broken").await.unwrap();
+    admin.create("dies", "exits").await.unwrap();
+    let s = admin
+        .wait_phase("cannot-run", pb::SessionPhase::Failed, 30)
+        .await;
+    assert_eq!(s.failure_reason, pb::FailureReason::Image as i32, "{s:?}");
+    assert!(s.message.contains("cannot be executed"), "{}", s.message);
+    let s = admin.wait_phase("dies", pb::SessionPhase::Failed, 30).await;
+    assert_eq!(
+        s.failure_reason,
+        pb::FailureReason::CrashLoop as i32,
+        "{s:?}"
+    );
+    assert!(s.message.contains("exit status: 3"), "{}", s.message);
+    cp.shutdown().await;
+}

@@ -66,6 +66,8 @@ pub struct ProcessRuntime {
     ready_timeout: Duration,
     /// Stop every session when the agent exits (the embedded default does).
     stop_on_exit: bool,
+    /// The `setsid` program, if the machine has one (see `spawn`).
+    setsid: Option<PathBuf>,
 }
 
 fn io_err(what: &str, e: impl std::fmt::Display) -> RuntimeError {
@@ -103,6 +105,22 @@ fn signal_group(pid: i32, sig: Signal) {
     let _ = killpg(Pid::from_raw(pid), sig);
 }
 
+/// The executable `cmd` names: a path, or a name looked up on PATH.
+fn resolve(cmd: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if cmd.contains('/') {
+        let p = PathBuf::from(cmd);
+        return executable(&p).then_some(p);
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(cmd))
+        .find(|p| executable(p))
+}
+
 fn free_port() -> Result<u16, RuntimeError> {
     let l =
         std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| io_err("finding a free port", e))?;
@@ -137,7 +155,14 @@ impl ProcessRuntime {
             stop_grace,
             ready_timeout: Duration::from_secs(60),
             stop_on_exit,
+            setsid: ["/usr/bin/setsid", "/bin/setsid"]
+                .iter()
+                .map(PathBuf::from)
+                .find(|p| p.exists()),
         };
+        if rt.setsid.is_none() {
+            warn!("no setsid program: a hibernated session may not survive an agent crash");
+        }
         let mut procs = HashMap::new();
         let entries = std::fs::read_dir(dir.join("sessions"))
             .map_err(|e| io_err("reading session state", e))?;
@@ -264,6 +289,16 @@ impl ProcessRuntime {
                 false,
             ));
         }
+        let program = resolve(&w.command[0]).ok_or_else(|| {
+            RuntimeError::new(
+                R::Image,
+                format!(
+                    "command {:?} cannot be executed: not found or not executable",
+                    w.command[0]
+                ),
+                false,
+            )
+        })?;
         let port = free_port()?;
         let home = if w.persistent_home {
             self.dir.join("homes").join(&start.user)
@@ -285,7 +320,23 @@ impl ProcessRuntime {
         let log2 = log
             .try_clone()
             .map_err(|e| io_err("creating the session log", e))?;
-        let mut cmd = tokio::process::Command::new(&args[0]);
+        // `setsid` (util-linux) makes the process a session and group leader
+        // with the same pid. A group of its own is not enough: when the agent
+        // dies, a process group with a stopped (hibernated) member that becomes
+        // orphaned gets SIGHUP from the kernel and dies. A new session's group
+        // is orphaned from the start, so the agent's death changes nothing.
+        let mut cmd = match &self.setsid {
+            Some(setsid) => {
+                let mut c = tokio::process::Command::new(setsid);
+                c.arg(&program);
+                c
+            }
+            None => {
+                let mut c = tokio::process::Command::new(&program);
+                c.process_group(0);
+                c
+            }
+        };
         cmd.args(&args[1..])
             .envs(w.env.iter())
             .env("PORT", &port_s)
@@ -296,7 +347,6 @@ impl ProcessRuntime {
             .stdin(std::process::Stdio::null())
             .stdout(log)
             .stderr(log2)
-            .process_group(0)
             .kill_on_drop(false);
         let mut child = cmd.spawn().map_err(|e| {
             RuntimeError::new(

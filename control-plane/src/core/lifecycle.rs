@@ -522,6 +522,8 @@ impl Lifecycle {
                 Ok(steps::expired(s, active, &c.id, now))
             })
             .await?;
+            // Its in-flight slot is free: let the agent's stream send more.
+            self.roster.ring(&c.agent_id);
         }
         Ok(overdue.len())
     }

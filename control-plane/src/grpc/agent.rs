@@ -304,7 +304,6 @@ impl Stream {
                         return End::Status(Status::unavailable(format!(
                             "no heartbeat for {:?}; closing the stream", roster.heartbeat_timeout())));
                     }
-                    if drain_deadline.is_none() && let Err(e) = self.dispatch().await { return e; }
                 }
                 frame = inbound.message() => match frame {
                     Ok(Some(f)) => if let Err(e) = self.handle(f).await { return e; },
@@ -325,7 +324,10 @@ impl Stream {
         let _ = self.tx.send(Ok(frame)).await;
     }
 
-    /// Sends pending commands, up to the in-flight window.
+    /// Sends pending commands, up to the in-flight window. Runs only when the
+    /// bell rings (a command was written, the agent attached, a result freed
+    /// a slot, an operator drained it), never on a timer: with thousands of
+    /// idle agents a periodic store query per agent would swamp the store.
     async fn dispatch(&self) -> Result<(), End> {
         if roster_draining(&self.hub, &self.id, self.conn_id) {
             self.send_drain("drained by an operator", Duration::from_secs(5))
@@ -380,9 +382,13 @@ impl Stream {
                 let span = info_span!("command", command_id = %r.command_id, agent_id = %self.id);
                 match convert::outcome_from(&r) {
                     Ok(o) => {
-                        lc.finished(&self.id, &r.command_id, o)
+                        let r = lc
+                            .finished(&self.id, &r.command_id, o)
                             .instrument(span)
-                            .await
+                            .await;
+                        // A slot of the in-flight window is free again.
+                        self.bell.notify_one();
+                        r
                     }
                     Err(e) => Err(e.into()),
                 }
