@@ -227,14 +227,19 @@ impl Client {
         let mut heartbeat = tokio::time::interval(interval);
         let mut seq = 0u64;
         loop {
+            // Biased, statuses before results: a command's task reports the
+            // session's status and then its result, and the control plane
+            // must see them in that order (else a STOPPED status would arrive
+            // after the session was already removed).
             tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
+                Some(s) = statuses.recv() => tx.send(frame(Out::Status(s))).await?,
+                Some(r) = results.recv() => tx.send(r).await?,
                 _ = heartbeat.tick() => {
                     seq += 1;
                     tx.send(frame(Out::Heartbeat(pb::Heartbeat { sequence: seq, in_use: Some(self.runtime.in_use()) }))).await?;
                 }
-                Some(s) = statuses.recv() => tx.send(frame(Out::Status(s))).await?,
-                Some(r) = results.recv() => tx.send(r).await?,
                 msg = inbound.message() => match msg? {
                     None => anyhow::bail!("the control plane closed the stream"),
                     Some(pb::ControlFrame { frame: Some(In::Command(c)) }) => self.command(c, &tx).await?,
