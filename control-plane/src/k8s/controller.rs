@@ -29,6 +29,8 @@ use crate::core::{Caller, Lifecycle, LifecycleError};
 
 pub const FINALIZER: &str = "stream.space/session-cleanup";
 pub const FIELD_MANAGER: &str = "streamspace-control-plane";
+/// Periodic re-reconcile of every Session object.
+const RESYNC: Duration = Duration::from_secs(10);
 
 pub struct Ctx {
     pub client: Client,
@@ -246,7 +248,10 @@ impl Ctx {
         };
         self.write_status(obj, status_of(obj, &stored, None))
             .await?;
-        Ok(Action::requeue(Duration::from_secs(300)))
+        // Store changes trigger reconciles directly; this resync bounds how
+        // long a missed trigger (e.g. while the watch cache fills after a
+        // restart) can leave the status stale.
+        Ok(Action::requeue(RESYNC))
     }
 
     async fn cleanup(&self, obj: &Session) -> Result<Action, Error> {
