@@ -101,6 +101,31 @@ impl TestCluster {
         .unwrap();
         let rbac = rbac.replace("namespace: streamspace", &format!("namespace: {ns}"));
         kubectl_ok(&self.admin_kubeconfig, &["apply", "-f", "-"], Some(&rbac));
+        // A new RoleBinding takes a moment to reach the authorizer: wait until
+        // the ServiceAccount may do what the agent does first.
+        let sa = format!("--as=system:serviceaccount:{ns}:streamspace-agent");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        for (verb, resource) in [
+            ("list", "deployments"),
+            ("watch", "pods"),
+            ("create", "leases"),
+        ] {
+            loop {
+                let out = Command::new(kubectl())
+                    .arg(format!("--kubeconfig={}", self.admin_kubeconfig.display()))
+                    .args(["auth", "can-i", verb, resource, "-n", ns, &sa])
+                    .output()
+                    .expect("kubectl runs");
+                if String::from_utf8_lossy(&out.stdout).trim() == "yes" {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "RBAC for {resource} not in force after 60s"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
         let token = kubectl_ok(
             &self.admin_kubeconfig,
             &[

@@ -233,12 +233,12 @@ impl KubernetesRuntime {
             rt.deploy_store.wait_until_ready().await.ok();
             rt.pod_store.wait_until_ready().await.ok();
         };
-        tokio::time::timeout(std::time::Duration::from_secs(30), ready)
+        tokio::time::timeout(std::time::Duration::from_secs(120), ready)
             .await
             .map_err(|_| {
                 RuntimeError::new(
                     R::Platform,
-                    "the Deployment/Pod caches did not fill within 30s (RBAC? API server?)",
+                    "the Deployment/Pod caches did not fill within 120s (RBAC? API server?)",
                     true,
                 )
             })?;
