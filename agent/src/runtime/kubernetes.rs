@@ -198,10 +198,10 @@ impl KubernetesRuntime {
         let wc = || watcher::Config::default().labels(OWNED);
         let dstream = reflector::reflector(dw, watcher(deployments.clone(), wc()))
             .default_backoff()
-            .map(|e| e.map(|ev| touched(ev, "deployment")));
+            .map(|e| e.map(touched));
         let pstream = reflector::reflector(pw, watcher(pods, wc()))
             .default_backoff()
-            .map(|e| e.map(|ev| touched(ev, "pod")));
+            .map(|e| e.map(touched));
         let rt = Arc::new(Self {
             services: Api::namespaced(client.clone(), &ns),
             claims: Api::namespaced(client, &ns),
@@ -336,7 +336,7 @@ enum Touched {
     Nothing,
 }
 
-fn touched<K: kube::Resource>(ev: watcher::Event<K>, _kind: &str) -> Touched {
+fn touched<K: kube::Resource>(ev: watcher::Event<K>) -> Touched {
     let session = |o: &K| {
         o.meta()
             .labels

@@ -188,17 +188,6 @@ impl Roster {
         v
     }
 
-    /// Streams whose heartbeats stopped: (id, conn_id).
-    pub fn overdue(&self, now: Instant) -> Vec<(String, u64)> {
-        self.agents
-            .lock()
-            .expect("roster lock")
-            .values()
-            .filter(|a| now.saturating_duration_since(a.last_heartbeat) >= self.heartbeat_timeout)
-            .map(|a| (a.hello.id.clone(), a.conn_id))
-            .collect()
-    }
-
     /// Marks the agent draining; its stream sends Drain and closes. Returns whether it was attached.
     pub fn drain(&self, id: &str) -> bool {
         let mut agents = self.agents.lock().expect("roster lock");
