@@ -52,7 +52,20 @@ async fn three_replicas_one_leader_fast_failover() {
         let r = roster.clone();
         async move { r.get(ID).map(|a| (a.conn_id, a.hello.fencing_token)) }
     };
-    let (conn, token) = wait_for("one replica to attach", 60, attached).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (conn, token) = loop {
+        if let Some(v) = attached().await {
+            break v;
+        }
+        if Instant::now() > deadline {
+            let logs: Vec<String> = replicas.iter().map(|r| r.log()).collect();
+            panic!(
+                "no replica attached within 60s; replica logs:\n{}",
+                logs.join("\n-----\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let holder = || {
         let l = leases.clone();
         async move {
