@@ -453,7 +453,11 @@ pub mod raw {
 /// Every live process whose environment says SESSION_ID=<name> (the process
 /// runtime sets it): the ground truth for "exactly once".
 pub fn session_processes(name: &str) -> Vec<i32> {
-    let want = format!("SESSION_ID={name}");
+    processes_with_env(&format!("SESSION_ID={name}"))
+}
+
+/// Every live (not zombie) process whose environment contains `entry` (`NAME=value`).
+pub fn processes_with_env(entry: &str) -> Vec<i32> {
     let mut pids = vec![];
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
@@ -462,7 +466,7 @@ pub fn session_processes(name: &str) -> Vec<i32> {
         let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
             continue;
         };
-        if env.split(|b| *b == 0).any(|kv| kv == want.as_bytes())
+        if env.split(|b| *b == 0).any(|kv| kv == entry.as_bytes())
             && proc_state(pid).is_some_and(|s| s != 'Z')
         {
             pids.push(pid);

@@ -124,18 +124,47 @@ impl AgentProc {
 impl Drop for AgentProc {
     fn drop(&mut self) {
         self.kill9();
-        // Session processes are in their own groups: stop what the test left.
+        if std::thread::panicking() {
+            print_tail(&format!("agent {}", self.id), &self.log(), 60);
+        }
+        // Session processes are in their own groups: stop what the test left,
+        // including a process whose start was interrupted before its pid was
+        // recorded (found by the tag the runtime puts in its environment).
         if let Ok(entries) = std::fs::read_dir(self.data_dir.join("sessions")) {
             for e in entries.flatten() {
-                if let Ok(t) = std::fs::read_to_string(e.path())
-                    && let Ok(v) = serde_json::from_str::<serde_json::Value>(&t)
-                    && let Some(pid) = v["pid"].as_i64()
-                {
-                    let _ = nix::sys::signal::killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                let Ok(t) = std::fs::read_to_string(e.path()) else {
+                    continue;
+                };
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(&t) else {
+                    continue;
+                };
+                let mut pids: Vec<i32> = v["pid"].as_i64().map(|p| p as i32).into_iter().collect();
+                if let Some(tag) = v["spawn_tag"].as_str().filter(|t| !t.is_empty()) {
+                    pids.extend(crate::processes_with_env(&format!(
+                        "STREAMSPACE_SPAWN={tag}"
+                    )));
+                }
+                for pid in pids.into_iter().filter(|p| *p > 0) {
+                    let _ = nix::sys::signal::killpg(Pid::from_raw(pid), Signal::SIGKILL);
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
                 }
             }
         }
     }
+}
+
+/// Prints the last `n` lines of a process's log (shown with a failing test's output).
+pub fn print_tail(what: &str, log: &str, n: usize) {
+    let lines: Vec<&str> = log.lines().collect();
+    let from = lines.len().saturating_sub(n);
+    eprintln!(
+        "----- last {} lines of the {what} log -----",
+        lines.len() - from
+    );
+    for l in &lines[from..] {
+        eprintln!("{l}");
+    }
+    eprintln!("----- end of the {what} log -----");
 }
 
 /// A control-plane process (`serve`), restartable on the same database.
@@ -228,5 +257,8 @@ impl CpProc {
 impl Drop for CpProc {
     fn drop(&mut self) {
         self.kill9();
+        if std::thread::panicking() {
+            print_tail("control-plane", &self.log(), 60);
+        }
     }
 }

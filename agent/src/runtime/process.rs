@@ -30,7 +30,13 @@ use pb::SessionPhase as P;
 struct ProcState {
     session: String,
     user: String,
+    /// 0 while the record is only an intent: written before the spawn, so an
+    /// agent killed between spawning and recording the pid can still find its
+    /// process (by `spawn_tag`) instead of starting a second one.
     pid: i32,
+    /// A unique value put in the process's environment as `STREAMSPACE_SPAWN`.
+    #[serde(default)]
+    spawn_tag: String,
     /// Kernel start time of `pid` (/proc/<pid>/stat field 22): tells our
     /// process from a later one that reused the pid.
     start_time: u64,
@@ -83,6 +89,37 @@ fn proc_stat(pid: i32) -> Option<(char, u64)> {
     let start = fields.get(19)?.parse().ok()?;
     Some((state, start))
 }
+
+/// The process whose environment carries `STREAMSPACE_SPAWN=<tag>`, as (pid,
+/// start time): the session leader if several share the tag (its children
+/// inherit the environment).
+fn find_tagged(tag: &str) -> Option<(i32, u64)> {
+    let needle = format!("{SPAWN_ENV}={tag}");
+    let mut found: Vec<(i32, u64, bool)> = Vec::new();
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        if !env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) {
+            continue;
+        }
+        if let Some((st, start)) = proc_stat(pid)
+            && st != 'Z'
+            && st != 'X'
+        {
+            let leader =
+                nix::unistd::getpgid(Some(Pid::from_raw(pid))).is_ok_and(|g| g.as_raw() == pid);
+            found.push((pid, start, leader));
+        }
+    }
+    found.sort_by_key(|(pid, _, leader)| (!leader, *pid));
+    found.first().map(|(pid, start, _)| (*pid, *start))
+}
+
+const SPAWN_ENV: &str = "STREAMSPACE_SPAWN";
 
 /// Whether the process we started (pid + start time) still exists and is not a zombie.
 fn alive(pid: i32, start_time: u64) -> bool {
@@ -171,10 +208,27 @@ impl ProcessRuntime {
             let Ok(text) = std::fs::read_to_string(&path) else {
                 continue;
             };
-            let Ok(st) = serde_json::from_str::<ProcState>(&text) else {
+            let Ok(mut st) = serde_json::from_str::<ProcState>(&text) else {
                 warn!(path = %path.display(), "ignoring unreadable session state");
                 continue;
             };
+            if st.pid == 0 {
+                // The agent died while starting this session: the process
+                // may or may not have been spawned.
+                match find_tagged(&st.spawn_tag) {
+                    Some((pid, start_time)) if !st.spawn_tag.is_empty() => {
+                        info!(session = %st.session, pid, "found the process of an interrupted start");
+                        st.pid = pid;
+                        st.start_time = start_time;
+                        rt.save(&st)?;
+                    }
+                    _ => {
+                        info!(session = %st.session, "an interrupted start spawned nothing");
+                        let _ = std::fs::remove_file(&path);
+                        continue;
+                    }
+                }
+            }
             if alive(st.pid, st.start_time) {
                 info!(session = %st.session, pid = st.pid, "re-adopted running session");
                 let p = Proc {
@@ -315,11 +369,28 @@ impl ProcessRuntime {
             ("HOME", home_s.as_str()),
         ];
         let args: Vec<String> = w.command.iter().map(|a| substitute(a, &vars)).collect();
+        // Record the intent before spawning (see `ProcState::pid`).
+        let mut st = ProcState {
+            session: session.to_string(),
+            user: start.user.clone(),
+            pid: 0,
+            spawn_tag: uuid::Uuid::new_v4().to_string(),
+            start_time: 0,
+            port,
+            hibernated: false,
+            home,
+            persistent_home: w.persistent_home,
+        };
+        self.save(&st)?;
+        let forget = |e: RuntimeError| {
+            let _ = std::fs::remove_file(self.state_path(session));
+            e
+        };
         let log = std::fs::File::create(self.dir.join("logs").join(format!("{session}.log")))
-            .map_err(|e| io_err("creating the session log", e))?;
+            .map_err(|e| forget(io_err("creating the session log", e)))?;
         let log2 = log
             .try_clone()
-            .map_err(|e| io_err("creating the session log", e))?;
+            .map_err(|e| forget(io_err("creating the session log", e)))?;
         // `setsid` (util-linux) makes the process a session and group leader
         // with the same pid. A group of its own is not enough: when the agent
         // dies, a process group with a stopped (hibernated) member that becomes
@@ -343,33 +414,25 @@ impl ProcessRuntime {
             .env("SESSION_ID", session)
             .env("USER", &start.user)
             .env("HOME", &home_s)
-            .current_dir(&home)
+            .env(SPAWN_ENV, &st.spawn_tag)
+            .current_dir(&st.home)
             .stdin(std::process::Stdio::null())
             .stdout(log)
             .stderr(log2)
             .kill_on_drop(false);
         let mut child = cmd.spawn().map_err(|e| {
-            RuntimeError::new(
+            forget(RuntimeError::new(
                 R::Image,
                 format!("command {:?} cannot be executed: {e}", args[0]),
                 false,
-            )
+            ))
         })?;
         let pid = child
             .id()
             .map(|p| p as i32)
-            .ok_or_else(|| io_err("spawning", "no pid"))?;
-        let start_time = proc_stat(pid).map(|(_, t)| t).unwrap_or(0);
-        let st = ProcState {
-            session: session.to_string(),
-            user: start.user.clone(),
-            pid,
-            start_time,
-            port,
-            hibernated: false,
-            home,
-            persistent_home: w.persistent_home,
-        };
+            .ok_or_else(|| forget(io_err("spawning", "no pid")))?;
+        st.pid = pid;
+        st.start_time = proc_stat(pid).map(|(_, t)| t).unwrap_or(0);
         if let Err(e) = self.save(&st) {
             signal_group(pid, Signal::SIGKILL);
             let _ = child.wait().await;
@@ -552,5 +615,80 @@ impl Runtime for ProcessRuntime {
         for id in ids {
             let _ = self.stop(&id, false).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn intent(dir: &Path, session: &str, tag: &str) {
+        let st = ProcState {
+            session: session.into(),
+            user: "alice".into(),
+            pid: 0,
+            spawn_tag: tag.into(),
+            start_time: 0,
+            port: free_port().unwrap(),
+            hibernated: false,
+            home: dir.join("scratch").join(session),
+            persistent_home: false,
+        };
+        std::fs::create_dir_all(dir.join("sessions")).unwrap();
+        std::fs::write(
+            dir.join("sessions").join(format!("{session}.json")),
+            serde_json::to_string(&st).unwrap(),
+        )
+        .unwrap();
+    }
+
+    /// An agent killed after spawning but before recording the pid: the
+    /// restarted runtime finds the process by its tag and adopts it, so a
+    /// re-sent start does not run the session twice.
+    #[tokio::test]
+    async fn an_interrupted_start_is_adopted_not_repeated() {
+        let dir = tempfile::tempdir().unwrap();
+        let tag = uuid::Uuid::new_v4().to_string();
+        intent(dir.path(), "s1", &tag);
+        use std::os::unix::process::CommandExt;
+        let mut child = std::process::Command::new("sleep")
+            .arg("60")
+            .env(SPAWN_ENV, &tag)
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        // Wait until exec has replaced the environment.
+        for _ in 0..100 {
+            if find_tagged(&tag).is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let (sink, _rx) = StatusSink::channel(16);
+        let rt = ProcessRuntime::open(dir.path(), sink, Duration::from_secs(1), false).unwrap();
+        let inv = rt.inventory().await.unwrap();
+        assert_eq!(inv.len(), 1, "{inv:?}");
+        assert_eq!(inv[0].workload, format!("pid {pid}"));
+        let saved: ProcState = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join("sessions/s1.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(saved.pid, pid, "the pid is recorded now");
+        rt.stop("s1", false).await.unwrap();
+        let _ = child.wait();
+        assert!(find_tagged(&tag).is_none(), "stopped");
+    }
+
+    /// An agent killed after writing the intent but before spawning: nothing
+    /// to adopt, and the record is dropped.
+    #[tokio::test]
+    async fn an_intent_without_a_process_is_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        intent(dir.path(), "s2", &uuid::Uuid::new_v4().to_string());
+        let (sink, _rx) = StatusSink::channel(16);
+        let rt = ProcessRuntime::open(dir.path(), sink, Duration::from_secs(1), false).unwrap();
+        assert!(rt.inventory().await.unwrap().is_empty());
+        assert!(!dir.path().join("sessions/s2.json").exists());
     }
 }
