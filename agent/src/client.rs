@@ -175,7 +175,7 @@ impl Client {
                 }
                 Err(e) => {
                     let d = backoff.next_delay();
-                    warn!(error = %e, retry_in = ?d, "control plane stream ended");
+                    warn!(error = %format!("{e:#}"), retry_in = ?d, "control plane stream ended");
                     d
                 }
             };

@@ -114,8 +114,28 @@ fn read(path: &PathBuf, what: &str) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading {what} {}", path.display()))
 }
 
+/// Checks that the certificate and key parse and belong together, so a
+/// mismatched pair fails at start with a clear message instead of as an
+/// opaque handshake error on every connection attempt.
+pub fn check_identity(cert_pem: &str, key_pem: &str) -> anyhow::Result<()> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .context("--tls-cert: not a PEM certificate")?;
+    anyhow::ensure!(!certs.is_empty(), "--tls-cert: contains no certificate");
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .context("--tls-key: not a PEM private key")?;
+    rustls::sign::CertifiedKey::from_der(certs, key, &rustls::crypto::ring::default_provider())
+        .context("--tls-cert / --tls-key: the key does not belong to the certificate")?;
+    Ok(())
+}
+
 impl AgentArgs {
     pub fn client_config(&self) -> anyhow::Result<ClientConfig> {
+        let cert = read(&self.tls_cert, "--tls-cert")?;
+        let key = read(&self.tls_key, "--tls-key")?;
+        check_identity(&cert, &key)?;
         Ok(ClientConfig {
             agent_id: self.agent_id.clone(),
             control_plane_url: self.control_plane_url.clone(),
@@ -128,8 +148,8 @@ impl AgentArgs {
             },
             tls: ClientTls {
                 ca: read(&self.ca_cert, "--ca-cert")?,
-                cert: read(&self.tls_cert, "--tls-cert")?,
-                key: read(&self.tls_key, "--tls-key")?,
+                cert,
+                key,
                 server_name: self.tls_server_name.clone(),
             },
             backoff_base: Duration::from_millis(self.backoff_base_ms),
@@ -182,5 +202,30 @@ impl AgentArgs {
                 .context("no --kubeconfig and no in-cluster configuration")?,
         };
         Ok(kube::Client::try_from(config)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_identity;
+
+    fn pair() -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["agent".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    #[test]
+    fn a_matching_pair_passes_and_a_mismatched_one_names_the_flags() {
+        let (c1, k1) = pair();
+        let (_, k2) = pair();
+        check_identity(&c1, &k1).unwrap();
+        let e = format!("{:#}", check_identity(&c1, &k2).unwrap_err());
+        assert!(e.contains("--tls-cert / --tls-key"), "{e}");
+        let e = format!("{:#}", check_identity("garbage", &k1).unwrap_err());
+        assert!(e.contains("--tls-cert"), "{e}");
     }
 }

@@ -30,11 +30,22 @@ impl TestPki {
         Self { dir, ca, server }
     }
 
-    /// An agent certificate for `id` signed by this CA; returns (cert, key) paths.
+    /// An agent certificate for `id` signed by this CA; returns (cert, key)
+    /// paths. Made once per id and then reused: re-writing the files while an
+    /// agent started earlier (an HA replica with the same id) is still reading
+    /// them could hand it a certificate and a key that do not match.
     pub fn agent(&self, id: &str) -> (PathBuf, PathBuf) {
+        let name = format!("agent-{id}");
+        let (cert, key) = (
+            self.dir.path().join(format!("{name}.crt")),
+            self.dir.path().join(format!("{name}.key")),
+        );
+        if cert.exists() && key.exists() {
+            return (cert, key);
+        }
         pki::new_agent(&self.ca, TRUST_DOMAIN, id)
             .unwrap()
-            .save(self.dir.path(), &format!("agent-{id}"))
+            .save(self.dir.path(), &name)
             .unwrap()
     }
 
