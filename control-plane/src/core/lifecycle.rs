@@ -343,13 +343,20 @@ impl Lifecycle {
         desired: Desired,
         delete_home: bool,
     ) -> Result<Session, LifecycleError> {
-        self.get_session(caller, name).await?;
+        if name.is_empty() {
+            return Err(invalid("name", "is required").into());
+        }
         let cfg = self.step_cfg();
         let change = self
             .transition(name, |s, active| {
                 let s = s.ok_or_else(|| {
                     LifecycleError::NotFound(format!("session {name:?} not found"))
                 })?;
+                if !caller.may_act_on(&s.user) {
+                    return Err(LifecycleError::PermissionDenied(format!(
+                        "session {name:?} belongs to another user"
+                    )));
+                }
                 if s.desired == Desired::Terminated && desired != Desired::Terminated {
                     return Err(LifecycleError::FailedPrecondition(format!(
                         "session {name:?} is being deleted"
@@ -427,28 +434,34 @@ impl Lifecycle {
 
     // ---- agent-facing operations -------------------------------------------
 
-    /// The agent acknowledged a command.
+    /// The agent acknowledged a command. One statement on the normal path;
+    /// an ack for a command this agent was never sent is refused.
     pub async fn acknowledged(&self, agent: &str, cmd_id: &str) -> Result<(), LifecycleError> {
-        let cmd = self.command_of(agent, cmd_id).await?;
-        let now = now_ms();
-        self.transition(&cmd.session, |_, active| {
-            Ok(steps::acknowledged(active, cmd_id, now))
-        })
-        .await?;
+        if !self.store.ack_command(agent, cmd_id, now_ms()).await? {
+            // Not delivered any more (a late ack) is fine; unknown is not.
+            self.command_of(agent, cmd_id).await?;
+        }
         Ok(())
     }
 
-    /// The agent finished a command.
+    /// The agent finished a command. `session` is the command's session when
+    /// the caller knows it (the stream remembers what it delivered), which
+    /// saves reading the command first.
     pub async fn finished(
         &self,
         agent: &str,
         cmd_id: &str,
+        session: Option<&str>,
         outcome: Outcome,
     ) -> Result<(), LifecycleError> {
-        let cmd = self.command_of(agent, cmd_id).await?;
+        let session = match session {
+            Some(s) => s.to_string(),
+            None => self.command_of(agent, cmd_id).await?.session,
+        };
         let cfg = self.step_cfg();
         let change = self
-            .transition(&cmd.session, |s, active| {
+            .transition(&session, |s, active| {
+                let active = active.filter(|c| c.agent_id == agent);
                 Ok(steps::finished(s, active, cmd_id, &outcome, cfg))
             })
             .await?;

@@ -145,21 +145,6 @@ pub fn set_desired(
     plan(s, active, cfg)
 }
 
-/// The agent acknowledged `cmd_id`.
-pub fn acknowledged(active: Option<Command>, cmd_id: &str, now: Millis) -> Change {
-    match active {
-        Some(mut c) if c.id == cmd_id && c.state == CommandState::Delivered => {
-            c.state = CommandState::Acknowledged;
-            c.updated_ms = now;
-            Change {
-                update_command: Some(c),
-                ..Change::default()
-            }
-        }
-        _ => Change::default(),
-    }
-}
-
 /// The agent finished `cmd_id`. A result for a command that is no longer
 /// active (expired, superseded, already finished) changes nothing.
 pub fn finished(

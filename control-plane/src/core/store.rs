@@ -90,6 +90,10 @@ pub trait Store: Send + Sync + 'static {
     async fn sessions_per_agent(&self) -> Result<HashMap<String, u32>, StoreError>;
 
     async fn get_command(&self, id: &str) -> Result<Option<Command>, StoreError>;
+    /// Marks `agent`'s delivered command `id` acknowledged (one statement:
+    /// an ack changes no session). Returns false if no such delivered
+    /// command exists (unknown, another agent's, or already past delivery).
+    async fn ack_command(&self, agent: &str, id: &str, now: Millis) -> Result<bool, StoreError>;
     /// Marks `agent`'s pending commands delivered, oldest first, so that at
     /// most `window` are delivered-or-acknowledged at once, and returns them.
     async fn claim_commands(

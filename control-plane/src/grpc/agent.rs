@@ -212,6 +212,7 @@ impl pb::agent_service_server::AgentService for AgentHub {
             tx,
             bell: reg.bell,
             cancel: reg.cancel,
+            delivered: Default::default(),
         };
         let span = info_span!("agent_stream", agent = %hello.id, conn = reg.conn_id);
         tokio::spawn(stream.run(inbound, inventory).instrument(span));
@@ -238,7 +239,14 @@ struct Stream {
     bell: Arc<tokio::sync::Notify>,
     /// Cancelled when the stream is replaced or the agent drained.
     cancel: CancellationToken,
+    /// Command id -> session of what this stream delivered, so a result
+    /// needs no lookup of its command. A miss (e.g. a command that expired,
+    /// or a result after a reconnect) falls back to the store.
+    delivered: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
+
+/// Bound on `Stream::delivered` (commands that never get a result stay in it).
+const DELIVERED_MEMORY: usize = 4096;
 
 /// Why a stream loop ended.
 enum End {
@@ -342,6 +350,13 @@ impl Stream {
             .claim_commands(&self.id, self.hub.cfg.max_in_flight, now_ms())
             .await
             .map_err(|e| End::Status(convert::status(e.into())))?;
+        {
+            let mut d = self.delivered.lock().expect("delivered");
+            if d.len() + cmds.len() > DELIVERED_MEMORY {
+                d.clear();
+            }
+            d.extend(cmds.iter().map(|c| (c.id.clone(), c.session.clone())));
+        }
         for c in cmds {
             let span = info_span!("command", command_id = %c.id, session_id = %c.session, agent_id = %self.id, action = c.action.name());
             span.in_scope(|| info!("command delivered"));
@@ -382,8 +397,13 @@ impl Stream {
                 let span = info_span!("command", command_id = %r.command_id, agent_id = %self.id);
                 match convert::outcome_from(&r) {
                     Ok(o) => {
+                        let session = self
+                            .delivered
+                            .lock()
+                            .expect("delivered")
+                            .remove(&r.command_id);
                         let r = lc
-                            .finished(&self.id, &r.command_id, o)
+                            .finished(&self.id, &r.command_id, session.as_deref(), o)
                             .instrument(span)
                             .await;
                         // A slot of the in-flight window is free again.

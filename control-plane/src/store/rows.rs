@@ -27,6 +27,14 @@ pub struct SessionRow {
     pub updated_ms: i64,
 }
 
+/// A claimed command with its queue position (RETURNING has no order).
+#[derive(sqlx::FromRow)]
+pub struct ClaimedRow {
+    pub seq: i64,
+    #[sqlx(flatten)]
+    pub command: CommandRow,
+}
+
 #[derive(sqlx::FromRow)]
 pub struct CommandRow {
     pub id: String,

@@ -5,6 +5,12 @@
 
 pub const SESSION_COLS: &str = "name, user_name, template, desired, generation, phase, url, agent_id, selector, workload, conditions, failure_reason, message, workload_name, delete_home, external_id, created_ms, updated_ms";
 pub const COMMAND_COLS: &str = "id, session, agent_id, generation, action, state, deadline_ms, created_ms, updated_ms, failure_reason, message, retryable";
+pub const UPSERT_SESSION: &str = " ON CONFLICT (name) DO UPDATE SET user_name=excluded.user_name, template=excluded.template,
+ desired=excluded.desired, generation=excluded.generation, phase=excluded.phase, url=excluded.url,
+ agent_id=excluded.agent_id, selector=excluded.selector, workload=excluded.workload,
+ conditions=excluded.conditions, failure_reason=excluded.failure_reason, message=excluded.message,
+ workload_name=excluded.workload_name, delete_home=excluded.delete_home, external_id=excluded.external_id,
+ updated_ms=excluded.updated_ms";
 pub const ACTIVE: &str = "state IN ('pending', 'delivered', 'acknowledged')";
 
 macro_rules! sql_store {
@@ -23,14 +29,15 @@ macro_rules! sql_store {
         type Conn = <$db as sqlx::Database>::Connection;
 
         async fn upsert_session(c: &mut Conn, s: &Session) -> Result<(), StoreError> {
+            write_session(c, s, true).await
+        }
+
+        /// Inserts `s`; with `upsert`, replaces the row of the same name,
+        /// otherwise the primary key refuses it (AlreadyExists).
+        async fn write_session(c: &mut Conn, s: &Session, upsert: bool) -> Result<(), StoreError> {
+            let on_conflict = if upsert { UPSERT_SESSION } else { "" };
             sqlx::query(sqlx::AssertSqlSafe(format!(
-                "INSERT INTO sessions ({SESSION_COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18)
-                 ON CONFLICT (name) DO UPDATE SET user_name=excluded.user_name, template=excluded.template,
-                 desired=excluded.desired, generation=excluded.generation, phase=excluded.phase, url=excluded.url,
-                 agent_id=excluded.agent_id, selector=excluded.selector, workload=excluded.workload,
-                 conditions=excluded.conditions, failure_reason=excluded.failure_reason, message=excluded.message,
-                 workload_name=excluded.workload_name, delete_home=excluded.delete_home, external_id=excluded.external_id,
-                 updated_ms=excluded.updated_ms"
+                "INSERT INTO sessions ({SESSION_COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18){on_conflict}"
             )))
             .bind(&s.name)
             .bind(&s.user)
@@ -163,15 +170,7 @@ macro_rules! sql_store {
 
             async fn insert_session(&self, s: &Session, cmd: Option<&Command>) -> Result<(), StoreError> {
                 let mut tx = self.pool.begin().await.map_err(db_err)?;
-                let exists = sqlx::query("SELECT 1 FROM sessions WHERE name = $1")
-                    .bind(&s.name)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(db_err)?;
-                if exists.is_some() {
-                    return Err(StoreError::AlreadyExists(format!("session {:?}", s.name)));
-                }
-                upsert_session(&mut tx, s).await.map_err(|e| match e {
+                write_session(&mut tx, s, false).await.map_err(|e| match e {
                     StoreError::AlreadyExists(_) => StoreError::AlreadyExists(format!("session {:?}", s.name)),
                     e => e,
                 })?;
@@ -265,34 +264,37 @@ macro_rules! sql_store {
             }
 
             async fn claim_commands(&self, agent: &str, window: u32, now: Millis) -> Result<Vec<Command>, StoreError> {
-                let mut tx = self.pool.begin().await.map_err(db_err)?;
-                let busy: i64 = sqlx::query(
-                    "SELECT COUNT(*) FROM commands WHERE agent_id = $1 AND state IN ('delivered', 'acknowledged')",
-                )
-                .bind(agent)
-                .fetch_one(&mut *tx)
-                .await
-                .and_then(|r| r.try_get::<i64, _>(0))
-                .map_err(db_err)?;
-                let room = i64::from(window) - busy;
-                if room <= 0 {
-                    return Ok(vec![]);
-                }
-                let rows = sqlx::query_as::<_, CommandRow>(sqlx::AssertSqlSafe(format!(
+                // One statement (atomic on both stores; only the agent's own
+                // stream claims its commands): the room left in the window is
+                // computed in the LIMIT.
+                let mut rows = sqlx::query_as::<_, ClaimedRow>(sqlx::AssertSqlSafe(format!(
                     "UPDATE commands SET state = 'delivered', updated_ms = $1
-                     WHERE seq IN (SELECT seq FROM commands WHERE agent_id = $2 AND state = 'pending' ORDER BY seq LIMIT $3)
-                     RETURNING {COMMAND_COLS}"
+                     WHERE seq IN (SELECT seq FROM commands WHERE agent_id = $2 AND state = 'pending' ORDER BY seq
+                       LIMIT (SELECT CASE WHEN $3 - COUNT(*) > 0 THEN $3 - COUNT(*) ELSE 0 END FROM commands
+                              WHERE agent_id = $2 AND state IN ('delivered', 'acknowledged')))
+                     RETURNING seq, {COMMAND_COLS}"
                 )))
                 .bind(now)
                 .bind(agent)
-                .bind(room)
-                .fetch_all(&mut *tx)
+                .bind(i64::from(window))
+                .fetch_all(&self.pool)
                 .await
                 .map_err(db_err)?;
-                tx.commit().await.map_err(db_err)?;
-                let mut cmds = commands(rows)?;
-                cmds.sort_by_key(|c| c.created_ms);
-                Ok(cmds)
+                rows.sort_by_key(|r| r.seq);
+                commands(rows.into_iter().map(|r| r.command).collect())
+            }
+
+            async fn ack_command(&self, agent: &str, id: &str, now: Millis) -> Result<bool, StoreError> {
+                let r = sqlx::query(
+                    "UPDATE commands SET state = 'acknowledged', updated_ms = $1 WHERE id = $2 AND agent_id = $3 AND state = 'delivered'",
+                )
+                .bind(now)
+                .bind(id)
+                .bind(agent)
+                .execute(&self.pool)
+                .await
+                .map_err(db_err)?;
+                Ok(r.rows_affected() > 0)
             }
 
             async fn requeue_commands(&self, agent: &str) -> Result<u64, StoreError> {

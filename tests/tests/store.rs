@@ -1,0 +1,169 @@
+//! The store's command queue on the store the run asks for (SQLite, or the
+//! real PostgreSQL server under STREAMSPACE_TEST_STORE=postgres): the
+//! per-agent in-flight window, acks, re-queueing, and duplicate names.
+
+use streamspace_control_plane::core::model::{CommandState, Desired, Phase, Session, now_ms};
+use streamspace_control_plane::core::steps::{self, StepConfig};
+use streamspace_control_plane::core::store::{Change, Store, StoreError};
+use streamspace_tests::*;
+
+fn cfg() -> StepConfig {
+    StepConfig {
+        now: now_ms(),
+        command_timeout_ms: 60_000,
+    }
+}
+
+/// A session placed on `agent` and its start command, as create writes them.
+async fn add(store: &dyn Store, name: &str, agent: &str) {
+    let mut s = Session::named(name, Desired::Running, Phase::Pending);
+    s.user = "alice".into();
+    s.agent_id = Some(agent.into());
+    let change = steps::plan(s.clone(), None, cfg());
+    let cmd = change.new_command.expect("a start command");
+    store.insert_session(&s, Some(&cmd)).await.unwrap();
+}
+
+#[tokio::test]
+async fn in_flight_window_acks_and_requeue() {
+    init();
+    let tmp = tempfile::tempdir().unwrap();
+    let store = streamspace_control_plane::store::open(&database_url(tmp.path()).await)
+        .await
+        .unwrap();
+    for i in 0..25 {
+        add(&*store, &format!("a-{i}"), "agent-a").await;
+    }
+    add(&*store, "b-0", "agent-b").await;
+
+    // The window bounds what is delivered and not yet finished.
+    let first = store.claim_commands("agent-a", 10, now_ms()).await.unwrap();
+    assert_eq!(first.len(), 10);
+    assert!(
+        first
+            .iter()
+            .all(|c| c.agent_id == "agent-a" && c.state == CommandState::Delivered)
+    );
+    let names: Vec<&str> = first.iter().map(|c| c.session.as_str()).collect();
+    assert_eq!(
+        names,
+        (0..10).map(|i| format!("a-{i}")).collect::<Vec<_>>(),
+        "oldest first"
+    );
+    assert!(
+        store
+            .claim_commands("agent-a", 10, now_ms())
+            .await
+            .unwrap()
+            .is_empty(),
+        "window full"
+    );
+
+    // Acks: only for a delivered command of the same agent, once.
+    let id = &first[0].id;
+    assert!(store.ack_command("agent-a", id, now_ms()).await.unwrap());
+    assert!(
+        !store.ack_command("agent-a", id, now_ms()).await.unwrap(),
+        "already acknowledged"
+    );
+    assert!(
+        !store
+            .ack_command("agent-b", &first[1].id, now_ms())
+            .await
+            .unwrap(),
+        "another agent's"
+    );
+    assert!(
+        !store
+            .ack_command("agent-a", "no-such-command", now_ms())
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.get_command(id).await.unwrap().unwrap().state,
+        CommandState::Acknowledged
+    );
+    assert!(
+        store
+            .claim_commands("agent-a", 10, now_ms())
+            .await
+            .unwrap()
+            .is_empty(),
+        "acknowledged still counts"
+    );
+
+    // Finishing two frees two slots.
+    for c in &first[..2] {
+        let mut done = c.clone();
+        done.state = CommandState::Succeeded;
+        store
+            .transition(&c.session, &mut |_, _| {
+                Ok(Change {
+                    update_command: Some(done.clone()),
+                    ..Change::default()
+                })
+            })
+            .await
+            .unwrap();
+    }
+    let more = store.claim_commands("agent-a", 10, now_ms()).await.unwrap();
+    assert_eq!(
+        more.iter().map(|c| c.session.as_str()).collect::<Vec<_>>(),
+        ["a-10", "a-11"]
+    );
+    // A smaller window than what is out: nothing, not a negative LIMIT.
+    assert!(
+        store
+            .claim_commands("agent-a", 3, now_ms())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // After a reconnect everything unfinished goes back to pending, in order.
+    assert_eq!(store.requeue_commands("agent-a").await.unwrap(), 10);
+    let again = store
+        .claim_commands("agent-a", 100, now_ms())
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 23);
+    assert_eq!(again[0].session, "a-2");
+    // The other agent's queue was never touched.
+    assert_eq!(
+        store
+            .claim_commands("agent-b", 10, now_ms())
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_second_session_of_the_same_name_is_refused_and_nothing_is_written() {
+    init();
+    let tmp = tempfile::tempdir().unwrap();
+    let store = streamspace_control_plane::store::open(&database_url(tmp.path()).await)
+        .await
+        .unwrap();
+    add(&*store, "dup", "agent-a").await;
+    let mut s = Session::named("dup", Desired::Running, Phase::Pending);
+    s.agent_id = Some("agent-a".into());
+    let cmd = steps::plan(s.clone(), None, cfg()).new_command.unwrap();
+    match store.insert_session(&s, Some(&cmd)).await {
+        Err(StoreError::AlreadyExists(m)) => assert!(m.contains("dup"), "{m}"),
+        other => panic!("expected AlreadyExists, got {other:?}"),
+    }
+    assert!(
+        store.get_command(&cmd.id).await.unwrap().is_none(),
+        "its command was not written"
+    );
+    assert_eq!(
+        store
+            .claim_commands("agent-a", 10, now_ms())
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
