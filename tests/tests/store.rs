@@ -97,12 +97,15 @@ async fn in_flight_window_acks_and_requeue() {
         let mut done = c.clone();
         done.state = CommandState::Succeeded;
         store
-            .transition(&c.session, &mut |_, _| {
-                Ok(Change {
-                    update_command: Some(done.clone()),
-                    ..Change::default()
-                })
-            })
+            .transition(
+                &c.session,
+                Box::new(move |_, _| {
+                    Ok(Change {
+                        update_command: Some(done),
+                        ..Change::default()
+                    })
+                }),
+            )
             .await
             .unwrap();
     }
@@ -166,4 +169,63 @@ async fn a_second_session_of_the_same_name_is_refused_and_nothing_is_written() {
             .len(),
         1
     );
+}
+
+/// Many writers at once (the SQLite store commits them in groups): each
+/// failed write leaves nothing behind, even when it failed half-way, and
+/// every other write of the same group is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_commit_together_and_a_failed_one_leaves_nothing() {
+    init();
+    let tmp = tempfile::tempdir().unwrap();
+    let store = streamspace_control_plane::store::open(&database_url(tmp.path()).await)
+        .await
+        .unwrap();
+    add(&*store, "taken", "agent-a").await;
+    let taken_cmd = store.claim_commands("agent-a", 1, now_ms()).await.unwrap()[0].clone();
+    let mut tasks = vec![];
+    for i in 0..150 {
+        let store = store.clone();
+        let taken_id = taken_cmd.id.clone();
+        tasks.push(tokio::spawn(async move {
+            let name = match i % 3 {
+                0 => format!("ok-{i}"),
+                1 => "taken".to_string(),
+                _ => format!("half-{i}"),
+            };
+            let mut s = Session::named(&name, Desired::Running, Phase::Pending);
+            s.agent_id = Some("agent-a".into());
+            let mut cmd = steps::plan(s.clone(), None, cfg()).new_command.unwrap();
+            if i % 3 == 2 {
+                // The session row is new, its command's id is not: the
+                // second INSERT fails after the first succeeded.
+                cmd.id = taken_id;
+            }
+            (i, name, store.insert_session(&s, Some(&cmd)).await)
+        }));
+    }
+    for t in tasks {
+        let (i, name, r) = t.await.unwrap();
+        match i % 3 {
+            0 => {
+                r.unwrap();
+                assert!(store.get_session(&name).await.unwrap().is_some());
+            }
+            1 => assert!(matches!(r, Err(StoreError::AlreadyExists(_))), "{r:?}"),
+            _ => {
+                assert!(r.is_err(), "{name}: {r:?}");
+                assert!(
+                    store.get_session(&name).await.unwrap().is_none(),
+                    "{name}: its session row was rolled back with its command"
+                );
+            }
+        }
+    }
+    // 50 new sessions, each with its pending start command.
+    let claimed = store
+        .claim_commands("agent-a", 1000, now_ms())
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 50);
+    assert!(claimed.iter().all(|c| c.session.starts_with("ok-")));
 }

@@ -160,22 +160,17 @@ impl Lifecycle {
     }
 
     /// Runs `f` as one transition of session `name` and publishes the result.
-    async fn transition<F>(&self, name: &str, mut f: F) -> Result<Change, LifecycleError>
+    async fn transition<F>(&self, name: &str, f: F) -> Result<Change, LifecycleError>
     where
-        F: FnMut(Option<Session>, Option<Command>) -> Result<Change, LifecycleError> + Send,
+        F: FnOnce(Option<Session>, Option<Command>) -> Result<Change, LifecycleError>
+            + Send
+            + 'static,
     {
-        let mut before = None;
-        let change = self
-            .store
-            .transition(name, &mut |s, c| {
-                before = s.clone();
-                f(s, c)
-            })
-            .await?;
-        if !change.is_empty() {
-            self.committed(before.as_ref(), &change);
+        let t = self.store.transition(name, Box::new(f)).await?;
+        if !t.change.is_empty() {
+            self.committed(t.before.as_ref(), &t.change);
         }
-        Ok(change)
+        Ok(t.change)
     }
 
     // ---- user-facing operations -------------------------------------------
@@ -347,8 +342,10 @@ impl Lifecycle {
             return Err(invalid("name", "is required").into());
         }
         let cfg = self.step_cfg();
+        let (caller, name_owned) = (caller.clone(), name.to_string());
         let change = self
-            .transition(name, |s, active| {
+            .transition(name, move |s, active| {
+                let name = name_owned;
                 let s = s.ok_or_else(|| {
                     LifecycleError::NotFound(format!("session {name:?} not found"))
                 })?;
@@ -386,10 +383,11 @@ impl Lifecycle {
     /// Binds a session to the Kubernetes object (UID) that represents it.
     pub async fn link_external(&self, name: &str, uid: &str) -> Result<(), LifecycleError> {
         let now = now_ms();
-        self.transition(name, |s, _| {
+        let uid = uid.to_string();
+        self.transition(name, move |s, _| {
             Ok(match s {
                 Some(mut s) if s.external_id.is_none() => {
-                    s.external_id = Some(uid.to_string());
+                    s.external_id = Some(uid);
                     s.updated_ms = now;
                     Change {
                         session: SessionWrite::Upsert(s),
@@ -419,12 +417,15 @@ impl Lifecycle {
             let cfg = self.step_cfg();
             match placement::pick(&s.selector, &online, &used) {
                 Ok(agent) => {
-                    self.transition(&name, |s, active| Ok(steps::placed(s, active, &agent, cfg)))
-                        .await?;
+                    let a = agent.clone();
+                    self.transition(&name, move |s, active| {
+                        Ok(steps::placed(s, active, &a, cfg))
+                    })
+                    .await?;
                     *used.entry(agent).or_default() += 1;
                 }
                 Err(why) => {
-                    self.transition(&name, |s, _| Ok(steps::unplaced(s, &why, cfg.now)))
+                    self.transition(&name, move |s, _| Ok(steps::unplaced(s, &why, cfg.now)))
                         .await?;
                 }
             }
@@ -459,10 +460,11 @@ impl Lifecycle {
             None => self.command_of(agent, cmd_id).await?.session,
         };
         let cfg = self.step_cfg();
+        let (a, id) = (agent.to_string(), cmd_id.to_string());
         let change = self
-            .transition(&session, |s, active| {
-                let active = active.filter(|c| c.agent_id == agent);
-                Ok(steps::finished(s, active, cmd_id, &outcome, cfg))
+            .transition(&session, move |s, active| {
+                let active = active.filter(|c| c.agent_id == a);
+                Ok(steps::finished(s, active, &id, &outcome, cfg))
             })
             .await?;
         if let Some(c) = change.update_command {
@@ -485,8 +487,9 @@ impl Lifecycle {
     /// The agent reported the observed state of one session.
     pub async fn observed(&self, agent: &str, o: &Observed) -> Result<(), LifecycleError> {
         let cfg = self.step_cfg();
-        self.transition(&o.session, |s, active| {
-            Ok(steps::observed(s, active, agent, o, cfg))
+        let (a, o2) = (agent.to_string(), o.clone());
+        self.transition(&o.session, move |s, active| {
+            Ok(steps::observed(s, active, &a, &o2, cfg))
         })
         .await?;
         Ok(())
@@ -511,7 +514,7 @@ impl Lifecycle {
                 continue;
             }
             let cfg = self.step_cfg();
-            self.transition(&s.name, |s, active| Ok(steps::absent(s, active, cfg)))
+            self.transition(&s.name, move |s, active| Ok(steps::absent(s, active, cfg)))
                 .await?;
         }
         self.place_unplaced().await?;
@@ -531,8 +534,9 @@ impl Lifecycle {
         let overdue = self.store.overdue_commands(now).await?;
         for c in &overdue {
             warn!(command = %c.id, session = %c.session, agent = %c.agent_id, action = c.action.name(), "command expired");
-            self.transition(&c.session, |s, active| {
-                Ok(steps::expired(s, active, &c.id, now))
+            let id = c.id.clone();
+            self.transition(&c.session, move |s, active| {
+                Ok(steps::expired(s, active, &id, now))
             })
             .await?;
             // Its in-flight slot is free: let the agent's stream send more.

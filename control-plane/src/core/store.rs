@@ -50,9 +50,19 @@ impl Change {
 
 /// Decides a [`Change`] from the session row (if any) and its active command
 /// (pending, delivered or acknowledged; at most one exists per session).
-pub type TransitionFn<'a> = dyn FnMut(Option<Session>, Option<Command>) -> Result<Change, super::LifecycleError>
-    + Send
-    + 'a;
+/// Owned (`'static`) so a store may run it on its own writer thread.
+pub type TransitionFn = Box<
+    dyn FnOnce(Option<Session>, Option<Command>) -> Result<Change, super::LifecycleError>
+        + Send
+        + 'static,
+>;
+
+/// What a transition wrote, and the session row it started from.
+#[derive(Debug, Default)]
+pub struct Transitioned {
+    pub change: Change,
+    pub before: Option<Session>,
+}
 
 /// Filters for listing sessions; newest first, paginated by (created, name).
 #[derive(Debug, Clone, Default)]
@@ -76,12 +86,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// Loads the session row and its active command under a lock, lets `f`
     /// decide the change and writes it, all in one transaction. Returns the
-    /// change as written.
-    async fn transition(
-        &self,
-        session: &str,
-        f: &mut TransitionFn<'_>,
-    ) -> Result<Change, StoreError>;
+    /// change as written and the row it was decided from.
+    async fn transition(&self, session: &str, f: TransitionFn) -> Result<Transitioned, StoreError>;
     /// Names of sessions that wait for an agent (no agent, not terminated).
     async fn unplaced_sessions(&self) -> Result<Vec<String>, StoreError>;
     /// Sessions placed on `agent`.

@@ -3,6 +3,9 @@
 
 mod rows;
 pub(crate) mod sql;
+mod sqlite;
+
+pub use sqlite::SqliteStore;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -15,8 +18,9 @@ use sqlx::sqlite::{
 
 use crate::core::store::{Store, StoreError};
 
-/// SQLite: one connection (SQLite has one writer anyway), WAL, busy timeout.
-pub struct SqliteStore {
+/// The SQL store on a read-only SQLite pool: `SqliteStore` serves its cold
+/// reads from here and everything else from its writer thread.
+pub(crate) struct SqliteReads {
     pool: SqlitePool,
 }
 
@@ -26,8 +30,8 @@ pub struct PgStore {
 }
 
 mod sqlite_impl {
-    use super::SqliteStore;
-    crate::store::sql::sql_store!(SqliteStore, sqlx::Sqlite, "");
+    use super::SqliteReads;
+    crate::store::sql::sql_store!(SqliteReads, sqlx::Sqlite, "");
 }
 
 mod pg_impl {
@@ -44,8 +48,8 @@ pub(crate) fn db_err(e: sqlx::Error) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
-/// Opens the store named by `url` (`sqlite://path`, `sqlite::memory:`,
-/// `postgres://...`) and applies its migrations.
+/// Opens the store named by `url` (`sqlite://path`, `postgres://...`) and
+/// applies its migrations.
 pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         let pool = PgPoolOptions::new()
@@ -66,19 +70,32 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
+        let path = opts.get_filename().to_path_buf();
+        if path.as_os_str().is_empty() || path.to_str() == Some(":memory:") {
+            return Err(StoreError::Backend(format!(
+                "database url {url:?}: SQLite needs a file (sqlite://PATH); an in-memory database cannot be shared by the writer and the readers"
+            )));
+        }
+        // Migrations on a read-write connection, closed before the writer opens.
+        let migrate = SqlitePoolOptions::new()
             .max_connections(1)
-            .connect_with(opts)
+            .connect_with(opts.clone())
             .await
             .map_err(|e| StoreError::Backend(format!("opening SQLite {url:?}: {e}")))?;
         sqlx::migrate!("./migrations/sqlite")
-            .run(&pool)
+            .run(&migrate)
             .await
             .map_err(|e| StoreError::Backend(format!("SQLite migrations: {e}")))?;
-        Ok(Arc::new(SqliteStore { pool }))
+        migrate.close().await;
+        let reads = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts.read_only(true))
+            .await
+            .map_err(|e| StoreError::Backend(format!("opening SQLite {url:?}: {e}")))?;
+        Ok(Arc::new(SqliteStore::new(path, reads)?))
     } else {
         Err(StoreError::Backend(format!(
-            "database url {url:?}: expected sqlite://PATH, sqlite::memory: or postgres://..."
+            "database url {url:?}: expected sqlite://PATH or postgres://..."
         )))
     }
 }

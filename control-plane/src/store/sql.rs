@@ -13,6 +13,53 @@ pub const UPSERT_SESSION: &str = " ON CONFLICT (name) DO UPDATE SET user_name=ex
  updated_ms=excluded.updated_ms";
 pub const ACTIVE: &str = "state IN ('pending', 'delivered', 'acknowledged')";
 
+use std::sync::LazyLock;
+
+/// The statements both SQL stores run (the SQLite writer runs them through
+/// rusqlite, everything else through sqlx).
+pub static INSERT_SESSION: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO sessions ({SESSION_COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18)"
+    )
+});
+pub static UPSERT_SESSION_SQL: LazyLock<String> =
+    LazyLock::new(|| format!("{}{UPSERT_SESSION}", *INSERT_SESSION));
+pub static INSERT_COMMAND: LazyLock<String> = LazyLock::new(|| {
+    format!("INSERT INTO commands ({COMMAND_COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12)")
+});
+pub const UPDATE_COMMAND: &str = "UPDATE commands SET state=$1, updated_ms=$2, failure_reason=$3, message=$4, retryable=$5 WHERE id=$6";
+pub static SELECT_SESSION: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT {SESSION_COLS} FROM sessions WHERE name = $1"));
+pub static SELECT_ACTIVE: LazyLock<String> = LazyLock::new(|| {
+    format!("SELECT {COMMAND_COLS} FROM commands WHERE session = $1 AND {ACTIVE}")
+});
+pub const DELETE_SESSION: &str = "DELETE FROM sessions WHERE name = $1";
+/// One statement (atomic on both stores; only the agent's own stream claims
+/// its commands): the room left in the window is computed in the LIMIT.
+pub static CLAIM: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE commands SET state = 'delivered', updated_ms = $1
+         WHERE seq IN (SELECT seq FROM commands WHERE agent_id = $2 AND state = 'pending' ORDER BY seq
+           LIMIT (SELECT CASE WHEN $3 - COUNT(*) > 0 THEN $3 - COUNT(*) ELSE 0 END FROM commands
+                  WHERE agent_id = $2 AND state IN ('delivered', 'acknowledged')))
+         RETURNING seq, {COMMAND_COLS}"
+    )
+});
+pub const ACK: &str = "UPDATE commands SET state = 'acknowledged', updated_ms = $1 WHERE id = $2 AND agent_id = $3 AND state = 'delivered'";
+pub const REQUEUE: &str = "UPDATE commands SET state = 'pending' WHERE agent_id = $1 AND state IN ('delivered', 'acknowledged')";
+pub const UPSERT_AGENT: &str = "INSERT INTO agents (id, platform, region, capacity, version, fencing_token, last_seen_ms)
+     VALUES ($1,$2,$3,$4,$5,$6,$7)
+     ON CONFLICT (id) DO UPDATE SET platform=excluded.platform, region=excluded.region,
+     capacity=excluded.capacity, version=excluded.version,
+     fencing_token=CASE WHEN excluded.fencing_token > agents.fencing_token THEN excluded.fencing_token ELSE agents.fencing_token END,
+     last_seen_ms=excluded.last_seen_ms";
+pub const PUT_TEMPLATE: &str = "INSERT INTO templates (name, spec, updated_ms) VALUES ($1,$2,$3)
+     ON CONFLICT (name) DO UPDATE SET spec=excluded.spec, updated_ms=excluded.updated_ms";
+pub const GET_TEMPLATE: &str = "SELECT spec FROM templates WHERE name = $1";
+pub const DELETE_TEMPLATE: &str = "DELETE FROM templates WHERE name = $1";
+pub const SESSIONS_PER_AGENT: &str =
+    "SELECT agent_id, COUNT(*) FROM sessions WHERE agent_id IS NOT NULL GROUP BY agent_id";
+
 macro_rules! sql_store {
     ($store:ident, $db:ty, $lock:literal) => {
         use std::collections::HashMap;
@@ -21,7 +68,7 @@ macro_rules! sql_store {
         use sqlx::Row;
 
         use crate::core::model::*;
-        use crate::core::store::{Change, SessionFilter, SessionWrite, Store, StoreError, TransitionFn};
+        use crate::core::store::{SessionFilter, SessionWrite, Store, StoreError, TransitionFn, Transitioned};
         use crate::store::rows::*;
         use crate::store::sql::*;
         use crate::store::db_err;
@@ -35,10 +82,8 @@ macro_rules! sql_store {
         /// Inserts `s`; with `upsert`, replaces the row of the same name,
         /// otherwise the primary key refuses it (AlreadyExists).
         async fn write_session(c: &mut Conn, s: &Session, upsert: bool) -> Result<(), StoreError> {
-            let on_conflict = if upsert { UPSERT_SESSION } else { "" };
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "INSERT INTO sessions ({SESSION_COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18){on_conflict}"
-            )))
+            let sql = if upsert { &*UPSERT_SESSION_SQL } else { &*INSERT_SESSION };
+            sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
             .bind(&s.name)
             .bind(&s.user)
             .bind(&s.template)
@@ -64,9 +109,7 @@ macro_rules! sql_store {
         }
 
         async fn insert_command(c: &mut Conn, cmd: &Command) -> Result<(), StoreError> {
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "INSERT INTO commands ({COMMAND_COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12)"
-            )))
+            sqlx::query(sqlx::AssertSqlSafe(INSERT_COMMAND.as_str()))
             .bind(&cmd.id)
             .bind(&cmd.session)
             .bind(&cmd.agent_id)
@@ -86,9 +129,7 @@ macro_rules! sql_store {
         }
 
         async fn update_command(c: &mut Conn, cmd: &Command) -> Result<(), StoreError> {
-            sqlx::query(
-                "UPDATE commands SET state=$1, updated_ms=$2, failure_reason=$3, message=$4, retryable=$5 WHERE id=$6",
-            )
+            sqlx::query(UPDATE_COMMAND)
             .bind(cmd.state.as_str())
             .bind(cmd.updated_ms)
             .bind(cmd.failure_reason.as_str())
@@ -127,7 +168,7 @@ macro_rules! sql_store {
         #[async_trait]
         impl Store for $store {
             async fn get_session(&self, name: &str) -> Result<Option<Session>, StoreError> {
-                sqlx::query_as::<_, SessionRow>(sqlx::AssertSqlSafe(format!("SELECT {SESSION_COLS} FROM sessions WHERE name = $1")))
+                sqlx::query_as::<_, SessionRow>(sqlx::AssertSqlSafe(SELECT_SESSION.as_str()))
                     .bind(name)
                     .fetch_optional(&self.pool)
                     .await
@@ -180,34 +221,29 @@ macro_rules! sql_store {
                 tx.commit().await.map_err(db_err)
             }
 
-            async fn transition(&self, name: &str, f: &mut TransitionFn<'_>) -> Result<Change, StoreError> {
+            async fn transition(&self, name: &str, f: TransitionFn) -> Result<Transitioned, StoreError> {
                 let mut tx = self.pool.begin().await.map_err(db_err)?;
-                let session = sqlx::query_as::<_, SessionRow>(sqlx::AssertSqlSafe(format!(
-                    "SELECT {SESSION_COLS} FROM sessions WHERE name = $1{}",
-                    $lock
-                )))
+                let session = sqlx::query_as::<_, SessionRow>(sqlx::AssertSqlSafe(format!("{}{}", *SELECT_SESSION, $lock)))
                 .bind(name)
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(db_err)?
                 .map(Session::try_from)
                 .transpose()?;
-                let active = sqlx::query_as::<_, CommandRow>(sqlx::AssertSqlSafe(format!(
-                    "SELECT {COMMAND_COLS} FROM commands WHERE session = $1 AND {ACTIVE}{}",
-                    $lock
-                )))
+                let active = sqlx::query_as::<_, CommandRow>(sqlx::AssertSqlSafe(format!("{}{}", *SELECT_ACTIVE, $lock)))
                 .bind(name)
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(db_err)?
                 .map(Command::try_from)
                 .transpose()?;
+                let before = session.clone();
                 let change = f(session, active)?;
                 match &change.session {
                     SessionWrite::Keep => {}
                     SessionWrite::Upsert(s) => upsert_session(&mut tx, s).await?,
                     SessionWrite::Delete => {
-                        sqlx::query("DELETE FROM sessions WHERE name = $1")
+                        sqlx::query(DELETE_SESSION)
                             .bind(name)
                             .execute(&mut *tx)
                             .await
@@ -221,7 +257,7 @@ macro_rules! sql_store {
                     insert_command(&mut tx, c).await?;
                 }
                 tx.commit().await.map_err(db_err)?;
-                Ok(change)
+                Ok(Transitioned { change, before })
             }
 
             async fn unplaced_sessions(&self) -> Result<Vec<String>, StoreError> {
@@ -246,10 +282,7 @@ macro_rules! sql_store {
             }
 
             async fn sessions_per_agent(&self) -> Result<HashMap<String, u32>, StoreError> {
-                count_per_agent(
-                    &self.pool,
-                    "SELECT agent_id, COUNT(*) FROM sessions WHERE agent_id IS NOT NULL GROUP BY agent_id",
-                )
+                count_per_agent(&self.pool, SESSIONS_PER_AGENT)
                 .await
             }
 
@@ -264,16 +297,7 @@ macro_rules! sql_store {
             }
 
             async fn claim_commands(&self, agent: &str, window: u32, now: Millis) -> Result<Vec<Command>, StoreError> {
-                // One statement (atomic on both stores; only the agent's own
-                // stream claims its commands): the room left in the window is
-                // computed in the LIMIT.
-                let mut rows = sqlx::query_as::<_, ClaimedRow>(sqlx::AssertSqlSafe(format!(
-                    "UPDATE commands SET state = 'delivered', updated_ms = $1
-                     WHERE seq IN (SELECT seq FROM commands WHERE agent_id = $2 AND state = 'pending' ORDER BY seq
-                       LIMIT (SELECT CASE WHEN $3 - COUNT(*) > 0 THEN $3 - COUNT(*) ELSE 0 END FROM commands
-                              WHERE agent_id = $2 AND state IN ('delivered', 'acknowledged')))
-                     RETURNING seq, {COMMAND_COLS}"
-                )))
+                let mut rows = sqlx::query_as::<_, ClaimedRow>(sqlx::AssertSqlSafe(CLAIM.as_str()))
                 .bind(now)
                 .bind(agent)
                 .bind(i64::from(window))
@@ -285,9 +309,7 @@ macro_rules! sql_store {
             }
 
             async fn ack_command(&self, agent: &str, id: &str, now: Millis) -> Result<bool, StoreError> {
-                let r = sqlx::query(
-                    "UPDATE commands SET state = 'acknowledged', updated_ms = $1 WHERE id = $2 AND agent_id = $3 AND state = 'delivered'",
-                )
+                let r = sqlx::query(ACK)
                 .bind(now)
                 .bind(id)
                 .bind(agent)
@@ -298,9 +320,7 @@ macro_rules! sql_store {
             }
 
             async fn requeue_commands(&self, agent: &str) -> Result<u64, StoreError> {
-                let r = sqlx::query(
-                    "UPDATE commands SET state = 'pending' WHERE agent_id = $1 AND state IN ('delivered', 'acknowledged')",
-                )
+                let r = sqlx::query(REQUEUE)
                 .bind(agent)
                 .execute(&self.pool)
                 .await
@@ -328,14 +348,7 @@ macro_rules! sql_store {
             }
 
             async fn upsert_agent(&self, a: &AgentRecord) -> Result<(), StoreError> {
-                sqlx::query(
-                    "INSERT INTO agents (id, platform, region, capacity, version, fencing_token, last_seen_ms)
-                     VALUES ($1,$2,$3,$4,$5,$6,$7)
-                     ON CONFLICT (id) DO UPDATE SET platform=excluded.platform, region=excluded.region,
-                     capacity=excluded.capacity, version=excluded.version,
-                     fencing_token=CASE WHEN excluded.fencing_token > agents.fencing_token THEN excluded.fencing_token ELSE agents.fencing_token END,
-                     last_seen_ms=excluded.last_seen_ms",
-                )
+                sqlx::query(UPSERT_AGENT)
                 .bind(&a.id)
                 .bind(&a.platform)
                 .bind(&a.region)
@@ -370,10 +383,7 @@ macro_rules! sql_store {
             }
 
             async fn put_template(&self, t: &Template) -> Result<(), StoreError> {
-                sqlx::query(
-                    "INSERT INTO templates (name, spec, updated_ms) VALUES ($1,$2,$3)
-                     ON CONFLICT (name) DO UPDATE SET spec=excluded.spec, updated_ms=excluded.updated_ms",
-                )
+                sqlx::query(PUT_TEMPLATE)
                 .bind(&t.name)
                 .bind(to_json(t))
                 .bind(now_ms())
@@ -384,7 +394,7 @@ macro_rules! sql_store {
             }
 
             async fn get_template(&self, name: &str) -> Result<Option<Template>, StoreError> {
-                sqlx::query_as::<_, TemplateRow>("SELECT spec FROM templates WHERE name = $1")
+                sqlx::query_as::<_, TemplateRow>(GET_TEMPLATE)
                     .bind(name)
                     .fetch_optional(&self.pool)
                     .await
@@ -404,7 +414,7 @@ macro_rules! sql_store {
             }
 
             async fn delete_template(&self, name: &str) -> Result<bool, StoreError> {
-                let r = sqlx::query("DELETE FROM templates WHERE name = $1")
+                let r = sqlx::query(DELETE_TEMPLATE)
                     .bind(name)
                     .execute(&self.pool)
                     .await
