@@ -9,7 +9,6 @@ use tokio::sync::broadcast;
 use tracing::{debug, info, warn};
 
 use super::model::*;
-use super::placement;
 use super::roster::Roster;
 use super::steps::{self, StepConfig};
 use super::store::{Change, SessionFilter, SessionWrite, Store, StoreError};
@@ -263,7 +262,7 @@ impl Lifecycle {
             updated_ms: cfg.now,
         };
         let used = self.store.sessions_per_agent().await?;
-        match placement::pick(&s.selector, &self.roster.all(), &used) {
+        match self.roster.pick(&s.selector, &used) {
             Ok(agent) => {
                 s.set_condition(
                     "Scheduled",
@@ -408,14 +407,13 @@ impl Lifecycle {
         if names.is_empty() {
             return Ok(());
         }
-        let online = self.roster.all();
         let mut used = self.store.sessions_per_agent().await?;
         for name in names {
             let Some(s) = self.store.get_session(&name).await? else {
                 continue;
             };
             let cfg = self.step_cfg();
-            match placement::pick(&s.selector, &online, &used) {
+            match self.roster.pick(&s.selector, &used) {
                 Ok(agent) => {
                     let a = agent.clone();
                     self.transition(&name, move |s, active| {

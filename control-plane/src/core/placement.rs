@@ -7,26 +7,26 @@ use super::roster::OnlineAgent;
 
 /// Picks the least-loaded non-draining agent that matches `sel` and has a
 /// free session slot. On failure, says why in words a user understands.
-pub fn pick(
+pub fn pick<'a>(
     sel: &Selector,
-    online: &[OnlineAgent],
+    online: impl IntoIterator<Item = &'a OnlineAgent>,
     used: &HashMap<String, u32>,
 ) -> Result<String, String> {
-    if online.is_empty() {
-        return Err("no agent is connected".into());
-    }
+    let mut connected = 0;
     let matching: Vec<&OnlineAgent> = online
-        .iter()
+        .into_iter()
+        .inspect(|_| connected += 1)
         .filter(|a| !a.draining)
         .filter(|a| sel.platform.is_empty() || a.hello.platform == sel.platform)
         .filter(|a| sel.region.is_empty() || a.hello.region == sel.region)
         .collect();
+    if connected == 0 {
+        return Err("no agent is connected".into());
+    }
     if matching.is_empty() {
         return Err(format!(
-            "no connected agent matches platform={:?} region={:?} ({} connected)",
-            sel.platform,
-            sel.region,
-            online.len()
+            "no connected agent matches platform={:?} region={:?} ({connected} connected)",
+            sel.platform, sel.region,
         ));
     }
     let load = |a: &OnlineAgent| -> Option<f64> {

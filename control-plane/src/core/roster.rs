@@ -172,6 +172,30 @@ impl Roster {
         }
     }
 
+    /// Places a session among the connected agents (see `placement::pick`),
+    /// under the lock: nothing is copied.
+    pub fn pick(
+        &self,
+        sel: &super::model::Selector,
+        used: &HashMap<String, u32>,
+    ) -> Result<String, String> {
+        super::placement::pick(sel, self.agents.lock().expect("roster lock").values(), used)
+    }
+
+    /// Whether stream `conn_id` is still `id`'s current stream and `f` holds for it.
+    pub fn current_and(
+        &self,
+        id: &str,
+        conn_id: u64,
+        f: impl FnOnce(&OnlineAgent) -> bool,
+    ) -> bool {
+        self.agents
+            .lock()
+            .expect("roster lock")
+            .get(id)
+            .is_some_and(|a| a.conn_id == conn_id && f(a))
+    }
+
     pub fn get(&self, id: &str) -> Option<OnlineAgent> {
         self.agents.lock().expect("roster lock").get(id).cloned()
     }

@@ -288,7 +288,7 @@ impl Stream {
         loop {
             tokio::select! {
                 _ = self.cancel.cancelled() => {
-                    let draining = roster.get(&self.id).is_some_and(|a| a.conn_id == self.conn_id && a.draining);
+                    let draining = roster.current_and(&self.id, self.conn_id, |a| a.draining);
                     return End::Status(if draining {
                         Status::unavailable("agent drained by an operator; reconnect later")
                     } else {
@@ -306,8 +306,8 @@ impl Stream {
                     if let Err(e) = self.dispatch().await { return e; }
                 }
                 _ = tick.tick() => {
-                    let overdue = roster.get(&self.id).is_some_and(|a| a.conn_id == self.conn_id
-                        && a.last_heartbeat.elapsed() >= roster.heartbeat_timeout());
+                    let timeout = roster.heartbeat_timeout();
+                    let overdue = roster.current_and(&self.id, self.conn_id, |a| a.last_heartbeat.elapsed() >= timeout);
                     if overdue {
                         return End::Status(Status::unavailable(format!(
                             "no heartbeat for {:?}; closing the stream", roster.heartbeat_timeout())));
@@ -428,6 +428,5 @@ impl Stream {
 fn roster_draining(hub: &AgentHub, id: &str, conn_id: u64) -> bool {
     hub.lifecycle
         .roster()
-        .get(id)
-        .is_some_and(|a| a.conn_id == conn_id && a.draining)
+        .current_and(id, conn_id, |a| a.draining)
 }
