@@ -14,6 +14,16 @@ fn cfg() -> StepConfig {
     }
 }
 
+/// A fresh store on the backend the run asks for (the directory holds SQLite's file).
+async fn open_store() -> (tempfile::TempDir, std::sync::Arc<dyn Store>) {
+    init();
+    let tmp = tempfile::tempdir().unwrap();
+    let store = streamspace_control_plane::store::open(&database_url(tmp.path()).await)
+        .await
+        .unwrap();
+    (tmp, store)
+}
+
 /// A session placed on `agent` and its start command, as create writes them.
 async fn add(store: &dyn Store, name: &str, agent: &str) {
     let mut s = Session::named(name, Desired::Running, Phase::Pending);
@@ -26,11 +36,7 @@ async fn add(store: &dyn Store, name: &str, agent: &str) {
 
 #[tokio::test]
 async fn in_flight_window_acks_and_requeue() {
-    init();
-    let tmp = tempfile::tempdir().unwrap();
-    let store = streamspace_control_plane::store::open(&database_url(tmp.path()).await)
-        .await
-        .unwrap();
+    let (_tmp, store) = open_store().await;
     for i in 0..25 {
         add(&*store, &format!("a-{i}"), "agent-a").await;
     }
@@ -144,11 +150,7 @@ async fn in_flight_window_acks_and_requeue() {
 
 #[tokio::test]
 async fn a_second_session_of_the_same_name_is_refused_and_nothing_is_written() {
-    init();
-    let tmp = tempfile::tempdir().unwrap();
-    let store = streamspace_control_plane::store::open(&database_url(tmp.path()).await)
-        .await
-        .unwrap();
+    let (_tmp, store) = open_store().await;
     add(&*store, "dup", "agent-a").await;
     let mut s = Session::named("dup", Desired::Running, Phase::Pending);
     s.agent_id = Some("agent-a".into());
@@ -176,11 +178,7 @@ async fn a_second_session_of_the_same_name_is_refused_and_nothing_is_written() {
 /// every other write of the same group is kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writes_commit_together_and_a_failed_one_leaves_nothing() {
-    init();
-    let tmp = tempfile::tempdir().unwrap();
-    let store = streamspace_control_plane::store::open(&database_url(tmp.path()).await)
-        .await
-        .unwrap();
+    let (_tmp, store) = open_store().await;
     add(&*store, "taken", "agent-a").await;
     let taken_cmd = store.claim_commands("agent-a", 1, now_ms()).await.unwrap()[0].clone();
     let mut tasks = vec![];
