@@ -237,6 +237,8 @@ pub struct CpOptions {
     pub command_timeout: Duration,
     /// Run the embedded Session controller against the test cluster.
     pub kube: Option<streamspace_control_plane::k8s::KubeOptions>,
+    /// Commands outstanding on one agent at once.
+    pub max_in_flight: u32,
 }
 
 impl Default for CpOptions {
@@ -245,6 +247,7 @@ impl Default for CpOptions {
             heartbeat: Duration::from_millis(500),
             command_timeout: Duration::from_secs(60),
             kube: None,
+            max_in_flight: 64,
         }
     }
 }
@@ -253,6 +256,7 @@ impl Default for CpOptions {
 pub fn server_config(pki: &TestPki, database_url: &str, o: &CpOptions) -> ServerConfig {
     let mut hub = streamspace_control_plane::grpc::agent::HubConfig {
         heartbeat_interval: o.heartbeat,
+        max_in_flight: o.max_in_flight,
         trust_domain: pki::TRUST_DOMAIN.into(),
         ..Default::default()
     };

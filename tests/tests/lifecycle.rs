@@ -166,3 +166,47 @@ async fn a_command_that_cannot_run_fails_with_a_reason() {
     assert!(s.message.contains("exit status: 3"), "{}", s.message);
     cp.shutdown().await;
 }
+
+/// More commands than the agent's in-flight window: the rest wait in the
+/// store and go out as results free slots; every session runs, then every
+/// one is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_commands_than_the_window_all_complete() {
+    init();
+    let pki = TestPki::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let db = database_url(tmp.path()).await;
+    let opts = CpOptions {
+        max_in_flight: 2,
+        ..CpOptions::default()
+    };
+    let cp = start_cp(&pki, &db, &opts).await;
+    let _agent = AgentProc::spawn(&pki, "agent-w", cp.agent_addr, &tmp.path().join("agent"));
+    let mut api = Api::connect(&pki, cp.api_addr, ADMIN_TOKEN).await;
+    let names: Vec<String> = (0..7).map(|i| format!("window-{i}")).collect();
+    for n in &names {
+        api.create(n, "static-files").await.unwrap();
+    }
+    for n in &names {
+        api.wait_phase(n, pb::SessionPhase::Running, 60).await;
+    }
+    for n in &names {
+        api.sessions
+            .delete_session(pb::DeleteSessionRequest {
+                name: n.clone(),
+                delete_home: false,
+            })
+            .await
+            .unwrap();
+    }
+    for n in &names {
+        api.wait_gone(n, 60).await;
+        let n = n.clone();
+        wait_for("the process to be gone", 10, || {
+            let n = n.clone();
+            async move { session_processes(&n).is_empty().then_some(()) }
+        })
+        .await;
+    }
+    cp.shutdown().await;
+}

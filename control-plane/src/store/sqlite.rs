@@ -126,14 +126,13 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>) {
             }
             continue;
         }
+        let exec = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([]));
         for j in jobs.iter_mut() {
-            let ok = conn.execute_batch("SAVEPOINT job").is_ok() && j.run(&conn);
-            let end = if ok {
-                "RELEASE job"
-            } else {
-                "ROLLBACK TO job; RELEASE job"
-            };
-            let _ = conn.execute_batch(end);
+            let ok = exec("SAVEPOINT job").is_ok() && j.run(&conn);
+            if !ok {
+                let _ = exec("ROLLBACK TO job");
+            }
+            let _ = exec("RELEASE job");
         }
         let committed = conn.execute_batch("COMMIT").map_err(|e| e.to_string());
         if committed.is_err() {
