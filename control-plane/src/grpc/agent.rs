@@ -213,7 +213,6 @@ impl pb::agent_service_server::AgentService for AgentHub {
             bell: reg.bell,
             cancel: reg.cancel,
             delivered: Default::default(),
-            forgot: Default::default(),
         };
         let span = info_span!("agent_stream", agent = %hello.id, conn = reg.conn_id);
         tokio::spawn(stream.run(inbound, inventory).instrument(span));
@@ -244,8 +243,6 @@ struct Stream {
     /// needs no lookup of its command. A miss (e.g. a command that expired,
     /// or a result after a reconnect) falls back to the store.
     delivered: std::sync::Mutex<std::collections::HashMap<String, String>>,
-    /// `delivered` overflowed and was cleared (see `window_full`).
-    forgot: std::sync::atomic::AtomicBool,
 }
 
 /// Bound on `Stream::delivered` (commands that never get a result stay in it).
@@ -325,15 +322,6 @@ impl Stream {
         }
     }
 
-    /// Whether as many commands are out as the window allows (so pending
-    /// ones may be waiting). Counts what this stream delivered and has no
-    /// result for; one that expired still counts, which only costs a claim.
-    fn window_full(&self) -> bool {
-        self.forgot.load(std::sync::atomic::Ordering::Relaxed)
-            || self.delivered.lock().expect("delivered").len()
-                >= self.hub.cfg.max_in_flight as usize
-    }
-
     async fn send_drain(&self, reason: &str, reconnect_after: Duration) {
         let frame = pb::ControlFrame {
             frame: Some(Out::Drain(pb::Drain {
@@ -365,11 +353,7 @@ impl Stream {
         {
             let mut d = self.delivered.lock().expect("delivered");
             if d.len() + cmds.len() > DELIVERED_MEMORY {
-                // Forgetting means the count no longer tells whether the
-                // window is full: claim after every result from now on.
                 d.clear();
-                self.forgot
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
             }
             d.extend(cmds.iter().map(|c| (c.id.clone(), c.session.clone())));
         }
@@ -413,7 +397,6 @@ impl Stream {
                 let span = info_span!("command", command_id = %r.command_id, agent_id = %self.id);
                 match convert::outcome_from(&r) {
                     Ok(o) => {
-                        let was_full = self.window_full();
                         let session = self
                             .delivered
                             .lock()
@@ -423,13 +406,8 @@ impl Stream {
                             .finished(&self.id, &r.command_id, session.as_deref(), o)
                             .instrument(span)
                             .await;
-                        // A slot of the in-flight window is free again: worth
-                        // a claim only if the last one filled the window
-                        // (else every pending command was sent already, and a
-                        // new one rings the bell itself).
-                        if was_full {
-                            self.bell.notify_one();
-                        }
+                        // A slot of the in-flight window is free again.
+                        self.bell.notify_one();
                         r
                     }
                     Err(e) => Err(e.into()),
