@@ -496,7 +496,8 @@ cmd_start() {
     --disregard-status-with-annotation-selector=kwok.x-k8s.io/status=custom \
     --disregard-status-with-label-selector= \
     --cidr=10.1.0.1/16 \
-    --node-ip=10.1.0.1
+    --node-ip=10.1.0.1 \
+    --node-lease-duration-seconds=40
 
   create_nodes
   wait_for "$NODES KWOK nodes Ready" "$TIMEOUT" nodes_ready

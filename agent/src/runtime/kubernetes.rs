@@ -173,11 +173,16 @@ pub fn observe(dep: Option<&Deployment>, pods: &[Arc<Pod>]) -> (P, String, R, St
         return (P::Running, url, R::Unspecified, String::new(), name);
     }
     let phase = st.phase.unwrap_or_else(|| "Pending".into());
+    let message = if phase == "Running" {
+        format!("pod {name} is running but not ready")
+    } else {
+        format!("pod {name} is {phase}")
+    };
     (
         P::Provisioning,
         String::new(),
         R::Unspecified,
-        format!("pod {name} is {phase}"),
+        message,
         name,
     )
 }
