@@ -2,7 +2,9 @@
 //! real PostgreSQL server under STREAMSPACE_TEST_STORE=postgres): the
 //! per-agent in-flight window, acks, re-queueing, and duplicate names.
 
-use streamspace_control_plane::core::model::{CommandState, Desired, Phase, Session, now_ms};
+use streamspace_control_plane::core::model::{
+    Command, CommandState, Desired, Phase, Session, now_ms,
+};
 use streamspace_control_plane::core::steps::{self, StepConfig};
 use streamspace_control_plane::core::store::{Change, Store, StoreError};
 use streamspace_tests::*;
@@ -24,6 +26,16 @@ async fn open_store() -> (tempfile::TempDir, std::sync::Arc<dyn Store>) {
     (tmp, store)
 }
 
+/// Claims `agent`'s pending commands within `window`.
+async fn claim(store: &dyn Store, agent: &str, window: u32) -> Vec<Command> {
+    store.claim_commands(agent, window, now_ms()).await.unwrap()
+}
+
+/// Acknowledges `id` for `agent`; whether a delivered command changed.
+async fn ack(store: &dyn Store, agent: &str, id: &str) -> bool {
+    store.ack_command(agent, id, now_ms()).await.unwrap()
+}
+
 /// A session placed on `agent` and its start command, as create writes them.
 async fn add(store: &dyn Store, name: &str, agent: &str) {
     let mut s = Session::named(name, Desired::Running, Phase::Pending);
@@ -43,7 +55,7 @@ async fn in_flight_window_acks_and_requeue() {
     add(&*store, "b-0", "agent-b").await;
 
     // The window bounds what is delivered and not yet finished.
-    let first = store.claim_commands("agent-a", 10, now_ms()).await.unwrap();
+    let first = claim(&*store, "agent-a", 10).await;
     assert_eq!(first.len(), 10);
     assert!(
         first
@@ -57,44 +69,25 @@ async fn in_flight_window_acks_and_requeue() {
         "oldest first"
     );
     assert!(
-        store
-            .claim_commands("agent-a", 10, now_ms())
-            .await
-            .unwrap()
-            .is_empty(),
+        claim(&*store, "agent-a", 10).await.is_empty(),
         "window full"
     );
 
     // Acks: only for a delivered command of the same agent, once.
     let id = &first[0].id;
-    assert!(store.ack_command("agent-a", id, now_ms()).await.unwrap());
+    assert!(ack(&*store, "agent-a", id).await);
+    assert!(!ack(&*store, "agent-a", id).await, "already acknowledged");
     assert!(
-        !store.ack_command("agent-a", id, now_ms()).await.unwrap(),
-        "already acknowledged"
-    );
-    assert!(
-        !store
-            .ack_command("agent-b", &first[1].id, now_ms())
-            .await
-            .unwrap(),
+        !ack(&*store, "agent-b", &first[1].id).await,
         "another agent's"
     );
-    assert!(
-        !store
-            .ack_command("agent-a", "no-such-command", now_ms())
-            .await
-            .unwrap()
-    );
+    assert!(!ack(&*store, "agent-a", "no-such-command").await);
     assert_eq!(
         store.get_command(id).await.unwrap().unwrap().state,
         CommandState::Acknowledged
     );
     assert!(
-        store
-            .claim_commands("agent-a", 10, now_ms())
-            .await
-            .unwrap()
-            .is_empty(),
+        claim(&*store, "agent-a", 10).await.is_empty(),
         "acknowledged still counts"
     );
 
@@ -115,37 +108,21 @@ async fn in_flight_window_acks_and_requeue() {
             .await
             .unwrap();
     }
-    let more = store.claim_commands("agent-a", 10, now_ms()).await.unwrap();
+    let more = claim(&*store, "agent-a", 10).await;
     assert_eq!(
         more.iter().map(|c| c.session.as_str()).collect::<Vec<_>>(),
         ["a-10", "a-11"]
     );
     // A smaller window than what is out: nothing, not a negative LIMIT.
-    assert!(
-        store
-            .claim_commands("agent-a", 3, now_ms())
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(claim(&*store, "agent-a", 3).await.is_empty());
 
     // After a reconnect everything unfinished goes back to pending, in order.
     assert_eq!(store.requeue_commands("agent-a").await.unwrap(), 10);
-    let again = store
-        .claim_commands("agent-a", 100, now_ms())
-        .await
-        .unwrap();
+    let again = claim(&*store, "agent-a", 100).await;
     assert_eq!(again.len(), 23);
     assert_eq!(again[0].session, "a-2");
     // The other agent's queue was never touched.
-    assert_eq!(
-        store
-            .claim_commands("agent-b", 10, now_ms())
-            .await
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(claim(&*store, "agent-b", 10).await.len(), 1);
 }
 
 #[tokio::test]
@@ -163,14 +140,7 @@ async fn a_second_session_of_the_same_name_is_refused_and_nothing_is_written() {
         store.get_command(&cmd.id).await.unwrap().is_none(),
         "its command was not written"
     );
-    assert_eq!(
-        store
-            .claim_commands("agent-a", 10, now_ms())
-            .await
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(claim(&*store, "agent-a", 10).await.len(), 1);
 }
 
 /// Many writers at once (the SQLite store commits them in groups): each
@@ -180,7 +150,7 @@ async fn a_second_session_of_the_same_name_is_refused_and_nothing_is_written() {
 async fn concurrent_writes_commit_together_and_a_failed_one_leaves_nothing() {
     let (_tmp, store) = open_store().await;
     add(&*store, "taken", "agent-a").await;
-    let taken_cmd = store.claim_commands("agent-a", 1, now_ms()).await.unwrap()[0].clone();
+    let taken_cmd = claim(&*store, "agent-a", 1).await[0].clone();
     let mut tasks = vec![];
     for i in 0..150 {
         let store = store.clone();
@@ -220,10 +190,7 @@ async fn concurrent_writes_commit_together_and_a_failed_one_leaves_nothing() {
         }
     }
     // 50 new sessions, each with its pending start command.
-    let claimed = store
-        .claim_commands("agent-a", 1000, now_ms())
-        .await
-        .unwrap();
+    let claimed = claim(&*store, "agent-a", 1000).await;
     assert_eq!(claimed.len(), 50);
     assert!(claimed.iter().all(|c| c.session.starts_with("ok-")));
 }
