@@ -129,6 +129,7 @@ pub fn bearer(token: &str) -> Bearer {
 }
 
 /// API clients for one caller.
+#[derive(Clone)]
 pub struct Api {
     pub sessions: Sessions,
     pub templates: Templates,

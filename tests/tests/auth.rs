@@ -172,10 +172,9 @@ async fn users_see_only_their_sessions() {
     alice.create("alice-1", "static-files").await.unwrap();
     bob.create("bob-1", "static-files").await.unwrap();
 
-    assert_eq!(
-        bob.get("alice-1").await.unwrap_err().code(),
-        Code::PermissionDenied
-    );
+    // Another user's session looks exactly like one that does not exist
+    // (`answers_hide_which_sessions_exist` checks every method).
+    assert_eq!(bob.get("alice-1").await.unwrap_err().code(), Code::NotFound);
     let e = bob
         .sessions
         .hibernate_session(pb::HibernateSessionRequest {
@@ -183,7 +182,7 @@ async fn users_see_only_their_sessions() {
         })
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Code::PermissionDenied);
+    assert_eq!(e.code(), Code::NotFound);
     let e = bob
         .sessions
         .delete_session(pb::DeleteSessionRequest {
@@ -192,7 +191,7 @@ async fn users_see_only_their_sessions() {
         })
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Code::PermissionDenied);
+    assert_eq!(e.code(), Code::NotFound);
     let e = bob
         .sessions
         .create_session(pb::CreateSessionRequest {
@@ -298,5 +297,83 @@ async fn users_see_only_their_sessions() {
         wrong.get("alice-1").await.unwrap_err().code(),
         Code::Unauthenticated
     );
+    cp.shutdown().await;
+}
+
+/// What one caller gets from one method on one name: the code, and the
+/// message with the name taken out (so two names can be compared).
+async fn answer(api: &mut Api, method: &str, name: &str) -> (Code, String) {
+    let s = &mut api.sessions;
+    let r = match method {
+        "get" => s
+            .get_session(pb::GetSessionRequest { name: name.into() })
+            .await
+            .map(|_| ()),
+        "hibernate" => s
+            .hibernate_session(pb::HibernateSessionRequest { name: name.into() })
+            .await
+            .map(|_| ()),
+        "wake" => s
+            .wake_session(pb::WakeSessionRequest { name: name.into() })
+            .await
+            .map(|_| ()),
+        "delete" => s
+            .delete_session(pb::DeleteSessionRequest {
+                name: name.into(),
+                delete_home: false,
+            })
+            .await
+            .map(|_| ()),
+        m => panic!("unknown method {m}"),
+    };
+    match r {
+        Ok(()) => (Code::Ok, String::new()),
+        Err(e) => (e.code(), e.message().replace(name, "<name>")),
+    }
+}
+
+/// Three callers (two users and an admin) x every per-session method: a
+/// user asking about another user's session gets the very answer (code and
+/// message) of a name that does not exist, so nobody can probe which names
+/// exist; the owner and the admin are answered normally.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_hide_which_sessions_exist() {
+    let (pki, _tmp, cp) = cp().await;
+    let mut alice = Api::connect(&pki, cp.api_addr, ALICE_TOKEN).await;
+    let mut bob = Api::connect(&pki, cp.api_addr, BOB_TOKEN).await;
+    let mut admin = Api::connect(&pki, cp.api_addr, ADMIN_TOKEN).await;
+    // Delete last: it ends the sessions.
+    let methods = ["get", "hibernate", "wake", "delete"];
+    alice.create("alice-m", "static-files").await.unwrap();
+    bob.create("bob-m", "static-files").await.unwrap();
+    for method in methods {
+        for (caller, api, theirs) in [("alice", &mut alice, "bob-m"), ("bob", &mut bob, "alice-m")]
+        {
+            let other = answer(api, method, theirs).await;
+            let missing = answer(api, method, "no-such-session").await;
+            assert_eq!(
+                other, missing,
+                "{caller} {method}: another user's session must look like a missing one"
+            );
+            assert_eq!(other.0, Code::NotFound, "{caller} {method}: {other:?}");
+        }
+        // The admin tells them apart: that is allowed.
+        assert_eq!(
+            answer(&mut admin, method, "no-such-session").await.0,
+            Code::NotFound
+        );
+    }
+    for (api, own) in [(&mut alice, "alice-m"), (&mut bob, "bob-m")] {
+        for method in methods {
+            let (code, msg) = answer(api, method, own).await;
+            assert_eq!(code, Code::Ok, "owner {method} {own}: {msg}");
+        }
+    }
+    // The admin acts on a user's session (bob's is deleted by now: recreate).
+    bob.create("bob-n", "static-files").await.unwrap();
+    for method in methods {
+        let (code, msg) = answer(&mut admin, method, "bob-n").await;
+        assert_eq!(code, Code::Ok, "admin {method}: {msg}");
+    }
     cp.shutdown().await;
 }

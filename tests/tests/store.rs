@@ -1,12 +1,13 @@
 //! The store's command queue on the store the run asks for (SQLite, or the
 //! real PostgreSQL server under STREAMSPACE_TEST_STORE=postgres): the
-//! per-agent in-flight window, acks, re-queueing, and duplicate names.
+//! per-agent in-flight window, acks, re-queueing, duplicate names, and
+//! agent slots that hold under concurrent writes.
 
 use streamspace_control_plane::core::model::{
     Command, CommandState, Desired, Phase, Session, now_ms,
 };
 use streamspace_control_plane::core::steps::{self, StepConfig};
-use streamspace_control_plane::core::store::{Change, Store, StoreError};
+use streamspace_control_plane::core::store::{Change, Slot, Store, StoreError};
 use streamspace_tests::*;
 
 fn cfg() -> StepConfig {
@@ -43,7 +44,7 @@ async fn add(store: &dyn Store, name: &str, agent: &str) {
     s.agent_id = Some(agent.into());
     let change = steps::plan(s.clone(), None, cfg());
     let cmd = change.new_command.expect("a start command");
-    store.insert_session(&s, Some(&cmd)).await.unwrap();
+    store.insert_session(&s, Some(&cmd), None).await.unwrap();
 }
 
 #[tokio::test]
@@ -132,7 +133,7 @@ async fn a_second_session_of_the_same_name_is_refused_and_nothing_is_written() {
     let mut s = Session::named("dup", Desired::Running, Phase::Pending);
     s.agent_id = Some("agent-a".into());
     let cmd = steps::plan(s.clone(), None, cfg()).new_command.unwrap();
-    match store.insert_session(&s, Some(&cmd)).await {
+    match store.insert_session(&s, Some(&cmd), None).await {
         Err(StoreError::AlreadyExists(m)) => assert!(m.contains("dup"), "{m}"),
         other => panic!("expected AlreadyExists, got {other:?}"),
     }
@@ -169,7 +170,7 @@ async fn concurrent_writes_commit_together_and_a_failed_one_leaves_nothing() {
                 // second INSERT fails after the first succeeded.
                 cmd.id = taken_id;
             }
-            (i, name, store.insert_session(&s, Some(&cmd)).await)
+            (i, name, store.insert_session(&s, Some(&cmd), None).await)
         }));
     }
     for t in tasks {
@@ -193,4 +194,65 @@ async fn concurrent_writes_commit_together_and_a_failed_one_leaves_nothing() {
     let claimed = claim(&*store, "agent-a", 1000).await;
     assert_eq!(claimed.len(), 50);
     assert!(claimed.iter().all(|c| c.session.starts_with("ok-")));
+}
+
+/// Many creates and placements race for the last slots of one agent: the
+/// store's re-count inside the writing transaction lets exactly
+/// `max_sessions` through, whichever path (insert or transition) writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slots_hold_under_concurrent_inserts_and_placements() {
+    let (_tmp, store) = open_store().await;
+    let slot = Slot {
+        agent: "agent-s".into(),
+        max_sessions: 10,
+    };
+    // 40 unplaced sessions that placement will try to move onto the agent.
+    for i in 0..40 {
+        let s = Session::named(&format!("wait-{i}"), Desired::Running, Phase::Pending);
+        store.insert_session(&s, None, None).await.unwrap();
+    }
+    let mut tasks = vec![];
+    for i in 0..120 {
+        let (store, slot) = (store.clone(), slot.clone());
+        tasks.push(tokio::spawn(async move {
+            if i % 3 == 0 {
+                let f = move |s, active| Ok(steps::placed(s, active, &slot, cfg()));
+                store
+                    .transition(&format!("wait-{}", i / 3), Box::new(f))
+                    .await
+                    .map(|_| ())
+            } else {
+                let mut s = Session::named(&format!("new-{i}"), Desired::Running, Phase::Pending);
+                steps::mark_placed(&mut s, &slot.agent);
+                let cmd = steps::plan(s.clone(), None, cfg()).new_command;
+                store.insert_session(&s, cmd.as_ref(), Some(&slot)).await
+            }
+        }));
+    }
+    let (mut ok, mut full) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(()) => ok += 1,
+            Err(StoreError::NoRoom(a)) => {
+                assert_eq!(a, "agent-s");
+                full += 1
+            }
+            Err(e) => panic!("unexpected store error: {e}"),
+        }
+    }
+    let placed = store.sessions_per_agent().await.unwrap();
+    assert_eq!(placed.get("agent-s"), Some(&10), "{placed:?}");
+    assert_eq!((ok, full), (10, 110));
+    // Refused writes left nothing: only the 10 placed sessions have commands.
+    assert_eq!(claim(&*store, "agent-s", 1000).await.len(), 10);
+    // Unlimited (0) is never refused.
+    let free = Slot {
+        agent: "agent-free".into(),
+        max_sessions: 0,
+    };
+    for i in 0..3 {
+        let mut s = Session::named(&format!("free-{i}"), Desired::Running, Phase::Pending);
+        steps::mark_placed(&mut s, &free.agent);
+        store.insert_session(&s, None, Some(&free)).await.unwrap();
+    }
 }

@@ -26,9 +26,16 @@ pub enum LifecycleError {
     PermissionDenied(String),
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The agent chosen for a session filled up before the write (retried
+    /// by placement; never reaches a caller).
+    #[error("agent {0} has no free session slot")]
+    NoRoom(String),
     #[error("store unavailable: {0}")]
     Unavailable(String),
 }
+
+/// How often a create re-counts slots after the store refused the one it picked.
+const PLACEMENT_ATTEMPTS: usize = 8;
 
 impl From<StoreError> for LifecycleError {
     fn from(e: StoreError) -> Self {
@@ -36,6 +43,7 @@ impl From<StoreError> for LifecycleError {
             StoreError::AlreadyExists(w) => Self::AlreadyExists(format!("{w} already exists")),
             StoreError::NotFound(w) => Self::NotFound(format!("{w} not found")),
             StoreError::Rejected(e) => e,
+            StoreError::NoRoom(agent) => Self::NoRoom(agent),
             StoreError::Backend(m) => Self::Unavailable(m),
         }
     }
@@ -52,6 +60,12 @@ impl Caller {
     fn may_act_on(&self, owner: &str) -> bool {
         self.admin || self.user == owner
     }
+}
+
+/// The answer for a session the caller may not see, whether or not it
+/// exists: telling the two apart would let anyone probe which names exist.
+fn not_found(name: &str) -> LifecycleError {
+    LifecycleError::NotFound(format!("session {} not found", validate::shown(name)))
 }
 
 /// A create request, already converted from the wire.
@@ -261,24 +275,7 @@ impl Lifecycle {
             created_ms: cfg.now,
             updated_ms: cfg.now,
         };
-        let used = self.store.sessions_per_agent().await?;
-        match self.roster.pick(&s.selector, &used) {
-            Ok(agent) => {
-                s.set_condition(
-                    "Scheduled",
-                    true,
-                    "Placed",
-                    &format!("placed on agent {agent}"),
-                );
-                s.agent_id = Some(agent);
-            }
-            Err(why) => {
-                steps::mark_unplaced(&mut s, &why);
-            }
-        }
-        let change = steps::plan(s.clone(), None, cfg);
-        let cmd = change.new_command.as_ref();
-        self.store.insert_session(&s, cmd).await?;
+        let cmd = self.insert_placed(&mut s, cfg).await?;
         info!(session = %s.name, user = %s.user, template = %s.template, agent = ?s.agent_id, "session created");
         let _ = self.events.send(SessionEvent {
             kind: EventKind::Added,
@@ -290,25 +287,60 @@ impl Lifecycle {
         Ok(s)
     }
 
+    /// Places the new session `s` and inserts it with its first command.
+    /// Placement reads slot counts that other creates may be changing; the
+    /// store re-checks the slot as it inserts, and a refused slot means
+    /// "count again": after [`PLACEMENT_ATTEMPTS`] refusals the session is
+    /// written unplaced and waits for room like any other.
+    async fn insert_placed(
+        &self,
+        s: &mut Session,
+        cfg: StepConfig,
+    ) -> Result<Option<Command>, LifecycleError> {
+        let mut why = String::new();
+        for _ in 0..PLACEMENT_ATTEMPTS {
+            let used = self.store.sessions_per_agent().await?;
+            let slot = match self.roster.pick(&s.selector, &used) {
+                Ok(slot) => slot,
+                Err(e) => {
+                    why = e;
+                    break;
+                }
+            };
+            let mut placed = s.clone();
+            steps::mark_placed(&mut placed, &slot.agent);
+            let change = steps::plan(placed.clone(), None, cfg);
+            match self
+                .store
+                .insert_session(&placed, change.new_command.as_ref(), Some(&slot))
+                .await
+            {
+                Ok(()) => {
+                    *s = placed;
+                    return Ok(change.new_command);
+                }
+                Err(StoreError::NoRoom(agent)) => {
+                    debug!(session = %s.name, agent, "slot taken meanwhile; placing again");
+                    why = format!("agent {agent} was filled by concurrent creates");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        steps::mark_unplaced(s, &why);
+        self.store.insert_session(s, None, None).await?;
+        Ok(None)
+    }
+
     pub async fn get_session(
         &self,
         caller: &Caller,
         name: &str,
     ) -> Result<Session, LifecycleError> {
-        if name.is_empty() {
-            return Err(invalid("name", "is required").into());
+        validate::dns_label("name", name, validate::MAX_SESSION_NAME)?;
+        match self.store.get_session(name).await? {
+            Some(s) if caller.may_act_on(&s.user) => Ok(s),
+            _ => Err(not_found(name)),
         }
-        let s = self
-            .store
-            .get_session(name)
-            .await?
-            .ok_or_else(|| LifecycleError::NotFound(format!("session {name:?} not found")))?;
-        if !caller.may_act_on(&s.user) {
-            return Err(LifecycleError::PermissionDenied(format!(
-                "session {name:?} belongs to another user"
-            )));
-        }
-        Ok(s)
     }
 
     pub async fn list_sessions(
@@ -337,22 +369,16 @@ impl Lifecycle {
         desired: Desired,
         delete_home: bool,
     ) -> Result<Session, LifecycleError> {
-        if name.is_empty() {
-            return Err(invalid("name", "is required").into());
-        }
+        validate::dns_label("name", name, validate::MAX_SESSION_NAME)?;
         let cfg = self.step_cfg();
         let (caller, name_owned) = (caller.clone(), name.to_string());
         let change = self
             .transition(name, move |s, active| {
                 let name = name_owned;
-                let s = s.ok_or_else(|| {
-                    LifecycleError::NotFound(format!("session {name:?} not found"))
-                })?;
-                if !caller.may_act_on(&s.user) {
-                    return Err(LifecycleError::PermissionDenied(format!(
-                        "session {name:?} belongs to another user"
-                    )));
-                }
+                let s = match s {
+                    Some(s) if caller.may_act_on(&s.user) => s,
+                    _ => return Err(not_found(&name)),
+                };
                 if s.desired == Desired::Terminated && desired != Desired::Terminated {
                     return Err(LifecycleError::FailedPrecondition(format!(
                         "session {name:?} is being deleted"
@@ -414,13 +440,21 @@ impl Lifecycle {
             };
             let cfg = self.step_cfg();
             match self.roster.pick(&s.selector, &used) {
-                Ok(agent) => {
-                    let a = agent.clone();
-                    self.transition(&name, move |s, active| {
-                        Ok(steps::placed(s, active, &a, cfg))
-                    })
-                    .await?;
-                    *used.entry(agent).or_default() += 1;
+                Ok(slot) => {
+                    let agent = slot.agent.clone();
+                    match self
+                        .transition(&name, move |s, active| {
+                            Ok(steps::placed(s, active, &slot, cfg))
+                        })
+                        .await
+                    {
+                        Ok(_) => *used.entry(agent).or_default() += 1,
+                        // Filled meanwhile: count again, and leave this one for the next pass.
+                        Err(LifecycleError::NoRoom(_)) => {
+                            used = self.store.sessions_per_agent().await?;
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
                 Err(why) => {
                     self.transition(&name, move |s, _| Ok(steps::unplaced(s, &why, cfg.now)))
@@ -476,7 +510,10 @@ impl Lifecycle {
             Some(c) if c.agent_id == agent => Ok(c),
             _ => Err(invalid(
                 "command_id",
-                format!("no command {cmd_id:?} was sent to agent {agent}"),
+                format!(
+                    "no command {} was sent to agent {agent}",
+                    validate::shown(cmd_id)
+                ),
             )
             .into()),
         }

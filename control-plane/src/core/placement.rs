@@ -4,14 +4,17 @@ use std::collections::HashMap;
 
 use super::model::Selector;
 use super::roster::OnlineAgent;
+use super::store::Slot;
 
 /// Picks the least-loaded non-draining agent that matches `sel` and has a
-/// free session slot. On failure, says why in words a user understands.
+/// free session slot, as the slot to take. `used` may be stale (other creates
+/// run at the same time): the store re-checks the slot when it writes. On
+/// failure, says why in words a user understands.
 pub fn pick<'a>(
     sel: &Selector,
     online: impl IntoIterator<Item = &'a OnlineAgent>,
     used: &HashMap<String, u32>,
-) -> Result<String, String> {
+) -> Result<Slot, String> {
     let mut connected = 0;
     let matching: Vec<&OnlineAgent> = online
         .into_iter()
@@ -39,8 +42,14 @@ pub fn pick<'a>(
     };
     matching
         .iter()
-        .filter_map(|a| load(a).map(|l| (l, &a.hello.id)))
-        .min_by(|x, y| x.0.total_cmp(&y.0).then_with(|| x.1.cmp(y.1)))
-        .map(|(_, id)| id.clone())
+        .filter_map(|a| load(a).map(|l| (l, a)))
+        .min_by(|x, y| {
+            x.0.total_cmp(&y.0)
+                .then_with(|| x.1.hello.id.cmp(&y.1.hello.id))
+        })
+        .map(|(_, a)| Slot {
+            agent: a.hello.id.clone(),
+            max_sessions: a.hello.capacity.max_sessions,
+        })
         .ok_or_else(|| format!("all {} matching agents are at max_sessions", matching.len()))
 }

@@ -1,6 +1,15 @@
 //! Kubernetes quantity parsing for CPU ("500m", "2", "0.5") and memory
 //! ("512Mi", "1Gi", "1G", "1000"). Enough of the grammar to validate input
 //! and compare requests with limits; the original text is what gets stored.
+//! Both kinds have an upper bound far above any real session, so that no
+//! number reaches the store or a runtime that it cannot represent.
+
+use super::validate::shown;
+
+/// Most CPU a session may ask for: 1,024 cores.
+pub const MAX_CPU_MILLIS: u64 = 1024 * 1000;
+/// Most memory a session may ask for: 16 TiB.
+pub const MAX_MEMORY_BYTES: u64 = 16 << 40;
 
 /// Parses a CPU quantity into millicores.
 pub fn cpu_millis(s: &str) -> Result<u64, String> {
@@ -11,7 +20,14 @@ pub fn cpu_millis(s: &str) -> Result<u64, String> {
     let v = decimal(num, s)?;
     let m = if milli { v } else { v * 1000.0 };
     if m.fract() != 0.0 {
-        return Err(format!("{s:?} is finer than 1m"));
+        return Err(format!("{} is finer than 1m", shown(s)));
+    }
+    if m > MAX_CPU_MILLIS as f64 {
+        return Err(format!(
+            "must be at most {} (cores), got {}",
+            MAX_CPU_MILLIS / 1000,
+            shown(s)
+        ));
     }
     Ok(m as u64)
 }
@@ -37,15 +53,18 @@ pub fn memory_bytes(s: &str) -> Result<u64, String> {
         .find_map(|(suf, m)| s.strip_suffix(suf).map(|n| (n, *m)))
         .unwrap_or((s, 1.0));
     let v = decimal(num, s)? * mult;
-    if v > u64::MAX as f64 {
-        return Err(format!("{s:?} is too large"));
+    if v > MAX_MEMORY_BYTES as f64 {
+        return Err(format!("must be at most 16Ti, got {}", shown(s)));
     }
     Ok(v.ceil() as u64)
 }
 
 fn decimal(num: &str, whole: &str) -> Result<f64, String> {
     if num.starts_with('-') {
-        return Err(format!("{whole:?} is negative; quantities must be >= 0"));
+        return Err(format!(
+            "{} is negative; quantities must be >= 0",
+            shown(whole)
+        ));
     }
     let ok = !num.is_empty()
         && num.len() <= 20
@@ -54,11 +73,12 @@ fn decimal(num: &str, whole: &str) -> Result<f64, String> {
         && num != ".";
     if !ok {
         return Err(format!(
-            "{whole:?} is not a quantity (expected e.g. \"500m\", \"2\", \"512Mi\", \"1Gi\")"
+            "{} is not a quantity (expected e.g. \"500m\", \"2\", \"512Mi\", \"1Gi\")",
+            shown(whole)
         ));
     }
     num.parse::<f64>()
-        .map_err(|_| format!("{whole:?} is not a quantity"))
+        .map_err(|_| format!("{} is not a quantity", shown(whole)))
 }
 
 #[cfg(test)]
@@ -75,6 +95,19 @@ mod tests {
         assert!(cpu_millis("").is_err());
         assert!(cpu_millis("1.5.2").is_err());
         assert!(cpu_millis("0.0001").is_err());
+        assert_eq!(cpu_millis("1024"), Ok(1_024_000));
+        let e = cpu_millis("99999999999999999999").unwrap_err();
+        assert!(e.contains("at most 1024"), "{e}");
+        assert!(cpu_millis("1025").is_err());
+    }
+
+    #[test]
+    fn errors_echo_a_bounded_prefix() {
+        let long = "9".repeat(10_000);
+        for e in [cpu_millis(&long), memory_bytes(&long)] {
+            let e = e.unwrap_err();
+            assert!(e.len() < 200, "{} bytes: {e}", e.len());
+        }
     }
 
     #[test]
@@ -86,5 +119,8 @@ mod tests {
         assert!(memory_bytes("1Gb").is_err());
         assert!(memory_bytes("-5Mi").unwrap_err().contains("negative"));
         assert!(memory_bytes("Mi").is_err());
+        assert_eq!(memory_bytes("16Ti"), Ok(16 << 40));
+        assert!(memory_bytes("17Ti").unwrap_err().contains("at most 16Ti"));
+        assert!(memory_bytes("99999999999999999999").is_err());
     }
 }

@@ -178,7 +178,7 @@ impl Roster {
         &self,
         sel: &super::model::Selector,
         used: &HashMap<String, u32>,
-    ) -> Result<String, String> {
+    ) -> Result<super::store::Slot, String> {
         super::placement::pick(sel, self.agents.lock().expect("roster lock").values(), used)
     }
 

@@ -9,13 +9,18 @@
 //! - after every result, the next step toward the desired state is computed
 //!   from the observed phase (level-triggered);
 //! - failures are not retried automatically: the session shows FAILED with
-//!   the reason until the user asks again (wake, hibernate, delete).
+//!   the reason until the user asks again (wake, hibernate, delete);
+//! - results settle commands, statuses say what runs. A status that arrives
+//!   while a command is active is newer than the command, so a result does
+//!   not overwrite it: a start that succeeded leaves a RUNNING or FAILED
+//!   observation as it is. The agent sends the session's current status
+//!   after every result, so the last word is always an observation.
 
 use super::model::{
     Action, Command, CommandState, Desired, FailureReason, Millis, Observed, Outcome, Phase,
     Session,
 };
-use super::store::{Change, SessionWrite};
+use super::store::{Change, SessionWrite, Slot};
 
 /// What moves a session one step toward its desired state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,7 +178,8 @@ pub fn finished(
         Outcome::Succeeded => {
             cmd.state = CommandState::Succeeded;
             match cmd.action {
-                Action::Start { .. } if s.phase != Phase::Running => {
+                // Pending/Stopped: nothing observed since the start was sent.
+                Action::Start { .. } if matches!(s.phase, Phase::Pending | Phase::Stopped) => {
                     s.phase = Phase::Provisioning;
                     s.failure_reason = FailureReason::None;
                     s.message = String::new();
@@ -211,7 +217,7 @@ pub fn finished(
             Change {
                 session: SessionWrite::Upsert(s),
                 update_command: Some(cmd),
-                new_command: None,
+                ..Change::default()
             }
         }
     }
@@ -354,26 +360,34 @@ pub fn absent(session: Option<Session>, active: Option<Command>, cfg: StepConfig
     }
 }
 
-/// `agent` takes the unplaced session `s`.
+/// The unplaced session `s` takes `slot` (the store refuses the change if
+/// the slot is no longer free).
 pub fn placed(
     session: Option<Session>,
     active: Option<Command>,
-    agent: &str,
+    slot: &Slot,
     cfg: StepConfig,
 ) -> Change {
     match session {
         Some(mut s) if s.agent_id.is_none() && s.desired != Desired::Terminated => {
-            s.agent_id = Some(agent.to_string());
-            s.set_condition(
-                "Scheduled",
-                true,
-                "Placed",
-                &format!("placed on agent {agent}"),
-            );
-            plan(s, active, cfg)
+            mark_placed(&mut s, &slot.agent);
+            let mut change = plan(s, active, cfg);
+            change.slot = Some(slot.clone());
+            change
         }
         _ => Change::default(),
     }
+}
+
+/// Records that `s` runs on `agent`.
+pub fn mark_placed(s: &mut Session, agent: &str) {
+    s.agent_id = Some(agent.to_string());
+    s.set_condition(
+        "Scheduled",
+        true,
+        "Placed",
+        &format!("placed on agent {agent}"),
+    );
 }
 
 /// Records why no agent can take `s`; returns whether that changed anything.
@@ -409,4 +423,133 @@ fn capitalize(s: &str) -> String {
     c.next()
         .map(|f| f.to_uppercase().collect::<String>() + c.as_str())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::model::Observed;
+
+    fn cfg() -> StepConfig {
+        StepConfig {
+            now: 1_000,
+            command_timeout_ms: 60_000,
+        }
+    }
+
+    /// A session placed on `agent-a`, wanted running, not yet observed.
+    fn session() -> Session {
+        let mut s = Session::named("s1", Desired::Running, Phase::Pending);
+        s.user = "alice".into();
+        s.agent_id = Some("agent-a".into());
+        s
+    }
+
+    fn status(phase: Phase) -> Observed {
+        Observed {
+            session: "s1".into(),
+            phase,
+            url: if phase == Phase::Running {
+                "http://127.0.0.1:1/".into()
+            } else {
+                String::new()
+            },
+            failure_reason: FailureReason::None,
+            message: String::new(),
+            workload_name: String::new(),
+        }
+    }
+
+    /// Applies `change` to the rows, as a store would.
+    fn apply(
+        s: Option<Session>,
+        active: Option<Command>,
+        change: Change,
+    ) -> (Option<Session>, Option<Command>) {
+        let s = match change.session {
+            SessionWrite::Keep => s,
+            SessionWrite::Upsert(s) => Some(s),
+            SessionWrite::Delete => None,
+        };
+        let active = match (change.new_command, change.update_command, active) {
+            (Some(new), _, _) => Some(new),
+            (None, Some(u), _) if u.state.is_active() => Some(u),
+            (None, Some(_), _) => None,
+            (None, None, a) => a,
+        };
+        (s, active)
+    }
+
+    /// The start's result and a status observed while it ran give the same
+    /// phase in either order.
+    #[test]
+    fn a_result_and_a_status_commute() {
+        for observed in [Phase::Running, Phase::Failed, Phase::Provisioning] {
+            let mut outcomes = vec![];
+            for status_first in [true, false] {
+                let change = plan(session(), None, cfg());
+                let (mut s, mut active) = apply(Some(session()), None, change);
+                let id = active.as_ref().unwrap().id.clone();
+                active.as_mut().unwrap().state = CommandState::Acknowledged;
+                let mut events: Vec<bool> = vec![true, false];
+                if !status_first {
+                    events.reverse();
+                }
+                for is_status in events {
+                    let change = if is_status {
+                        observed_step(s.clone(), active.clone(), &status(observed))
+                    } else {
+                        finished(s.clone(), active.clone(), &id, &Outcome::Succeeded, cfg())
+                    };
+                    (s, active) = apply(s, active, change);
+                }
+                outcomes.push(s.unwrap().phase);
+            }
+            assert_eq!(outcomes, [observed, observed], "observed {observed:?}");
+        }
+    }
+
+    fn observed_step(s: Option<Session>, active: Option<Command>, o: &Observed) -> Change {
+        observed(s, active, "agent-a", o, cfg())
+    }
+
+    /// A session whose process is gone converges: a start replayed as
+    /// succeeded followed by the agent's current status (failed) ends
+    /// FAILED, not PROVISIONING.
+    #[test]
+    fn a_replayed_success_then_a_crash_status_ends_failed() {
+        let change = plan(session(), None, cfg());
+        let (s, active) = apply(Some(session()), None, change);
+        let id = active.as_ref().unwrap().id.clone();
+        let (s, active) = apply(
+            s.clone(),
+            active.clone(),
+            finished(s, active, &id, &Outcome::Succeeded, cfg()),
+        );
+        assert_eq!(s.as_ref().unwrap().phase, Phase::Provisioning);
+        assert!(active.is_none());
+        let (s, _) = apply(
+            s.clone(),
+            None,
+            observed_step(s, None, &status(Phase::Failed)),
+        );
+        assert_eq!(s.unwrap().phase, Phase::Failed);
+    }
+
+    /// Absent from the agent's inventory with no command active: a running
+    /// session is restarted, a terminated one removed.
+    #[test]
+    fn absent_sessions_are_repaired() {
+        let mut s = session();
+        s.phase = Phase::Running;
+        let change = absent(Some(s.clone()), None, cfg());
+        let (after, active) = apply(Some(s.clone()), None, change);
+        assert_eq!(after.unwrap().phase, Phase::Stopped);
+        assert!(matches!(active.unwrap().action, Action::Start { .. }));
+        s.desired = Desired::Terminated;
+        assert!(matches!(
+            absent(Some(s), None, cfg()).session,
+            SessionWrite::Delete
+        ));
+    }
 }

@@ -16,8 +16,25 @@ pub enum StoreError {
     /// The transition function refused the change; nothing was written.
     #[error(transparent)]
     Rejected(#[from] super::LifecycleError),
+    /// The change placed a session on an agent whose slots are all taken
+    /// (see [`Slot`]); nothing was written.
+    #[error("agent {0} has no free session slot")]
+    NoRoom(String),
     #[error("database error: {0}")]
     Backend(String),
+}
+
+/// A session taking one of an agent's slots. Placement picks an agent from
+/// counts read before the write; with many creates at once those counts are
+/// stale, so the store re-counts inside the writing transaction (serialized
+/// per agent) and refuses the write with [`StoreError::NoRoom`] when the
+/// agent already has `max_sessions` sessions. Capacity then holds under any
+/// concurrency, on every replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    pub agent: String,
+    /// The agent's advertised limit; 0 means unlimited (no check).
+    pub max_sessions: u32,
 }
 
 /// What one transition writes, decided by the lifecycle from the current rows.
@@ -28,6 +45,8 @@ pub struct Change {
     pub update_command: Option<Command>,
     /// A new command to insert (written before it is ever sent).
     pub new_command: Option<Command>,
+    /// Set when this change places the session on an agent.
+    pub slot: Option<Slot>,
 }
 
 // One per transition and short-lived: boxing the session would only add noise.
@@ -78,15 +97,18 @@ pub struct SessionFilter {
 pub trait Store: Send + Sync + 'static {
     async fn get_session(&self, name: &str) -> Result<Option<Session>, StoreError>;
     async fn list_sessions(&self, filter: &SessionFilter) -> Result<Vec<Session>, StoreError>;
-    /// Inserts a new session and, optionally, its first command, atomically.
+    /// Inserts a new session and, optionally, its first command, atomically;
+    /// with a `slot`, only if the agent has room (else [`StoreError::NoRoom`]).
     async fn insert_session(
         &self,
         session: &Session,
         command: Option<&Command>,
+        slot: Option<&Slot>,
     ) -> Result<(), StoreError>;
     /// Loads the session row and its active command under a lock, lets `f`
-    /// decide the change and writes it, all in one transaction. Returns the
-    /// change as written and the row it was decided from.
+    /// decide the change and writes it, all in one transaction (refused with
+    /// [`StoreError::NoRoom`] if the change takes a [`Slot`] that is not
+    /// free). Returns the change as written and the row it was decided from.
     async fn transition(&self, session: &str, f: TransitionFn) -> Result<Transitioned, StoreError>;
     /// Names of sessions that wait for an agent (no agent, not terminated).
     async fn unplaced_sessions(&self) -> Result<Vec<String>, StoreError>;

@@ -1,5 +1,10 @@
 //! Input rules at the edge of the domain. Every error names the field and the
-//! rule it broke, e.g. `name: must be a DNS-1123 label ...`.
+//! rule it broke, e.g. `name: must be a DNS-1123 label ...`, and never echoes
+//! more than [`MAX_ECHO`] bytes of what it was given (see [`shown`]).
+//!
+//! Names reach file paths (a process session's home is `homes/<user>`),
+//! Kubernetes labels and object names, and URLs, so every name-like rule
+//! here also rules out `.`, `..`, separators and control characters.
 
 use super::model::{Port, Resources, Template, Timeouts};
 use super::quantity::{cpu_millis, memory_bytes};
@@ -29,6 +34,22 @@ pub const MAX_NAME: usize = 63;
 pub const MAX_TEXT: usize = 4096;
 /// Longest timeout: 30 days.
 pub const MAX_TIMEOUT_SECS: u64 = 30 * 24 * 3600;
+/// Most input an error message repeats back.
+pub const MAX_ECHO: usize = 64;
+
+/// `value` as an error message may show it: quoted, and cut to [`MAX_ECHO`]
+/// bytes (on a character boundary) with its full length when longer, so a
+/// 64 KiB name cannot make a 64 KiB error.
+pub fn shown(value: &str) -> String {
+    if value.len() <= MAX_ECHO {
+        return format!("{value:?}");
+    }
+    let mut end = MAX_ECHO;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{:?}... ({} bytes)", &value[..end], value.len())
+}
 
 /// A DNS-1123 label: lower-case alphanumerics and '-', starting and ending alphanumeric.
 pub fn dns_label(field: &str, value: &str, max: usize) -> Result<(), Invalid> {
@@ -49,14 +70,17 @@ pub fn dns_label(field: &str, value: &str, max: usize) -> Result<(), Invalid> {
         return Err(invalid(
             field,
             format!(
-                "must be a DNS-1123 label (lower-case letters, digits and '-', starting and ending with a letter or digit), got {value:?}"
+                "must be a DNS-1123 label (lower-case letters, digits and '-', starting and ending with a letter or digit), got {}",
+                shown(value)
             ),
         ));
     }
     Ok(())
 }
 
-/// A user name: 1-63 characters of letters, digits, '.', '_', '@' and '-'.
+/// A user name: 1-63 characters of letters, digits, '.', '_', '@' and '-',
+/// starting with a letter or digit (so never `.` or `..`: a user name is a
+/// directory name on the agent).
 pub fn user_name(field: &str, value: &str) -> Result<(), Invalid> {
     if value.is_empty() {
         return Err(invalid(field, "is required"));
@@ -73,7 +97,16 @@ pub fn user_name(field: &str, value: &str) -> Result<(), Invalid> {
     {
         return Err(invalid(
             field,
-            format!("may contain only letters, digits, '.', '_', '@' and '-', got {value:?}"),
+            format!(
+                "may contain only letters, digits, '.', '_', '@' and '-', got {}",
+                shown(value)
+            ),
+        ));
+    }
+    if !value.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        return Err(invalid(
+            field,
+            format!("must start with a letter or digit, got {}", shown(value)),
         ));
     }
     Ok(())
@@ -180,7 +213,7 @@ fn ports(ports: &[Port], streaming: &str) -> Result<(), Invalid> {
         if !seen.insert(p.name.as_str()) {
             return Err(invalid(
                 format!("template.ports[{i}].name"),
-                format!("duplicate port name {:?}", p.name),
+                format!("duplicate port name {}", shown(&p.name)),
             ));
         }
         if p.container_port == 0 || p.container_port > 65535 {
@@ -193,7 +226,7 @@ fn ports(ports: &[Port], streaming: &str) -> Result<(), Invalid> {
     if !streaming.is_empty() && !ports.iter().any(|p| p.name == streaming) {
         return Err(invalid(
             "template.streaming_port",
-            format!("must name one of template.ports, got {streaming:?}"),
+            format!("must name one of template.ports, got {}", shown(streaming)),
         ));
     }
     Ok(())
@@ -231,11 +264,11 @@ pub fn template(t: &Template) -> Result<(), Invalid> {
             && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
         if !ok {
             return Err(invalid(
-                format!("template.env[{k:?}]"),
-                "variable names must match [A-Za-z_][A-Za-z0-9_]*",
+                format!("template.env[{}]", shown(k)),
+                "variable names must match [A-Za-z_][A-Za-z0-9_]* (at most 256 characters)",
             ));
         }
-        text(&format!("template.env[{k:?}]"), v)?;
+        text(&format!("template.env[{}]", shown(k)), v)?;
     }
     resources("template.default_resources", &t.default_resources)?;
     timeouts("template.timeouts", &t.timeouts)?;

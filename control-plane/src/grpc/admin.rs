@@ -82,9 +82,7 @@ impl pb::agent_admin_service_server::AgentAdminService for AdminApi {
     ) -> Result<Response<pb::Agent>, Status> {
         admin(&req)?;
         let id = &req.get_ref().id;
-        if id.is_empty() {
-            return Err(invalid_status(invalid("id", "is required")));
-        }
+        validate::dns_label("id", id, validate::MAX_NAME).map_err(invalid_status)?;
         self.agents()
             .await?
             .into_iter()
@@ -99,6 +97,7 @@ impl pb::agent_admin_service_server::AgentAdminService for AdminApi {
     ) -> Result<Response<pb::Agent>, Status> {
         admin(&req)?;
         let id = req.get_ref().id.clone();
+        validate::dns_label("id", &id, validate::MAX_NAME).map_err(invalid_status)?;
         if !self.lifecycle.roster().drain(&id) {
             return Err(Status::failed_precondition(format!(
                 "agent {id:?} is not connected"

@@ -88,8 +88,8 @@ impl AgentHub {
     ) -> Result<(AgentHello, Vec<Observed>), Status> {
         if h.agent_id != cert_id {
             return Err(Status::permission_denied(format!(
-                "hello.agent_id: {:?} does not match the client certificate, which names agent {cert_id:?}",
-                h.agent_id
+                "hello.agent_id: {} does not match the client certificate, which names agent {cert_id:?}",
+                validate::shown(&h.agent_id)
             )));
         }
         if h.protocol_version != streamspace::PROTOCOL_VERSION as i32 {

@@ -18,6 +18,9 @@ pub fn status(e: LifecycleError) -> Status {
         LifecycleError::AlreadyExists(m) => Status::already_exists(m),
         LifecycleError::PermissionDenied(m) => Status::permission_denied(m),
         LifecycleError::FailedPrecondition(m) => Status::failed_precondition(m),
+        LifecycleError::NoRoom(a) => {
+            Status::resource_exhausted(format!("agent {a} has no free session slot"))
+        }
         LifecycleError::Unavailable(m) => Status::unavailable(m),
     }
 }

@@ -42,6 +42,9 @@ fn parse_page_token(t: &str) -> Result<Option<(i64, String)>, Status> {
         return Ok(None);
     }
     t.split_once('/')
+        .filter(|(ms, name)| {
+            ms.len() <= 20 && validate::dns_label("", name, validate::MAX_SESSION_NAME).is_ok()
+        })
         .and_then(|(ms, name)| Some((ms.parse().ok()?, name.to_string())))
         .map(Some)
         .ok_or_else(|| {

@@ -12,6 +12,9 @@ const QUANTITY: &str = r"^([0-9]+(\.[0-9]+)?)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$
 const DURATION: &str = r"^([0-9]+(h|m|s))+$";
 /// A DNS-1123 label.
 const LABEL: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+/// A user name: a letter or digit, then letters, digits, '.', '_', '@', '-'
+/// (never "." or "..": it names a directory on the agent).
+const USER: &str = r"^[A-Za-z0-9][A-Za-z0-9._@-]*$";
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "lowercase")]
@@ -59,7 +62,7 @@ pub struct SessionResources {
 #[serde(rename_all = "camelCase")]
 pub struct SessionSpec {
     /// The owner.
-    #[schemars(length(min = 1, max = 63))]
+    #[schemars(length(min = 1, max = 63), regex(pattern = USER))]
     pub user: String,
     /// Name of a Template (API catalog or a Template object).
     #[schemars(length(min = 1, max = 63), regex(pattern = LABEL))]

@@ -31,12 +31,17 @@ pub struct PgStore {
 
 mod sqlite_impl {
     use super::SqliteReads;
-    crate::store::sql::sql_store!(SqliteReads, sqlx::Sqlite, "");
+    crate::store::sql::sql_store!(SqliteReads, sqlx::Sqlite, "", None);
 }
 
 mod pg_impl {
     use super::PgStore;
-    crate::store::sql::sql_store!(PgStore, sqlx::Postgres, " FOR UPDATE");
+    crate::store::sql::sql_store!(
+        PgStore,
+        sqlx::Postgres,
+        " FOR UPDATE",
+        Some(crate::store::sql::LOCK_AGENT_SLOTS)
+    );
 }
 
 pub(crate) fn db_err(e: sqlx::Error) -> StoreError {

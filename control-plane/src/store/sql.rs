@@ -59,16 +59,21 @@ pub const GET_TEMPLATE: &str = "SELECT spec FROM templates WHERE name = $1";
 pub const DELETE_TEMPLATE: &str = "DELETE FROM templates WHERE name = $1";
 pub const SESSIONS_PER_AGENT: &str =
     "SELECT agent_id, COUNT(*) FROM sessions WHERE agent_id IS NOT NULL GROUP BY agent_id";
+/// Sessions placed on one agent (for the slot check).
+pub const SESSIONS_ON_AGENT_COUNT: &str = "SELECT COUNT(*) FROM sessions WHERE agent_id = $1";
+/// PostgreSQL: serializes slot checks per agent until the transaction ends
+/// (two transactions counting at READ COMMITTED would both see room).
+pub const LOCK_AGENT_SLOTS: &str = "SELECT pg_advisory_xact_lock(hashtext($1))";
 
 macro_rules! sql_store {
-    ($store:ident, $db:ty, $lock:literal) => {
+    ($store:ident, $db:ty, $lock:literal, $slot_lock:expr) => {
         use std::collections::HashMap;
 
         use async_trait::async_trait;
         use sqlx::Row;
 
         use crate::core::model::*;
-        use crate::core::store::{SessionFilter, SessionWrite, Store, StoreError, TransitionFn, Transitioned};
+        use crate::core::store::{SessionFilter, SessionWrite, Slot, Store, StoreError, TransitionFn, Transitioned};
         use crate::store::rows::*;
         use crate::store::sql::*;
         use crate::store::db_err;
@@ -157,6 +162,26 @@ macro_rules! sql_store {
                 .collect()
         }
 
+        /// Refuses the transaction's write if `slot`'s agent is full.
+        async fn check_slot(c: &mut Conn, slot: Option<&Slot>) -> Result<(), StoreError> {
+            let Some(slot) = slot.filter(|s| s.max_sessions > 0) else {
+                return Ok(());
+            };
+            let lock: Option<&str> = $slot_lock;
+            if let Some(lock) = lock {
+                sqlx::query(lock).bind(&slot.agent).execute(&mut *c).await.map_err(db_err)?;
+            }
+            let n: i64 = sqlx::query_scalar(SESSIONS_ON_AGENT_COUNT)
+                .bind(&slot.agent)
+                .fetch_one(&mut *c)
+                .await
+                .map_err(db_err)?;
+            if n >= i64::from(slot.max_sessions) {
+                return Err(StoreError::NoRoom(slot.agent.clone()));
+            }
+            Ok(())
+        }
+
         fn sessions(rows: Vec<SessionRow>) -> Result<Vec<Session>, StoreError> {
             rows.into_iter().map(Session::try_from).collect()
         }
@@ -209,8 +234,9 @@ macro_rules! sql_store {
                 sessions(rows)
             }
 
-            async fn insert_session(&self, s: &Session, cmd: Option<&Command>) -> Result<(), StoreError> {
+            async fn insert_session(&self, s: &Session, cmd: Option<&Command>, slot: Option<&Slot>) -> Result<(), StoreError> {
                 let mut tx = self.pool.begin().await.map_err(db_err)?;
+                check_slot(&mut tx, slot).await?;
                 write_session(&mut tx, s, false).await.map_err(|e| match e {
                     StoreError::AlreadyExists(_) => StoreError::AlreadyExists(format!("session {:?}", s.name)),
                     e => e,
@@ -239,6 +265,7 @@ macro_rules! sql_store {
                 .transpose()?;
                 let before = session.clone();
                 let change = f(session, active)?;
+                check_slot(&mut tx, change.slot.as_ref()).await?;
                 match &change.session {
                     SessionWrite::Keep => {}
                     SessionWrite::Upsert(s) => upsert_session(&mut tx, s).await?,

@@ -26,7 +26,7 @@ use super::rows::*;
 use super::sql::*;
 use crate::core::model::*;
 use crate::core::store::{
-    SessionFilter, SessionWrite, Store, StoreError, TransitionFn, Transitioned,
+    SessionFilter, SessionWrite, Slot, Store, StoreError, TransitionFn, Transitioned,
 };
 
 /// Most jobs in one commit.
@@ -278,6 +278,22 @@ fn update_command(c: &Connection, cmd: &Command) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Refuses the job's write if `slot`'s agent is full. The writer thread runs
+/// one job at a time, so the count cannot go stale before the write.
+fn check_slot(c: &Connection, slot: Option<&Slot>) -> Result<(), StoreError> {
+    let Some(slot) = slot.filter(|s| s.max_sessions > 0) else {
+        return Ok(());
+    };
+    let n: i64 = c
+        .prepare_cached(SESSIONS_ON_AGENT_COUNT)
+        .and_then(|mut st| st.query_row([&slot.agent], |r| r.get(0)))
+        .map_err(db)?;
+    if n >= i64::from(slot.max_sessions) {
+        return Err(StoreError::NoRoom(slot.agent.clone()));
+    }
+    Ok(())
+}
+
 fn transition(c: &Connection, name: &str, f: TransitionFn) -> Result<Transitioned, StoreError> {
     let session = get_session(c, name)?;
     let active = c
@@ -288,6 +304,7 @@ fn transition(c: &Connection, name: &str, f: TransitionFn) -> Result<Transitione
         .transpose()?;
     let before = session.clone();
     let change = f(session, active)?;
+    check_slot(c, change.slot.as_ref())?;
     match &change.session {
         SessionWrite::Keep => {}
         SessionWrite::Upsert(s) => write_session(c, s, true)?,
@@ -338,10 +355,12 @@ impl Store for SqliteStore {
         &self,
         session: &Session,
         command: Option<&Command>,
+        slot: Option<&Slot>,
     ) -> Result<(), StoreError> {
-        let (s, cmd) = (session.clone(), command.cloned());
+        let (s, cmd, slot) = (session.clone(), command.cloned(), slot.cloned());
         self.writer
             .run(move |c| {
+                check_slot(c, slot.as_ref())?;
                 write_session(c, &s, false).map_err(|e| match e {
                     StoreError::AlreadyExists(_) => {
                         StoreError::AlreadyExists(format!("session {:?}", s.name))
