@@ -516,3 +516,34 @@ fn hostile_names_are_refused_at_every_edge() {
         panic!("{e}");
     }
 }
+
+/// Numbers have bounds too: a CPU request of 10^20 cores used to be
+/// accepted and written (memory was bounded, CPU was not).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quantities_have_upper_bounds() {
+    init();
+    let pki = TestPki::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let cp = start_cp(&pki, &database_url(tmp.path()).await, &CpOptions::default()).await;
+    let mut api = Api::connect(&pki, cp.api_addr, ADMIN_TOKEN).await;
+    for (field, cpu, memory) in [
+        ("resources.requests.cpu", "99999999999999999999", ""),
+        ("resources.requests.cpu", "1025", ""),
+        ("resources.requests.memory", "", "17Ti"),
+        ("resources.requests.memory", "", "99999999999999999999"),
+    ] {
+        let mut c = create("big");
+        c.resources = Some(pb::Resources {
+            requests: Some(pb::ResourceList {
+                cpu: cpu.into(),
+                memory: memory.into(),
+            }),
+            limits: None,
+        });
+        let e = api.sessions.create_session(c).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        assert!(e.message().starts_with(&format!("{field}: must be at most")), "{e:?}");
+    }
+    assert_eq!(counts(&mut api).await.0, 0, "nothing was written");
+    cp.shutdown().await;
+}
