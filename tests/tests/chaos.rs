@@ -189,7 +189,7 @@ fn report(what: &str, seed: u64, snap: &Snapshot, logs: &[(String, String)]) -> 
 async fn bursts_with_crashes_converge() {
     init();
     let seed = chaos::seed("crash timing");
-    let rounds = env_number("STREAMSPACE_CHAOS_ROUNDS", 10);
+    let rounds = env_number("STREAMSPACE_CHAOS_ROUNDS", 40);
     let mut rng = Rng::new(seed);
     // Unique to this run: the sweep at the end touches only its processes.
     let prefix = format!("cx{:08x}", rng.next_u64() as u32);

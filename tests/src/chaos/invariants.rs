@@ -5,7 +5,8 @@
 //!
 //! One call to [`check`] looks at one moment; callers retry until every rule
 //! holds at once or a deadline passes, because right after a crash some
-//! sessions are legitimately on their way somewhere.
+//! sessions are legitimately on their way somewhere. A session still on its
+//! way when the deadline passes breaks a rule of its own (see `settled`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -163,6 +164,12 @@ pub enum Violation {
         session: String,
         pids: Vec<i32>,
     },
+    Unsettled {
+        name: String,
+        desired: String,
+        phase: String,
+        agent: String,
+    },
 }
 
 /// At most this many characters of a message a session carries.
@@ -228,6 +235,15 @@ impl fmt::Display for Violation {
                 f,
                 "port {port}: used by live processes of more than one session: {sessions:?}"
             ),
+            Violation::Unsettled {
+                name,
+                desired,
+                phase,
+                agent,
+            } => write!(
+                f,
+                "{name}: wants {desired}, is still {phase} (agent {agent:?}): expected {desired}, FAILED, or PENDING with no agent"
+            ),
             Violation::Orphan { session, pids } => write!(
                 f,
                 "{session}: processes {pids:?} run for a session that does not exist"
@@ -244,6 +260,31 @@ fn phase_name(s: &pb::Session) -> String {
                 .to_string()
         })
         .unwrap_or_else(|_| format!("phase {}", s.phase))
+}
+
+fn desired_name(s: &pb::Session) -> String {
+    pb::DesiredState::try_from(s.desired_state)
+        .map(|d| {
+            d.as_str_name()
+                .trim_start_matches("DESIRED_STATE_")
+                .to_string()
+        })
+        .unwrap_or_else(|_| format!("desired state {}", s.desired_state))
+}
+
+/// Whether `s` has arrived where it is going: its desired phase, FAILED
+/// (failures wait for the user), or waiting for an agent with none assigned.
+/// Anything else (PROVISIONING, a placed PENDING, a pending hibernate, a
+/// delete not yet finished) is on its way and must not stay so.
+fn settled(s: &pb::Session) -> bool {
+    use pb::DesiredState as D;
+    let phase = P::try_from(s.phase).unwrap_or(P::Unspecified);
+    let unplaced_wait = phase == P::Pending && s.agent_id.is_empty();
+    match D::try_from(s.desired_state).unwrap_or(D::Unspecified) {
+        D::Running => matches!(phase, P::Running | P::Failed) || unplaced_wait,
+        D::Hibernated => matches!(phase, P::Hibernated | P::Failed) || unplaced_wait,
+        _ => false,
+    }
 }
 
 fn workload_pid(s: &pb::Session) -> Option<i32> {
@@ -277,7 +318,8 @@ impl Snapshot {
                 | Violation::NotAnswering { name, .. }
                 | Violation::NotSuspended { name, .. }
                 | Violation::ProcessWithoutWorkload { name, .. }
-                | Violation::LastingFailed { name, .. } => Some(name.clone()),
+                | Violation::LastingFailed { name, .. }
+                | Violation::Unsettled { name, .. } => Some(name.clone()),
                 _ => None,
             })
             .collect();
@@ -393,6 +435,14 @@ pub async fn check(
                 pids,
             }),
             _ => {}
+        }
+        if !settled(s) {
+            v.push(Violation::Unsettled {
+                name: s.name.clone(),
+                desired: desired_name(s),
+                phase: phase_name(s),
+                agent: s.agent_id.clone(),
+            });
         }
         if phase == P::Failed && s.template == expect.lasting_template {
             v.push(Violation::LastingFailed {
