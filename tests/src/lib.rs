@@ -8,6 +8,7 @@
 //! `CI=true` a requested component that is missing fails the test.
 #![forbid(unsafe_code)]
 
+pub mod edge;
 pub mod k8s;
 pub mod pki;
 pub mod procs;
@@ -276,6 +277,7 @@ pub fn server_config(pki: &TestPki, database_url: &str, o: &CpOptions) -> Server
             command_timeout: o.command_timeout,
         },
         kube: o.kube.clone(),
+        edge: Default::default(),
     }
 }
 
