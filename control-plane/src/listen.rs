@@ -13,9 +13,12 @@
 //!    frame, HTTP/2 keepalive pings take over.
 //!
 //! The TLS handshake is done here (rustls with ring, ALPN `h2`) rather than by
-//! tonic so that the deadline covers handshake and preface alike; the stream
-//! handed to tonic still reports the peer's certificates, which the agent
-//! listener uses to authenticate agents.
+//! tonic so that the deadline covers handshake and preface alike, and the
+//! connection reaches the HTTP/2 server (whose per-connection buffers are the
+//! bulk of a connection's memory) only once the client has started talking:
+//! an idle connection costs its socket and TLS state, nothing more. The
+//! stream handed to tonic replays the bytes read so far and still reports the
+//! peer's certificates, which the agent listener uses to authenticate agents.
 
 use std::io;
 use std::pin::Pin;
@@ -27,7 +30,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::{Instant, Sleep};
@@ -187,14 +190,21 @@ async fn accept_loop(
         let deadline = Instant::now() + limits.first_request_timeout;
         let (acceptor, tx) = (acceptor.clone(), tx.clone());
         tokio::spawn(async move {
-            match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => {
-                    let _ = tx.send(Ok(EdgeConn::new(tls, permit, deadline))).await;
+            let start = async {
+                let mut tls = acceptor.accept(tcp).await?;
+                let (first, head) = read_head(&mut tls).await?;
+                io::Result::Ok(EdgeConn::new(tls, permit, first, head, deadline))
+            };
+            match tokio::time::timeout_at(deadline, start).await {
+                Ok(Ok(conn)) => {
+                    let _ = tx.send(Ok(conn)).await;
                 }
-                Ok(Err(e)) => debug!(listener = name, error = %e, "TLS handshake failed"),
+                Ok(Err(e)) => {
+                    debug!(listener = name, error = %e, "connection closed before its first request")
+                }
                 Err(_) => debug!(
                     listener = name,
-                    "TLS handshake not finished within the first-request deadline; closed"
+                    "no request within the first-request deadline; closed"
                 ),
             }
         });
@@ -203,11 +213,42 @@ async fn accept_loop(
 
 /// Bytes of the HTTP/2 client preface plus the header of the frame after it.
 const PREFACE_AND_HEADER: usize = 24 + 9;
+/// Most bytes read before the connection is handed to the HTTP/2 server.
+const HEAD_MAX: usize = 1024;
+
+/// Reads until the client preface and the header of the first frame are in
+/// (or the first frame is complete, or [`HEAD_MAX`] bytes were read). Returns
+/// the watcher, `None` if the first frame is already complete, and the bytes.
+async fn read_head(tls: &mut TlsStream<TcpStream>) -> io::Result<(Option<FirstRequest>, Vec<u8>)> {
+    let mut first = FirstRequest {
+        head: [0; PREFACE_AND_HEADER],
+        seen: 0,
+    };
+    let mut head = Vec::new();
+    let mut chunk = [0u8; 256];
+    while head.len() < HEAD_MAX {
+        let room = (HEAD_MAX - head.len()).min(chunk.len());
+        let n = tls.read(&mut chunk[..room]).await?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "closed by the client before its first request",
+            ));
+        }
+        head.extend_from_slice(&chunk[..n]);
+        if first.observe(&chunk[..n]) {
+            return Ok((None, head));
+        }
+        if first.seen >= PREFACE_AND_HEADER {
+            break;
+        }
+    }
+    Ok((Some(first), head))
+}
 
 /// Watches the first bytes a client sends until the first frame after the
 /// preface is complete.
 struct FirstRequest {
-    deadline: Pin<Box<Sleep>>,
     head: [u8; PREFACE_AND_HEADER],
     seen: usize,
 }
@@ -229,25 +270,31 @@ impl FirstRequest {
     }
 }
 
-/// One accepted TLS connection, as handed to tonic: reads fail with
-/// `TimedOut` if the first request has not arrived by the deadline, and the
-/// connection's share of the listener's budget is returned when it is dropped.
+/// One accepted TLS connection, as handed to tonic: the bytes already read
+/// come first; reads fail with `TimedOut` if the first frame has not arrived
+/// by the deadline; and the connection's share of the listener's budget is
+/// returned when it is dropped.
 pub struct EdgeConn {
     io: TlsStream<TcpStream>,
+    /// Read before the hand-over, not yet passed on.
+    head: Vec<u8>,
     /// `None` once the first frame has arrived.
-    first: Option<FirstRequest>,
+    first: Option<(FirstRequest, Pin<Box<Sleep>>)>,
     _permit: OwnedSemaphorePermit,
 }
 
 impl EdgeConn {
-    fn new(io: TlsStream<TcpStream>, permit: OwnedSemaphorePermit, deadline: Instant) -> Self {
+    fn new(
+        io: TlsStream<TcpStream>,
+        permit: OwnedSemaphorePermit,
+        first: Option<FirstRequest>,
+        head: Vec<u8>,
+        deadline: Instant,
+    ) -> Self {
         Self {
             io,
-            first: Some(FirstRequest {
-                deadline: Box::pin(tokio::time::sleep_until(deadline)),
-                head: [0; PREFACE_AND_HEADER],
-                seen: 0,
-            }),
+            head,
+            first: first.map(|f| (f, Box::pin(tokio::time::sleep_until(deadline)))),
             _permit: permit,
         }
     }
@@ -268,8 +315,17 @@ impl AsyncRead for EdgeConn {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if let Some(first) = &mut this.first
-            && first.deadline.as_mut().poll(cx).is_ready()
+        if !this.head.is_empty() {
+            let n = this.head.len().min(buf.remaining());
+            buf.put_slice(&this.head[..n]);
+            this.head.drain(..n);
+            if this.head.is_empty() {
+                this.head = Vec::new();
+            }
+            return Poll::Ready(Ok(()));
+        }
+        if let Some((_, deadline)) = &mut this.first
+            && deadline.as_mut().poll(cx).is_ready()
         {
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
@@ -278,7 +334,7 @@ impl AsyncRead for EdgeConn {
         }
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
-        if let Some(first) = &mut this.first
+        if let Some((first, _)) = &mut this.first
             && first.observe(&buf.filled()[before..])
         {
             this.first = None;
@@ -349,14 +405,13 @@ mod tests {
 
     fn watcher() -> FirstRequest {
         FirstRequest {
-            deadline: Box::pin(tokio::time::sleep(Duration::from_secs(1))),
             head: [0; PREFACE_AND_HEADER],
             seen: 0,
         }
     }
 
-    #[tokio::test]
-    async fn first_frame_is_complete_only_after_its_payload() {
+    #[test]
+    fn first_frame_is_complete_only_after_its_payload() {
         let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
         // SETTINGS frame header with a 6-byte payload, then the payload.
         bytes.extend_from_slice(&[0, 0, 6, 4, 0, 0, 0, 0, 0]);
