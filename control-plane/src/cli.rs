@@ -114,6 +114,13 @@ pub struct Tuning {
     /// Seconds agents get to finish in-flight work on shutdown.
     #[arg(long, env = "DRAIN_GRACE_SECONDS", default_value_t = 5)]
     pub drain_grace_seconds: u64,
+    /// A new connection must finish TLS and send its first HTTP/2 frame
+    /// within this long (e.g. 10s, 500ms), or it is closed. Both listeners.
+    #[arg(long, env = "FIRST_REQUEST_TIMEOUT", default_value = "10s", value_parser = crate::listen::parse_duration)]
+    pub first_request_timeout: Duration,
+    /// Most connections open at once on each listener; more are closed at once.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
 }
 
 impl Tuning {
@@ -124,6 +131,13 @@ impl Tuning {
             max_in_flight: self.max_in_flight.max(1),
             drain_grace: Duration::from_secs(self.drain_grace_seconds),
             ..HubConfig::default()
+        }
+    }
+
+    pub fn edge(&self) -> crate::listen::EdgeLimits {
+        crate::listen::EdgeLimits {
+            first_request_timeout: self.first_request_timeout,
+            max_connections: self.max_connections as usize,
         }
     }
 
@@ -207,7 +221,9 @@ fn certs(cmd: CertsCommand) -> anyhow::Result<()> {
 }
 
 async fn serve(a: ServeArgs) -> anyhow::Result<()> {
-    let tokens = Tokens::load(&a.tokens_file).map_err(|e| anyhow::anyhow!("--tokens-file: {e}"))?;
+    // Watched until shutdown: edits (a revoked token) apply without a restart.
+    let (tokens, _watcher) = Tokens::watch_file(&a.tokens_file, Duration::from_secs(1))
+        .map_err(|e| anyhow::anyhow!("--tokens-file: {e}"))?;
     let cfg = ServerConfig {
         agent_addr: a.agent_addr,
         api_addr: a.api_addr,
@@ -221,6 +237,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         hub: a.tuning.hub(),
         lifecycle: a.tuning.lifecycle(),
         kube: a.kube.options(),
+        edge: a.tuning.edge(),
     };
     let cp = ControlPlane::start(cfg).await?;
     streamspace_agent::shutdown_signal().await;

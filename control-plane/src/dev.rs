@@ -183,6 +183,7 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
         hub: a.tuning.hub(),
         lifecycle: a.tuning.lifecycle(),
         kube: None,
+        edge: a.tuning.edge(),
     };
     let cp = ControlPlane::start(cfg).await?;
     let admin = Caller {

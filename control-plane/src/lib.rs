@@ -10,6 +10,7 @@ pub mod core;
 pub mod dev;
 pub mod grpc;
 pub mod k8s;
+pub mod listen;
 pub mod pki;
 pub mod server;
 pub mod store;

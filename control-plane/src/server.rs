@@ -1,6 +1,9 @@
 //! Wiring: opens the store, binds the agent listener (mTLS) and the API
 //! listener (TLS + bearer tokens), both with health and reflection, runs the
 //! expiry sweeper, and shuts down in order: drain agents, then stop serving.
+//! Both listeners accept through [`crate::listen`] (connection budget and
+//! first-request deadline) and answer unreadable requests through
+//! [`crate::grpc::edge_status`] (INVALID_ARGUMENT / RESOURCE_EXHAUSTED).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,8 +14,7 @@ use streamspace::v1 as pb;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 use tracing::{info, warn};
 
 use crate::core::roster::Roster;
@@ -20,7 +22,9 @@ use crate::core::{Lifecycle, LifecycleConfig};
 use crate::grpc::admin::{AdminApi, TemplateApi};
 use crate::grpc::agent::{AgentHub, HubConfig};
 use crate::grpc::auth::Tokens;
+use crate::grpc::edge_status::EdgeStatusLayer;
 use crate::grpc::session::SessionApi;
+use crate::listen::{self, EdgeLimits};
 
 /// PEM material for both listeners.
 #[derive(Clone)]
@@ -42,6 +46,8 @@ pub struct ServerConfig {
     pub lifecycle: LifecycleConfig,
     /// Run the embedded Session controller against this cluster.
     pub kube: Option<crate::k8s::KubeOptions>,
+    /// Connection budget and first-request deadline, per listener.
+    pub edge: EdgeLimits,
 }
 
 /// A running control plane.
@@ -102,15 +108,16 @@ impl ControlPlane {
             .with_context(|| format!("binding the API listener on {}", cfg.api_addr))?;
         let agent_addr = agent_listener.local_addr()?;
         let api_addr = api_listener.local_addr()?;
-        let identity = Identity::from_pem(&cfg.tls.server_cert, &cfg.tls.server_key);
         let keepalive = Some(cfg.hub.heartbeat_interval);
         let mut tasks = Vec::new();
 
         // Agent listener: client certificates required.
-        let agent_tls = ServerTlsConfig::new()
-            .identity(identity.clone())
-            .client_ca_root(Certificate::from_pem(&cfg.tls.agent_ca))
-            .timeout(Duration::from_secs(10));
+        let agent_tls = listen::server_tls(
+            &cfg.tls.server_cert,
+            &cfg.tls.server_key,
+            Some(&cfg.tls.agent_ca),
+        )
+        .context("agent listener TLS")?;
         let (reporter, health, v1, v1alpha) = health_and_reflection()?;
         reporter
             .set_serving::<pb::agent_service_server::AgentServiceServer<AgentHub>>()
@@ -120,10 +127,9 @@ impl ControlPlane {
             .max_decoding_message_size(cfg.hub.max_message_bytes as usize)
             .max_encoding_message_size(cfg.hub.max_message_bytes as usize);
         let router = Server::builder()
-            .tls_config(agent_tls)?
+            .layer(EdgeStatusLayer)
             .http2_keepalive_interval(keepalive)
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-            .tcp_nodelay(true)
             .max_concurrent_streams(Some(64))
             .add_service(health)
             .add_service(v1)
@@ -131,7 +137,7 @@ impl ControlPlane {
             .add_service(agent_svc);
         let s = stop.clone();
         tasks.push(tokio::spawn(async move {
-            let incoming = TcpIncoming::from(agent_listener).with_nodelay(Some(true));
+            let incoming = listen::incoming("agent", agent_listener, agent_tls, cfg.edge);
             if let Err(e) = router
                 .serve_with_incoming_shutdown(incoming, s.cancelled_owned())
                 .await
@@ -141,9 +147,8 @@ impl ControlPlane {
         }));
 
         // API listener: TLS, bearer tokens.
-        let api_tls = ServerTlsConfig::new()
-            .identity(identity)
-            .timeout(Duration::from_secs(10));
+        let api_tls = listen::server_tls(&cfg.tls.server_cert, &cfg.tls.server_key, None)
+            .context("API listener TLS")?;
         let (reporter, health, v1, v1alpha) = health_and_reflection()?;
         let tokens = cfg.tokens.clone();
         let auth = move |req| tokens.authenticate(req);
@@ -160,7 +165,7 @@ impl ControlPlane {
         let templates = Templates::new(TemplateApi::new(lifecycle.clone()))
             .max_decoding_message_size(API_MAX_MESSAGE);
         let router = Server::builder()
-            .tls_config(api_tls)?
+            .layer(EdgeStatusLayer)
             .http2_keepalive_interval(keepalive)
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
             .add_service(health)
@@ -179,7 +184,7 @@ impl ControlPlane {
             ));
         let s = stop.clone();
         tasks.push(tokio::spawn(async move {
-            let incoming = TcpIncoming::from(api_listener).with_nodelay(Some(true));
+            let incoming = listen::incoming("API", api_listener, api_tls, cfg.edge);
             if let Err(e) = router
                 .serve_with_incoming_shutdown(incoming, s.cancelled_owned())
                 .await

@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod chaos;
+pub mod edge;
 pub mod k8s;
 pub mod pki;
 pub mod procs;
@@ -278,6 +279,7 @@ pub fn server_config(pki: &TestPki, database_url: &str, o: &CpOptions) -> Server
             command_timeout: o.command_timeout,
         },
         kube: o.kube.clone(),
+        edge: Default::default(),
     }
 }
 

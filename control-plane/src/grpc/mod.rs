@@ -5,4 +5,5 @@ pub mod admin;
 pub mod agent;
 pub mod auth;
 pub mod convert;
+pub mod edge_status;
 pub mod session;
