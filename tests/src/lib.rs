@@ -8,6 +8,7 @@
 //! `CI=true` a requested component that is missing fails the test.
 #![forbid(unsafe_code)]
 
+pub mod edge;
 pub mod k8s;
 pub mod pki;
 pub mod procs;
