@@ -18,8 +18,9 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::backoff::Backoff;
+use crate::capacity::Admission;
 use crate::dedup::{Dedup, Seen};
-use crate::runtime::Runtime;
+use crate::runtime::{Runtime, StatusSink};
 
 /// Client TLS material (PEM).
 #[derive(Clone)]
@@ -62,13 +63,17 @@ pub struct ClientStats {
 pub struct Client {
     cfg: ClientConfig,
     runtime: Arc<dyn Runtime>,
-    statuses: Mutex<mpsc::Receiver<pb::SessionStatus>>,
+    /// The runtime's latest status per session (the stream's end of it).
+    statuses: StatusSink,
     dedup: Arc<Dedup>,
+    /// Refuses starts beyond the advertised `max_sessions`.
+    admission: Arc<Admission>,
     /// One lock per session: its commands apply in order.
     session_locks: Arc<std::sync::Mutex<HashMap<String, Arc<Mutex<()>>>>>,
-    /// Results of command tasks, forwarded to whichever stream is current.
-    results_tx: mpsc::Sender<pb::AgentFrame>,
-    results_rx: Mutex<mpsc::Receiver<pb::AgentFrame>>,
+    /// Results of command tasks (with their session), forwarded to
+    /// whichever stream is current.
+    results_tx: mpsc::Sender<(String, pb::CommandResult)>,
+    results_rx: Mutex<mpsc::Receiver<(String, pb::CommandResult)>>,
     pub stats: Arc<ClientStats>,
     /// With HA: attach only while this replica holds the Lease.
     leadership: Option<crate::lease::Leadership>,
@@ -96,16 +101,14 @@ fn frame(f: Out) -> pb::AgentFrame {
 }
 
 impl Client {
-    pub fn new(
-        cfg: ClientConfig,
-        runtime: Arc<dyn Runtime>,
-        statuses: mpsc::Receiver<pb::SessionStatus>,
-    ) -> Self {
+    /// A client applying commands on `runtime`, which reports to `statuses`.
+    pub fn new(cfg: ClientConfig, runtime: Arc<dyn Runtime>, statuses: StatusSink) -> Self {
         let (results_tx, results_rx) = mpsc::channel(1024);
         Self {
+            admission: Arc::new(Admission::new(&cfg.agent_id, cfg.capacity.max_sessions)),
             cfg,
             runtime,
-            statuses: Mutex::new(statuses),
+            statuses,
             dedup: Arc::new(Dedup::new(100_000)),
             session_locks: Default::default(),
             results_tx,
@@ -193,9 +196,9 @@ impl Client {
         let mut client = pb::agent_service_client::AgentServiceClient::new(channel)
             .max_decoding_message_size(16 << 20)
             .max_encoding_message_size(16 << 20);
-        // Statuses from before this snapshot are stale: drop them.
-        let mut statuses = self.statuses.lock().await;
-        while statuses.try_recv().is_ok() {}
+        // Changes from before this snapshot are in it: none is sent on its
+        // own (the latest states are kept for the statuses that follow results).
+        self.statuses.clear_dirty();
         let inventory = self.runtime.inventory().await?;
         let (tx, rx) = mpsc::channel::<pb::AgentFrame>(1024);
         let hello = pb::Hello {
@@ -230,12 +233,13 @@ impl Client {
             // Biased, statuses before results: a command's task reports the
             // session's status and then its result, and the control plane
             // must see them in that order (else a STOPPED status would arrive
-            // after the session was already removed).
+            // after the session was already removed). After the result, the
+            // session's latest status once more (see `send_result`).
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
-                Some(s) = statuses.recv() => tx.send(frame(Out::Status(s))).await?,
-                Some(r) = results.recv() => tx.send(r).await?,
+                _ = self.statuses.changed() => self.send_statuses(&tx).await?,
+                Some((session, r)) = results.recv() => self.send_result(&tx, &session, r).await?,
                 _ = heartbeat.tick() => {
                     seq += 1;
                     tx.send(frame(Out::Heartbeat(pb::Heartbeat { sequence: seq, in_use: Some(self.runtime.in_use()) }))).await?;
@@ -273,7 +277,7 @@ impl Client {
             }
             Seen::Done(r) => {
                 self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                tx.send(frame(Out::Result(r))).await?;
+                self.send_result(tx, &c.session_id, r).await?;
                 return Ok(());
             }
             Seen::New => {}
@@ -286,8 +290,9 @@ impl Client {
             .entry(c.session_id.clone())
             .or_default()
             .clone();
-        let (runtime, dedup, results) = (
+        let (runtime, admission, dedup, results) = (
             self.runtime.clone(),
+            self.admission.clone(),
             self.dedup.clone(),
             self.results_tx.clone(),
         );
@@ -295,27 +300,73 @@ impl Client {
         tokio::spawn(
             async move {
                 let _guard = lock.lock().await;
-                let outcome = apply(&*runtime, &c).await;
+                let outcome = apply(&*runtime, &admission, &c).await;
                 let result = pb::CommandResult {
                     command_id: id.clone(),
                     outcome: Some(outcome),
                 };
                 dedup.finish(&id, result.clone());
-                let _ = results.send(frame(Out::Result(result))).await;
+                let _ = results.send((c.session_id, result)).await;
             }
             .instrument(span),
         );
         Ok(())
     }
+
+    /// Sends the latest status of every session whose latest is unsent.
+    async fn send_statuses(&self, tx: &mpsc::Sender<pb::AgentFrame>) -> anyhow::Result<()> {
+        for s in self.statuses.take_dirty() {
+            tx.send(frame(Out::Status(s))).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends a command result, fresh or replayed. Unsent statuses go first
+    /// (a status the command's task reported precedes its result); the
+    /// session's latest status, read now, follows it, so the last frame about
+    /// a session is always what the agent observes: a result replayed after
+    /// a reconnect cannot leave a session that died meanwhile looking alive.
+    async fn send_result(
+        &self,
+        tx: &mpsc::Sender<pb::AgentFrame>,
+        session: &str,
+        r: pb::CommandResult,
+    ) -> anyhow::Result<()> {
+        self.send_statuses(tx).await?;
+        tx.send(frame(Out::Result(r))).await?;
+        if let Some(s) = self.statuses.take_latest(session) {
+            tx.send(frame(Out::Status(s))).await?;
+        }
+        Ok(())
+    }
 }
 
-async fn apply(rt: &dyn Runtime, c: &pb::Command) -> pb::command_result::Outcome {
+/// Applies one command on the runtime; a start is admitted first (see
+/// [`Admission`]).
+pub async fn apply(
+    rt: &dyn Runtime,
+    admission: &Admission,
+    c: &pb::Command,
+) -> pb::command_result::Outcome {
     use pb::command::Action as A;
     use pb::command_result::Outcome;
     let s = c.session_id.as_str();
     let r = match &c.action {
-        Some(A::Start(start)) => rt.start(s, start).await,
-        Some(A::Stop(stop)) => rt.stop(s, stop.delete_home).await,
+        Some(A::Start(start)) => match admission.admit(rt, s).await {
+            Ok(()) => {
+                let r = rt.start(s, start).await;
+                admission.started(s, r.is_ok()).await;
+                r
+            }
+            Err(e) => Err(e),
+        },
+        Some(A::Stop(stop)) => {
+            let r = rt.stop(s, stop.delete_home).await;
+            if r.is_ok() {
+                admission.stopped(s).await;
+            }
+            r
+        }
         Some(A::Hibernate(_)) => rt.hibernate(s).await,
         Some(A::Wake(_)) => rt.wake(s).await,
         None => Err(crate::runtime::RuntimeError::new(

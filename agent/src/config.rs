@@ -44,7 +44,7 @@ pub struct AgentArgs {
     /// Maximum memory in GB.
     #[arg(long, env = "MAX_MEMORY", default_value_t = 128)]
     pub max_memory: u64,
-    /// Maximum concurrent sessions.
+    /// Maximum concurrent sessions (0 = no limit): starts beyond it are refused.
     #[arg(long, env = "MAX_SESSIONS", default_value_t = 100)]
     pub max_sessions: u32,
     /// Agent client certificate (PEM), SAN URI spiffe://<trust-domain>/agent/<id>.
@@ -66,6 +66,11 @@ pub struct AgentArgs {
         default_value = "/var/lib/streamspace-agent"
     )]
     pub data_dir: PathBuf,
+    /// Ports for session processes (process runtime), LOW-HIGH inside
+    /// 1024-65535; keep it outside the kernel's ephemeral range
+    /// (/proc/sys/net/ipv4/ip_local_port_range), else the agent warns.
+    #[arg(long, env = "SESSION_PORTS", default_value = crate::runtime::ports::DEFAULT_RANGE)]
+    pub session_ports: crate::runtime::ports::PortRange,
     /// Seconds a session process gets between SIGTERM and SIGKILL.
     #[arg(long, env = "STOP_GRACE_SECONDS", default_value_t = 10)]
     pub stop_grace_seconds: u64,

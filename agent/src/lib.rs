@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod backoff;
+pub mod capacity;
 pub mod client;
 pub mod config;
 pub mod dedup;
@@ -20,18 +21,20 @@ pub use config::AgentArgs;
 /// Builds the runtime the flags ask for and runs the agent until `shutdown`.
 pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let cfg = args.client_config()?;
-    let (sink, statuses) = runtime::StatusSink::channel(4096);
+    let sink = runtime::StatusSink::new();
+    let statuses = sink.clone();
     let kube = if args.platform == "kubernetes" || args.enable_ha {
         Some(args.kube_client().await?)
     } else {
         None
     };
     let rt: Arc<dyn runtime::Runtime> = match (args.platform.as_str(), &kube) {
-        ("process", _) => Arc::new(runtime::process::ProcessRuntime::open(
+        ("process", _) => Arc::new(runtime::process::ProcessRuntime::open_with_ports(
             &args.data_dir,
             sink,
             Duration::from_secs(args.stop_grace_seconds),
             args.stop_sessions_on_exit,
+            args.session_ports,
         )?),
         ("kubernetes", Some(k)) => {
             runtime::kubernetes::KubernetesRuntime::start(k.clone(), args.object_config(), sink)

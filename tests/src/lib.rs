@@ -10,6 +10,7 @@
 
 pub mod chaos;
 pub mod edge;
+pub mod faults;
 pub mod k8s;
 pub mod pki;
 pub mod procs;

@@ -542,7 +542,11 @@ async fn quantities_have_upper_bounds() {
         });
         let e = api.sessions.create_session(c).await.unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
-        assert!(e.message().starts_with(&format!("{field}: must be at most")), "{e:?}");
+        assert!(
+            e.message()
+                .starts_with(&format!("{field}: must be at most")),
+            "{e:?}"
+        );
     }
     assert_eq!(counts(&mut api).await.0, 0, "nothing was written");
     cp.shutdown().await;

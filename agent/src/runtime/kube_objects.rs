@@ -65,10 +65,28 @@ pub fn labels(session: &str, user: &str, template: &str) -> BTreeMap<String, Str
     ])
 }
 
-/// The home volume of `user` (per user, so it outlives sessions).
+/// The home volume of `user` (per user, so it outlives sessions). A user
+/// name that is already a lowercase DNS label names its claim as it is;
+/// any other is mapped to a label plus a hash of the exact name, so two
+/// users whose names differ only in case or punctuation ("Alice", "alice",
+/// "a.b", "a-b") never share a home. The '.' before the hash cannot occur in
+/// the first form, so no user name maps onto another's hashed claim.
 pub fn home_claim_name(user: &str) -> String {
-    let u: String = label_value(&user.to_ascii_lowercase()).replace(['_', '.'], "-");
-    format!("home-{}", u.trim_matches('-'))
+    use sha2::Digest;
+    let plain = label_value(&user.to_ascii_lowercase()).replace(['_', '.'], "-");
+    let plain = plain.trim_matches('-');
+    if plain == user {
+        return format!("home-{plain}");
+    }
+    let digest = sha2::Sha256::digest(user.as_bytes());
+    let hash: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let head: String = plain.chars().take(40).collect();
+    let head = head.trim_matches('-');
+    if head.is_empty() {
+        format!("home-{hash}")
+    } else {
+        format!("home-{head}.{hash}")
+    }
 }
 
 fn meta(
@@ -341,8 +359,31 @@ mod tests {
                 .as_ref()
                 .unwrap()
                 .claim_name,
-            "home-alice-example-com"
+            home_claim_name("Alice@example.com")
         );
+    }
+
+    #[test]
+    fn distinct_users_get_distinct_valid_claims() {
+        assert_eq!(home_claim_name("alice"), "home-alice");
+        let names: Vec<String> = ["alice", "Alice", "a.b", "a-b", "a_b", "a@b", "a-b.x", "a"]
+            .iter()
+            .map(|u| home_claim_name(u))
+            .collect();
+        let distinct: std::collections::HashSet<&String> = names.iter().collect();
+        assert_eq!(distinct.len(), names.len(), "{names:?}");
+        for n in &names {
+            assert!(n.len() <= 253, "{n}");
+            assert!(
+                n.split('.').all(|l| !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')),
+                "{n} is a DNS subdomain"
+            );
+        }
     }
 
     #[test]

@@ -25,6 +25,7 @@ use streamspace::v1 as pb;
 use tracing::{info, warn};
 
 use super::kube_objects::{self as objects, OWNED, ObjectConfig, SESSION};
+use super::names::{check_session, check_user, truncate};
 use super::{Runtime, RuntimeError, StatusSink, status};
 
 use pb::FailureReason as R;
@@ -51,19 +52,29 @@ pub struct KubernetesRuntime {
     status: StatusSink,
 }
 
+/// An API error as a runtime error. The API server's message may echo
+/// input (names, values), so only a bounded prefix of it is kept.
 fn api_err(what: &str, e: kube::Error) -> RuntimeError {
+    let bounded = |m: &str| truncate(m, 256);
     match &e {
         kube::Error::Api(ae) if ae.code == 403 => RuntimeError::new(
             R::Platform,
-            format!("{what}: forbidden by RBAC: {}", ae.message),
+            format!("{what}: forbidden by RBAC: {}", bounded(&ae.message)),
             false,
         ),
         kube::Error::Api(ae) if ae.code == 422 || ae.code == 400 => RuntimeError::new(
             R::Invalid,
-            format!("{what}: rejected by the API server: {}", ae.message),
+            format!(
+                "{what}: rejected by the API server: {}",
+                bounded(&ae.message)
+            ),
             false,
         ),
-        _ => RuntimeError::new(R::Platform, format!("{what}: {e}"), true),
+        _ => RuntimeError::new(
+            R::Platform,
+            format!("{what}: {}", bounded(&e.to_string())),
+            true,
+        ),
     }
 }
 
@@ -370,6 +381,8 @@ impl Runtime for KubernetesRuntime {
     }
 
     async fn start(&self, session: &str, start: &pb::StartSession) -> Result<(), RuntimeError> {
+        check_session(session)?;
+        check_user(&start.user)?;
         let w = start.workload.clone().unwrap_or_default();
         if w.image.is_empty() {
             return Err(RuntimeError::new(
@@ -411,6 +424,7 @@ impl Runtime for KubernetesRuntime {
     }
 
     async fn stop(&self, session: &str, delete_home: bool) -> Result<(), RuntimeError> {
+        check_session(session)?;
         let user = match self.deployment(session) {
             Some(d) => d.annotations().get(objects::USER).cloned(),
             None => self
@@ -432,7 +446,7 @@ impl Runtime for KubernetesRuntime {
                 Err(e) => return Err(api_err("deleting the session objects", e)),
             }
         }
-        if delete_home && let Some(user) = user {
+        if delete_home && let Some(user) = user.filter(|u| check_user(u).is_ok()) {
             match self
                 .claims
                 .delete(&objects::home_claim_name(&user), &dp)
@@ -451,10 +465,12 @@ impl Runtime for KubernetesRuntime {
     }
 
     async fn hibernate(&self, session: &str) -> Result<(), RuntimeError> {
+        check_session(session)?;
         self.scale(session, 0).await
     }
 
     async fn wake(&self, session: &str) -> Result<(), RuntimeError> {
+        check_session(session)?;
         self.scale(session, 1).await
     }
 

@@ -4,12 +4,16 @@
 
 pub mod kube_objects;
 pub mod kubernetes;
+pub mod names;
 pub mod noop;
+pub mod ports;
 pub mod process;
+pub mod status;
 
 use async_trait::async_trait;
 use streamspace::v1 as pb;
-use tokio::sync::mpsc;
+
+pub use status::{StatusSink, status};
 
 /// A failed action, with a typed reason and whether a retry can help.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -35,59 +39,6 @@ impl RuntimeError {
             format!("session {session} does not run on this agent"),
             false,
         )
-    }
-}
-
-/// Where runtimes report session transitions. Never blocks: if the agent is
-/// disconnected and the buffer is full, the status is dropped (the next
-/// Hello's inventory carries the current state anyway).
-#[derive(Clone)]
-pub struct StatusSink(mpsc::Sender<pb::SessionStatus>);
-
-impl StatusSink {
-    pub fn channel(capacity: usize) -> (Self, mpsc::Receiver<pb::SessionStatus>) {
-        let (tx, rx) = mpsc::channel(capacity);
-        (Self(tx), rx)
-    }
-
-    pub fn report(
-        &self,
-        session: &str,
-        phase: pb::SessionPhase,
-        url: &str,
-        reason: pb::FailureReason,
-        message: &str,
-        workload: &str,
-    ) {
-        let _ = self
-            .0
-            .try_send(status(session, phase, url, reason, message, workload));
-    }
-}
-
-/// Builds a status frame stamped now.
-pub fn status(
-    session: &str,
-    phase: pb::SessionPhase,
-    url: &str,
-    reason: pb::FailureReason,
-    message: &str,
-    workload: &str,
-) -> pb::SessionStatus {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    pb::SessionStatus {
-        session_id: session.to_string(),
-        phase: phase as i32,
-        url: url.to_string(),
-        reason: reason as i32,
-        message: message.to_string(),
-        workload: workload.to_string(),
-        observed_at: Some(prost_types::Timestamp {
-            seconds: now.as_secs() as i64,
-            nanos: now.subsec_nanos() as i32,
-        }),
     }
 }
 

@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use streamspace::v1 as pb;
 
+use super::names::{check_session, check_user};
 use super::{Runtime, RuntimeError, StatusSink, status};
 
 pub struct NoopRuntime {
@@ -25,6 +26,7 @@ impl NoopRuntime {
 
     /// Moves a session that exists to `phase`; NOT_FOUND otherwise.
     fn set_existing(&self, session: &str, phase: pb::SessionPhase) -> Result<(), RuntimeError> {
+        check_session(session)?;
         if !self
             .sessions
             .lock()
@@ -74,11 +76,14 @@ impl Runtime for NoopRuntime {
             .collect())
     }
 
-    async fn start(&self, session: &str, _: &pb::StartSession) -> Result<(), RuntimeError> {
+    async fn start(&self, session: &str, start: &pb::StartSession) -> Result<(), RuntimeError> {
+        check_session(session)?;
+        check_user(&start.user)?;
         self.set(session, Some(pb::SessionPhase::Running))
     }
 
     async fn stop(&self, session: &str, _: bool) -> Result<(), RuntimeError> {
+        check_session(session)?;
         self.set(session, None)
     }
 

@@ -6,6 +6,9 @@
 //! SIGCONT, stop = SIGTERM then SIGKILL after a grace period. The URL is
 //! `http://127.0.0.1:<port>/`.
 
+mod procfs;
+mod state;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,48 +16,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
-use serde::{Deserialize, Serialize};
+use nix::sys::signal::Signal;
 use streamspace::v1 as pb;
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 
+use super::names::{check_session, check_user};
+use super::ports::{PortAllocator, PortRange};
 use super::{Runtime, RuntimeError, StatusSink, status};
+use procfs::{SPAWN_ENV, alive, find_tagged, gone_within, proc_stat, signal_group};
+use state::{Layout, ProcState, io_err};
 
 use pb::FailureReason as R;
 use pb::SessionPhase as P;
-
-/// What survives an agent restart, per session.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct ProcState {
-    session: String,
-    user: String,
-    /// 0 while the record is only an intent: written before the spawn, so an
-    /// agent killed between spawning and recording the pid can still find its
-    /// process (by `spawn_tag`) instead of starting a second one.
-    pid: i32,
-    /// A unique value put in the process's environment as `STREAMSPACE_SPAWN`.
-    #[serde(default)]
-    spawn_tag: String,
-    /// Kernel start time of `pid` (/proc/<pid>/stat field 22): tells our
-    /// process from a later one that reused the pid.
-    start_time: u64,
-    port: u16,
-    hibernated: bool,
-    home: PathBuf,
-    persistent_home: bool,
-}
-
-impl ProcState {
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/", self.port)
-    }
-
-    fn workload(&self) -> String {
-        format!("pid {}", self.pid)
-    }
-}
 
 struct Proc {
     state: ProcState,
@@ -65,81 +39,17 @@ struct Proc {
 }
 
 pub struct ProcessRuntime {
-    dir: PathBuf,
+    layout: Layout,
     status: StatusSink,
     procs: Arc<Mutex<HashMap<String, Proc>>>,
+    /// Ports of live sessions: never two at once on one port.
+    ports: Arc<PortAllocator>,
     stop_grace: Duration,
     ready_timeout: Duration,
     /// Stop every session when the agent exits (the embedded default does).
     stop_on_exit: bool,
     /// The `setsid` program, if the machine has one (see `spawn`).
     setsid: Option<PathBuf>,
-}
-
-fn io_err(what: &str, e: impl std::fmt::Display) -> RuntimeError {
-    RuntimeError::new(R::Platform, format!("{what}: {e}"), true)
-}
-
-/// (state char, start time) of `pid` from /proc, or None if it does not exist.
-fn proc_stat(pid: i32) -> Option<(char, u64)> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &s[s.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let state = fields.first()?.chars().next()?;
-    let start = fields.get(19)?.parse().ok()?;
-    Some((state, start))
-}
-
-/// The process whose environment carries `STREAMSPACE_SPAWN=<tag>`, as (pid,
-/// start time): the session leader if several share the tag (its children
-/// inherit the environment).
-fn find_tagged(tag: &str) -> Option<(i32, u64)> {
-    let needle = format!("{SPAWN_ENV}={tag}");
-    let mut found: Vec<(i32, u64, bool)> = Vec::new();
-    for e in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
-            continue;
-        };
-        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
-            continue;
-        };
-        if !env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) {
-            continue;
-        }
-        if let Some((st, start)) = proc_stat(pid)
-            && st != 'Z'
-            && st != 'X'
-        {
-            let leader =
-                nix::unistd::getpgid(Some(Pid::from_raw(pid))).is_ok_and(|g| g.as_raw() == pid);
-            found.push((pid, start, leader));
-        }
-    }
-    found.sort_by_key(|(pid, _, leader)| (!leader, *pid));
-    found.first().map(|(pid, start, _)| (*pid, *start))
-}
-
-const SPAWN_ENV: &str = "STREAMSPACE_SPAWN";
-
-/// Whether the process we started (pid + start time) still exists and is not a zombie.
-fn alive(pid: i32, start_time: u64) -> bool {
-    matches!(proc_stat(pid), Some((st, t)) if t == start_time && st != 'Z' && st != 'X')
-}
-
-/// Waits up to `limit` for the session's process to exit; returns whether it did.
-async fn gone_within(st: &ProcState, limit: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + limit;
-    while alive(st.pid, st.start_time) {
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    true
-}
-
-fn signal_group(pid: i32, sig: Signal) {
-    let _ = killpg(Pid::from_raw(pid), sig);
 }
 
 /// The executable `cmd` names: a path, or a name looked up on PATH.
@@ -158,14 +68,6 @@ fn resolve(cmd: &str) -> Option<PathBuf> {
         .find(|p| executable(p))
 }
 
-fn free_port() -> Result<u16, RuntimeError> {
-    let l =
-        std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| io_err("finding a free port", e))?;
-    Ok(l.local_addr()
-        .map_err(|e| io_err("finding a free port", e))?
-        .port())
-}
-
 fn substitute(arg: &str, vars: &[(&str, &str)]) -> String {
     vars.iter().fold(arg.to_string(), |a, (k, v)| {
         a.replace(&format!("${{{k}}}"), v)
@@ -173,22 +75,34 @@ fn substitute(arg: &str, vars: &[(&str, &str)]) -> String {
 }
 
 impl ProcessRuntime {
-    /// Opens the state directory and re-adopts every session whose process is
-    /// still alive (forgetting the ones that died while the agent was away).
+    /// Opens the state directory with the default session port range (see
+    /// [`open_with_ports`](Self::open_with_ports)).
     pub fn open(
         dir: &Path,
         status: StatusSink,
         stop_grace: Duration,
         stop_on_exit: bool,
     ) -> Result<Self, RuntimeError> {
-        for sub in ["sessions", "logs", "homes", "scratch"] {
-            std::fs::create_dir_all(dir.join(sub))
-                .map_err(|e| io_err(&format!("creating {}", dir.join(sub).display()), e))?;
-        }
+        Self::open_with_ports(dir, status, stop_grace, stop_on_exit, PortRange::default())
+    }
+
+    /// Opens the state directory and re-adopts every session whose process is
+    /// still alive (forgetting the ones that died while the agent was away).
+    /// Session processes get ports from `ports`.
+    pub fn open_with_ports(
+        dir: &Path,
+        status: StatusSink,
+        stop_grace: Duration,
+        stop_on_exit: bool,
+        ports: PortRange,
+    ) -> Result<Self, RuntimeError> {
+        let layout = Layout::new(dir);
+        layout.create()?;
         let rt = Self {
-            dir: dir.to_path_buf(),
+            layout,
             status,
             procs: Arc::new(Mutex::new(HashMap::new())),
+            ports: Arc::new(PortAllocator::new(ports)),
             stop_grace,
             ready_timeout: Duration::from_secs(60),
             stop_on_exit,
@@ -201,10 +115,13 @@ impl ProcessRuntime {
             warn!("no setsid program: a hibernated session may not survive an agent crash");
         }
         let mut procs = HashMap::new();
-        let entries = std::fs::read_dir(dir.join("sessions"))
+        let entries = std::fs::read_dir(rt.layout.sessions())
             .map_err(|e| io_err("reading session state", e))?;
         for e in entries.flatten() {
             let path = e.path();
+            if path.extension().is_none_or(|x| x != "json") {
+                continue;
+            }
             let Ok(text) = std::fs::read_to_string(&path) else {
                 continue;
             };
@@ -212,6 +129,10 @@ impl ProcessRuntime {
                 warn!(path = %path.display(), "ignoring unreadable session state");
                 continue;
             };
+            if let Err(e) = check_session(&st.session) {
+                warn!(path = %path.display(), error = %e, "ignoring session state with an invalid session id");
+                continue;
+            }
             if st.pid == 0 {
                 // The agent died while starting this session: the process
                 // may or may not have been spawned.
@@ -220,7 +141,7 @@ impl ProcessRuntime {
                         info!(session = %st.session, pid, "found the process of an interrupted start");
                         st.pid = pid;
                         st.start_time = start_time;
-                        rt.save(&st)?;
+                        rt.layout.save(&st)?;
                     }
                     _ => {
                         info!(session = %st.session, "an interrupted start spawned nothing");
@@ -231,6 +152,7 @@ impl ProcessRuntime {
             }
             if alive(st.pid, st.start_time) {
                 info!(session = %st.session, pid = st.pid, "re-adopted running session");
+                rt.ports.adopt(st.port);
                 let p = Proc {
                     state: st.clone(),
                     stopping: Arc::new(AtomicBool::new(false)),
@@ -245,18 +167,6 @@ impl ProcessRuntime {
         }
         rt.procs.try_lock().expect("fresh lock").extend(procs);
         Ok(rt)
-    }
-
-    fn state_path(&self, session: &str) -> PathBuf {
-        self.dir.join("sessions").join(format!("{session}.json"))
-    }
-
-    fn save(&self, st: &ProcState) -> Result<(), RuntimeError> {
-        let path = self.state_path(&st.session);
-        let tmp = path.with_extension("json.tmp");
-        let text = serde_json::to_string_pretty(st).expect("state serializes");
-        std::fs::write(&tmp, text).map_err(|e| io_err("writing session state", e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| io_err("writing session state", e))
     }
 
     fn report(&self, st: &ProcState, phase: P, reason: R, message: &str) {
@@ -274,10 +184,11 @@ impl ProcessRuntime {
     /// restart), and reports a crash if it exits while we did not stop it.
     fn monitor(&self, p: &Proc, child: Option<tokio::process::Child>) {
         let (st, stopping, ready) = (p.state.clone(), p.stopping.clone(), p.ready.clone());
-        let (procs, sink, path, ready_timeout) = (
+        let (procs, sink, layout, ports, ready_timeout) = (
             self.procs.clone(),
             self.status.clone(),
-            self.state_path(&st.session),
+            self.layout.clone(),
+            self.ports.clone(),
             self.ready_timeout,
         );
         tokio::spawn(async move {
@@ -327,7 +238,7 @@ impl ProcessRuntime {
                 }
                 why = &mut wait => why,
             };
-            exited(&st, &stopping, &procs, &sink, &path, why).await;
+            exited(&st, &stopping, &procs, &sink, &layout, &ports, why).await;
         });
     }
 
@@ -353,13 +264,20 @@ impl ProcessRuntime {
                 false,
             )
         })?;
-        let port = free_port()?;
-        let home = if w.persistent_home {
-            self.dir.join("homes").join(&start.user)
-        } else {
-            self.dir.join("scratch").join(session)
+        let home = self.layout.home(session, &start.user, w.persistent_home)?;
+        let state_path = self.layout.state_path(session)?;
+        let log_path = self.layout.log_path(session)?;
+        let port = self
+            .ports
+            .allocate()
+            .map_err(|e| RuntimeError::new(R::Platform, e.to_string(), true))?;
+        // From here on, every failure gives the port back.
+        let release = |e: RuntimeError| {
+            self.ports.release(port);
+            e
         };
-        std::fs::create_dir_all(&home).map_err(|e| io_err("creating the home directory", e))?;
+        std::fs::create_dir_all(&home)
+            .map_err(|e| release(io_err("creating the home directory", e)))?;
         let port_s = port.to_string();
         let home_s = home.display().to_string();
         let vars = [
@@ -381,12 +299,12 @@ impl ProcessRuntime {
             home,
             persistent_home: w.persistent_home,
         };
-        self.save(&st)?;
+        self.layout.save(&st).map_err(release)?;
         let forget = |e: RuntimeError| {
-            let _ = std::fs::remove_file(self.state_path(session));
-            e
+            let _ = std::fs::remove_file(&state_path);
+            release(e)
         };
-        let log = std::fs::File::create(self.dir.join("logs").join(format!("{session}.log")))
+        let log = std::fs::File::create(&log_path)
             .map_err(|e| forget(io_err("creating the session log", e)))?;
         let log2 = log
             .try_clone()
@@ -433,10 +351,10 @@ impl ProcessRuntime {
             .ok_or_else(|| forget(io_err("spawning", "no pid")))?;
         st.pid = pid;
         st.start_time = proc_stat(pid).map(|(_, t)| t).unwrap_or(0);
-        if let Err(e) = self.save(&st) {
+        if let Err(e) = self.layout.save(&st) {
             signal_group(pid, Signal::SIGKILL);
             let _ = child.wait().await;
-            return Err(e);
+            return Err(forget(e));
         }
         info!(session, pid, port, command = ?args, "session process started");
         let p = Proc {
@@ -449,13 +367,15 @@ impl ProcessRuntime {
     }
 }
 
-/// A session's process is gone: unless we stopped it, that is a crash.
+/// A session's process is gone: unless we stopped it, that is a crash. The
+/// session's port is free again.
 async fn exited(
     st: &ProcState,
     stopping: &AtomicBool,
     procs: &Mutex<HashMap<String, Proc>>,
     sink: &StatusSink,
-    path: &Path,
+    layout: &Layout,
+    ports: &PortAllocator,
     why: String,
 ) {
     if stopping.load(Ordering::SeqCst) {
@@ -467,7 +387,8 @@ async fn exited(
         .is_some_and(|p| p.state.pid == st.pid)
     {
         procs.remove(&st.session);
-        let _ = std::fs::remove_file(path);
+        ports.release(st.port);
+        layout.forget(&st.session);
         warn!(session = %st.session, pid = st.pid, %why, "session process died");
         sink.report(
             &st.session,
@@ -499,13 +420,15 @@ impl Runtime for ProcessRuntime {
     }
 
     async fn start(&self, session: &str, start: &pb::StartSession) -> Result<(), RuntimeError> {
+        check_session(session)?;
+        check_user(&start.user)?;
         let mut procs = self.procs.lock().await;
         if let Some(p) = procs.get_mut(session) {
             if alive(p.state.pid, p.state.start_time) {
                 if p.state.hibernated {
                     signal_group(p.state.pid, Signal::SIGCONT);
                     p.state.hibernated = false;
-                    self.save(&p.state)?;
+                    self.layout.save(&p.state)?;
                 }
                 let phase = if p.ready.load(Ordering::SeqCst) {
                     P::Running
@@ -515,7 +438,9 @@ impl Runtime for ProcessRuntime {
                 self.report(&p.state, phase, R::Unspecified, "already running");
                 return Ok(());
             }
-            procs.remove(session);
+            if let Some(dead) = procs.remove(session) {
+                self.ports.release(dead.state.port);
+            }
         }
         let p = self.spawn(session, start).await?;
         self.report(
@@ -529,9 +454,10 @@ impl Runtime for ProcessRuntime {
     }
 
     async fn stop(&self, session: &str, delete_home: bool) -> Result<(), RuntimeError> {
+        check_session(session)?;
         let mut procs = self.procs.lock().await;
         let Some(p) = procs.remove(session) else {
-            let _ = std::fs::remove_file(self.state_path(session));
+            self.layout.forget(session);
             self.status
                 .report(session, P::Stopped, "", R::Unspecified, "not running", "");
             return Ok(());
@@ -540,21 +466,24 @@ impl Runtime for ProcessRuntime {
         let st = &p.state;
         signal_group(st.pid, Signal::SIGTERM);
         signal_group(st.pid, Signal::SIGCONT);
-        if !gone_within(st, self.stop_grace).await {
+        if !gone_within(st.pid, st.start_time, self.stop_grace).await {
             warn!(
                 session,
                 pid = st.pid,
                 "process ignored SIGTERM; sending SIGKILL"
             );
             signal_group(st.pid, Signal::SIGKILL);
-            gone_within(st, Duration::from_secs(5)).await;
+            gone_within(st.pid, st.start_time, Duration::from_secs(5)).await;
         }
         // Children of the session that left its group are not followed; the
         // group itself is gone.
         signal_group(st.pid, Signal::SIGKILL);
-        let _ = std::fs::remove_file(self.state_path(session));
-        if !st.persistent_home || delete_home {
-            let _ = std::fs::remove_dir_all(&st.home);
+        self.ports.release(st.port);
+        self.layout.forget(session);
+        if (!st.persistent_home || delete_home)
+            && let Err(e) = self.layout.remove_home(&st.home)
+        {
+            warn!(session, error = %e, "home directory not removed");
         }
         info!(session, pid = st.pid, "session process stopped");
         self.report(st, P::Stopped, R::Unspecified, "");
@@ -562,6 +491,7 @@ impl Runtime for ProcessRuntime {
     }
 
     async fn hibernate(&self, session: &str) -> Result<(), RuntimeError> {
+        check_session(session)?;
         let mut procs = self.procs.lock().await;
         let p = procs
             .get_mut(session)
@@ -569,7 +499,7 @@ impl Runtime for ProcessRuntime {
         signal_group(p.state.pid, Signal::SIGSTOP);
         if !p.state.hibernated {
             p.state.hibernated = true;
-            self.save(&p.state)?;
+            self.layout.save(&p.state)?;
         }
         self.report(
             &p.state,
@@ -581,6 +511,7 @@ impl Runtime for ProcessRuntime {
     }
 
     async fn wake(&self, session: &str) -> Result<(), RuntimeError> {
+        check_session(session)?;
         let mut procs = self.procs.lock().await;
         let p = procs
             .get_mut(session)
@@ -588,7 +519,7 @@ impl Runtime for ProcessRuntime {
         signal_group(p.state.pid, Signal::SIGCONT);
         if p.state.hibernated {
             p.state.hibernated = false;
-            self.save(&p.state)?;
+            self.layout.save(&p.state)?;
         }
         let phase = if p.ready.load(Ordering::SeqCst) {
             P::Running
@@ -629,7 +560,7 @@ mod tests {
             pid: 0,
             spawn_tag: tag.into(),
             start_time: 0,
-            port: free_port().unwrap(),
+            port: 20000,
             hibernated: false,
             home: dir.join("scratch").join(session),
             persistent_home: false,
@@ -692,3 +623,6 @@ mod tests {
         assert!(!dir.path().join("sessions/s2.json").exists());
     }
 }
+
+#[cfg(test)]
+mod hostile_tests;

@@ -1,0 +1,72 @@
+//! What the process runtime reads from /proc and the signals it sends: a
+//! session's process is identified by pid *and* kernel start time (a pid can
+//! be reused), and a process whose pid was never recorded is found by the
+//! unique tag the runtime puts in its environment.
+
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+
+/// The environment variable carrying a spawn's unique tag.
+pub const SPAWN_ENV: &str = "STREAMSPACE_SPAWN";
+
+/// (state char, start time) of `pid` from /proc, or None if it does not exist.
+pub fn proc_stat(pid: i32) -> Option<(char, u64)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let state = fields.first()?.chars().next()?;
+    let start = fields.get(19)?.parse().ok()?;
+    Some((state, start))
+}
+
+/// The process whose environment carries `STREAMSPACE_SPAWN=<tag>`, as (pid,
+/// start time): the session leader if several share the tag (its children
+/// inherit the environment).
+pub fn find_tagged(tag: &str) -> Option<(i32, u64)> {
+    let needle = format!("{SPAWN_ENV}={tag}");
+    let mut found: Vec<(i32, u64, bool)> = Vec::new();
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        if !env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) {
+            continue;
+        }
+        if let Some((st, start)) = proc_stat(pid)
+            && st != 'Z'
+            && st != 'X'
+        {
+            let leader =
+                nix::unistd::getpgid(Some(Pid::from_raw(pid))).is_ok_and(|g| g.as_raw() == pid);
+            found.push((pid, start, leader));
+        }
+    }
+    found.sort_by_key(|(pid, _, leader)| (!leader, *pid));
+    found.first().map(|(pid, start, _)| (*pid, *start))
+}
+
+/// Whether the process we started (pid + start time) still exists and is not a zombie.
+pub fn alive(pid: i32, start_time: u64) -> bool {
+    matches!(proc_stat(pid), Some((st, t)) if t == start_time && st != 'Z' && st != 'X')
+}
+
+/// Waits up to `limit` for the process to exit; returns whether it did.
+pub async fn gone_within(pid: i32, start_time: u64, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while alive(pid, start_time) {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    true
+}
+
+pub fn signal_group(pid: i32, sig: Signal) {
+    let _ = killpg(Pid::from_raw(pid), sig);
+}
