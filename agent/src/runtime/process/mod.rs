@@ -158,14 +158,24 @@ impl ProcessRuntime {
                     stopping: Arc::new(AtomicBool::new(false)),
                     ready: Arc::new(AtomicBool::new(false)),
                 };
-                rt.monitor(&p, None);
                 procs.insert(st.session.clone(), p);
             } else {
                 info!(session = %st.session, pid = st.pid, "session process gone while the agent was away");
                 let _ = std::fs::remove_file(&path);
             }
         }
-        rt.procs.try_lock().expect("fresh lock").extend(procs);
+        // Monitors start only once the table holds every adopted session: a
+        // monitor takes the table's lock, so one started earlier could hold
+        // it here (and a monitor must find its session in the table).
+        let mut table = rt
+            .procs
+            .try_lock()
+            .expect("no monitor runs before the table is filled");
+        for p in procs.values() {
+            rt.monitor(p, None);
+        }
+        table.extend(procs);
+        drop(table);
         Ok(rt)
     }
 
