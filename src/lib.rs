@@ -3,6 +3,8 @@
 //! generates its own bindings from the same `proto/` files.
 #![forbid(unsafe_code)]
 
+pub mod names;
+
 /// Generated types of package `streamspace.v1`.
 #[allow(clippy::all, missing_docs)]
 pub mod v1 {

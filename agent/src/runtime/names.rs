@@ -17,10 +17,7 @@ use streamspace::v1 as pb;
 use super::RuntimeError;
 
 /// Longest session id or user name (a DNS label's limit).
-pub const MAX_NAME: usize = 63;
-
-/// How many bytes of a refused input (escaped) an error message quotes.
-const QUOTE_BYTES: usize = 80;
+pub use streamspace::names::MAX_NAME;
 
 /// Why a name or a path component was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -39,25 +36,7 @@ impl From<NameError> for RuntimeError {
     }
 }
 
-/// `s` quoted for an error message: escaped, at most [`QUOTE_BYTES`] of it,
-/// with its total length when it was cut.
-pub fn quote(s: &str) -> String {
-    let mut out = String::from("\"");
-    let mut cut = false;
-    for c in s.chars() {
-        let e: String = c.escape_debug().collect();
-        if out.len() + e.len() > QUOTE_BYTES {
-            cut = true;
-            break;
-        }
-        out.push_str(&e);
-    }
-    out.push('"');
-    if cut {
-        out.push_str(&format!("... ({} bytes)", s.len()));
-    }
-    out
-}
+pub use streamspace::names::quote;
 
 /// At most `max` characters of `s`, saying how long it was when cut.
 pub fn truncate(s: &str, max: usize) -> String {
@@ -82,14 +61,7 @@ fn invalid(field: &'static str, expected: &'static str, found: &str) -> NameErro
 pub fn check_session(id: &str) -> Result<(), NameError> {
     const EXPECTED: &str =
         "a DNS label: 1-63 of a-z, 0-9 and '-', starting and ending with a letter or digit";
-    let b = id.as_bytes();
-    let ok = !b.is_empty()
-        && b.len() <= MAX_NAME
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        && b[0] != b'-'
-        && b[b.len() - 1] != b'-';
-    if ok {
+    if streamspace::names::is_dns_label(id, MAX_NAME) {
         Ok(())
     } else {
         Err(invalid("session_id", EXPECTED, id))
@@ -101,13 +73,7 @@ pub fn check_session(id: &str) -> Result<(), NameError> {
 pub fn check_user(user: &str) -> Result<(), NameError> {
     const EXPECTED: &str =
         "1-63 of letters, digits, '.', '_', '@' and '-', starting with a letter or digit";
-    let b = user.as_bytes();
-    let ok = !b.is_empty()
-        && b.len() <= MAX_NAME
-        && b[0].is_ascii_alphanumeric()
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || b"._@-".contains(c));
-    if ok {
+    if streamspace::names::is_user_name(user) {
         Ok(())
     } else {
         Err(invalid("user", EXPECTED, user))

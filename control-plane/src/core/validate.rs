@@ -1,6 +1,7 @@
 //! Input rules at the edge of the domain. Every error names the field and the
 //! rule it broke, e.g. `name: must be a DNS-1123 label ...`, and never echoes
-//! more than [`MAX_ECHO`] bytes of what it was given (see [`shown`]).
+//! more than 64 bytes of what it was given (see [`shown`]). The name rules
+//! themselves are the protocol's (`streamspace::names`), shared with agents.
 //!
 //! Names reach file paths (a process session's home is `homes/<user>`),
 //! Kubernetes labels and object names, and URLs, so every name-like rule
@@ -34,22 +35,9 @@ pub const MAX_NAME: usize = 63;
 pub const MAX_TEXT: usize = 4096;
 /// Longest timeout: 30 days.
 pub const MAX_TIMEOUT_SECS: u64 = 30 * 24 * 3600;
-/// Most input an error message repeats back.
-pub const MAX_ECHO: usize = 64;
-
-/// `value` as an error message may show it: quoted, and cut to [`MAX_ECHO`]
-/// bytes (on a character boundary) with its full length when longer, so a
-/// 64 KiB name cannot make a 64 KiB error.
-pub fn shown(value: &str) -> String {
-    if value.len() <= MAX_ECHO {
-        return format!("{value:?}");
-    }
-    let mut end = MAX_ECHO;
-    while !value.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{:?}... ({} bytes)", &value[..end], value.len())
-}
+/// `value` quoted for an error message, at most 64 bytes of it (see
+/// [`streamspace::names::quote`]).
+pub use streamspace::names::quote as shown;
 
 /// A DNS-1123 label: lower-case alphanumerics and '-', starting and ending alphanumeric.
 pub fn dns_label(field: &str, value: &str, max: usize) -> Result<(), Invalid> {
@@ -62,11 +50,7 @@ pub fn dns_label(field: &str, value: &str, max: usize) -> Result<(), Invalid> {
             format!("must be at most {max} characters, got {}", value.len()),
         ));
     }
-    let ok_chars = value
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    let ok_ends = !value.starts_with('-') && !value.ends_with('-');
-    if !ok_chars || !ok_ends {
+    if !streamspace::names::is_dns_label(value, max) {
         return Err(invalid(
             field,
             format!(
@@ -82,34 +66,23 @@ pub fn dns_label(field: &str, value: &str, max: usize) -> Result<(), Invalid> {
 /// starting with a letter or digit (so never `.` or `..`: a user name is a
 /// directory name on the agent).
 pub fn user_name(field: &str, value: &str) -> Result<(), Invalid> {
-    if value.is_empty() {
-        return Err(invalid(field, "is required"));
+    if streamspace::names::is_user_name(value) {
+        return Ok(());
     }
-    if value.len() > MAX_NAME {
-        return Err(invalid(
-            field,
-            format!("must be at most {MAX_NAME} characters, got {}", value.len()),
-        ));
-    }
-    if !value
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"._@-".contains(&b))
-    {
-        return Err(invalid(
-            field,
-            format!(
-                "may contain only letters, digits, '.', '_', '@' and '-', got {}",
-                shown(value)
-            ),
-        ));
-    }
-    if !value.starts_with(|c: char| c.is_ascii_alphanumeric()) {
-        return Err(invalid(
-            field,
-            format!("must start with a letter or digit, got {}", shown(value)),
-        ));
-    }
-    Ok(())
+    // Say which part of the rule it broke.
+    let rule = if value.is_empty() {
+        "is required".to_string()
+    } else if value.len() > MAX_NAME {
+        format!("must be at most {MAX_NAME} characters, got {}", value.len())
+    } else if value.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        format!(
+            "may contain only letters, digits, '.', '_', '@' and '-', got {}",
+            shown(value)
+        )
+    } else {
+        format!("must start with a letter or digit, got {}", shown(value))
+    };
+    Err(invalid(field, rule))
 }
 
 /// An optional short label-like value (platform, region): at most 63 printable characters.
