@@ -208,6 +208,19 @@ impl Api {
     }
 
     /// Puts the embedded default's templates through the API (admin only).
+    /// Waits until `n` agents are connected (the caller must be an admin).
+    pub async fn wait_agents(&self, n: usize, secs: u64) {
+        let admin = self.admin.clone();
+        wait_for(&format!("{n} agents to attach"), secs, || {
+            let mut admin = admin.clone();
+            async move {
+                let r = admin.list_agents(pb::ListAgentsRequest {}).await.ok()?;
+                (r.into_inner().agents.iter().filter(|a| a.connected).count() == n).then_some(())
+            }
+        })
+        .await
+    }
+
     pub async fn put_dev_templates(&mut self) {
         for t in streamspace_control_plane::dev::dev_templates() {
             let template = Some(streamspace_control_plane::grpc::convert::template_pb(&t));

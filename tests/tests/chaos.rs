@@ -237,16 +237,7 @@ async fn bursts_with_crashes_converge() {
             )
         })
         .collect();
-    let admin = api.admin.clone();
-    wait_for("both agents to attach", 30, || {
-        let mut admin = admin.clone();
-        async move {
-            let r = admin.list_agents(pb::ListAgentsRequest {}).await.ok()?;
-            (r.into_inner().agents.iter().filter(|a| a.connected).count() == AGENTS.len())
-                .then_some(())
-        }
-    })
-    .await;
+    api.wait_agents(AGENTS.len(), 30).await;
 
     let expect = Arc::new(Mutex::new(Expect {
         capacity: AGENTS.iter().map(|id| (id.to_string(), 1000)).collect(),

@@ -457,14 +457,7 @@ fn hostile_names_are_refused_at_every_edge() {
         let cp = start_cp(&pki, &db, &CpOptions::default()).await;
         let agent = AgentProc::spawn(&pki, "names-agent", cp.agent_addr, &agent_dir);
         let mut api = Api::connect(&pki, cp.api_addr, ADMIN_TOKEN).await;
-        wait_for("the agent to attach", 30, || {
-            let mut api = api.clone();
-            async move {
-                let agents = api.admin.list_agents(pb::ListAgentsRequest {}).await.ok()?;
-                (!agents.into_inner().agents.is_empty()).then_some(())
-            }
-        })
-        .await;
+        api.wait_agents(1, 30).await;
         // A real session with a persistent home next to the hostile ones.
         let mut c = create("alice-home");
         c.selector = None;

@@ -72,16 +72,8 @@ async fn concurrent_creates_never_place_over_capacity() {
     let mut api = Api::connect(&pki, cp.api_addr, ADMIN_TOKEN).await;
     api.put_dev_templates().await;
     let _agents = NoopAgents::start(&pki, cp.agent_addr, &AGENTS);
+    api.wait_agents(AGENTS.len(), 30).await;
     let admin = api.admin.clone();
-    wait_for("the three agents to attach", 30, || {
-        let mut admin = admin.clone();
-        async move {
-            let r = admin.list_agents(pb::ListAgentsRequest {}).await.ok()?;
-            (r.into_inner().agents.iter().filter(|a| a.connected).count() == AGENTS.len())
-                .then_some(())
-        }
-    })
-    .await;
 
     let stop = CancellationToken::new();
     let sampler = tokio::spawn(sample_until(admin.clone(), stop.clone()));
