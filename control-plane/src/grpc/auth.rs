@@ -35,21 +35,6 @@ impl fmt::Debug for Tokens {
     }
 }
 
-/// At most this much of a bad value is quoted in an error.
-const QUOTE: usize = 32;
-
-fn quote(v: &str) -> String {
-    let mut end = v.len().min(QUOTE);
-    while !v.is_char_boundary(end) {
-        end -= 1;
-    }
-    if end < v.len() {
-        format!("{:?}…", &v[..end])
-    } else {
-        format!("{v:?}")
-    }
-}
-
 fn parse_map(text: &str) -> Result<Map, String> {
     let mut map = HashMap::new();
     for (i, line) in text.lines().enumerate() {
@@ -80,7 +65,7 @@ fn parse_map(text: &str) -> Result<Map, String> {
                 return Err(format!(
                     "line {}: role must be admin or user, got {}",
                     i + 1,
-                    quote(r)
+                    crate::core::validate::shown(r)
                 ));
             }
         };
@@ -266,7 +251,7 @@ mod tests {
         let e = Tokens::parse(&format!("# callers\n{A},alice,user\nshort,bob,user\n")).unwrap_err();
         assert_eq!(e, "line 3: token must be at least 16 characters");
         let e = Tokens::parse(&format!("{A},alice,{}\n", "x".repeat(10_000))).unwrap_err();
-        assert!(e.len() < 100, "{e}");
+        assert!(e.len() < 160, "{e}");
         let e = Tokens::parse("just-one-field\n").unwrap_err();
         assert_eq!(e, "line 1: expected token,user,role, found 1 fields");
     }
