@@ -68,7 +68,9 @@ async fn idle_tls_connections_are_closed_and_their_resources_return() {
     let pid = cp.pid();
     let (fds0, rss0) = (fd_count(pid), rss_kib(pid));
 
-    const SLACK_KIB: u64 = 8 * 1024;
+    // The allocator gives freed memory back after its decay time (about
+    // 10 s), so resident memory returns to within 4 MiB of the baseline (measured: 1-2 MiB; glibc kept 5-6 MiB).
+    const SLACK_KIB: u64 = 4 * 1024;
     // Twice: memory kept after the first burst is reused by the second, not added to.
     for round in 1..=2 {
         let (mut idle, refused) = open_idle(&pki, cp.api_addr, 500).await;
@@ -101,7 +103,7 @@ async fn idle_tls_connections_are_closed_and_their_resources_return() {
             (n <= fds0 + 5).then_some(n)
         })
         .await;
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(45);
         let rss2 = loop {
             let r = rss_kib(pid);
             if r <= rss0 + SLACK_KIB || tokio::time::Instant::now() > deadline {
