@@ -33,7 +33,7 @@ pub struct DevArgs {
     #[arg(long, default_value = "127.0.0.1:7443")]
     pub agent_addr: SocketAddr,
     #[command(flatten)]
-    pub tuning: crate::cli::Tuning,
+    pub tuning: crate::tuning::Tuning,
 }
 
 const AGENT_ID: &str = "local";

@@ -9,6 +9,7 @@ use tokio::sync::broadcast;
 use tracing::{debug, info, warn};
 
 use super::model::*;
+use super::placement;
 use super::roster::Roster;
 use super::steps::{self, StepConfig};
 use super::store::{Change, SessionFilter, SessionWrite, Store, StoreError};
@@ -126,6 +127,16 @@ impl Lifecycle {
             events,
             cfg,
         }
+    }
+
+    /// Places a session among the attached agents (see `placement::pick`).
+    fn pick(
+        &self,
+        sel: &Selector,
+        used: &std::collections::HashMap<String, u32>,
+    ) -> Result<super::store::Slot, String> {
+        self.roster
+            .with_candidates(|agents| placement::pick(sel, agents, used))
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -300,7 +311,7 @@ impl Lifecycle {
         let mut why = String::new();
         for _ in 0..PLACEMENT_ATTEMPTS {
             let used = self.store.sessions_per_agent().await?;
-            let slot = match self.roster.pick(&s.selector, &used) {
+            let slot = match self.pick(&s.selector, &used) {
                 Ok(slot) => slot,
                 Err(e) => {
                     why = e;
@@ -439,7 +450,7 @@ impl Lifecycle {
                 continue;
             };
             let cfg = self.step_cfg();
-            match self.roster.pick(&s.selector, &used) {
+            match self.pick(&s.selector, &used) {
                 Ok(slot) => {
                     let agent = slot.agent.clone();
                     match self
