@@ -188,7 +188,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         edge: a.tuning.edge(),
     };
     let cp = ControlPlane::start(cfg).await?;
-    streamspace_agent::shutdown_signal().await;
+    streamspace_runtime_util::shutdown_signal().await;
     cp.shutdown().await;
     Ok(())
 }
@@ -197,7 +197,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
 pub async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
-    streamspace_agent::init_logging(&cli.log_format);
+    streamspace_runtime_util::init_logging(&cli.log_format);
     match cli.command {
         Command::Serve(a) => serve(a).await,
         Command::Dev(a) => crate::dev::run(a).await,
