@@ -13,6 +13,9 @@
 //! - `steps.rs`: the lifecycle as pure functions: state in, change out.
 //! - `lifecycle.rs`: [`Lifecycle`], the service that runs the steps inside
 //!   store transitions and publishes session events.
+//! - `streams.rs`: what an agent's stream asks of the core (attach and
+//!   detach with the fencing rules, next commands to send, heartbeats) and
+//!   the memory of which session each delivered command belongs to.
 //! - `store.rs`: the [`store::Store`] trait (the persistence boundary) and its
 //!   write/filter types.
 //! - `roster.rs`: the agents attached right now and the attach rules
@@ -30,6 +33,7 @@ pub mod quantity;
 pub mod roster;
 pub mod steps;
 pub mod store;
+pub mod streams;
 pub mod validate;
 
 pub use lifecycle::{

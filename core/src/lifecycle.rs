@@ -13,6 +13,7 @@ use super::placement;
 use super::roster::Roster;
 use super::steps::{self, StepConfig};
 use super::store::{Change, SessionFilter, SessionWrite, Store, StoreError};
+use super::streams::Delivered;
 use super::validate::{self, Invalid, invalid};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -116,6 +117,8 @@ pub struct Lifecycle {
     roster: Arc<Roster>,
     events: broadcast::Sender<SessionEvent>,
     cfg: LifecycleConfig,
+    /// The session of each command delivered to each agent (a cache).
+    pub(crate) delivered: Delivered,
 }
 
 impl Lifecycle {
@@ -126,6 +129,7 @@ impl Lifecycle {
             roster,
             events,
             cfg,
+            delivered: Delivered::default(),
         }
     }
 
@@ -488,18 +492,17 @@ impl Lifecycle {
         Ok(())
     }
 
-    /// The agent finished a command. `session` is the command's session when
-    /// the caller knows it (the stream remembers what it delivered), which
-    /// saves reading the command first.
+    /// The agent finished a command. The command's session comes from what
+    /// `next_commands` delivered, which saves reading the command first; the
+    /// store answers when that memory does not know it.
     pub async fn finished(
         &self,
         agent: &str,
         cmd_id: &str,
-        session: Option<&str>,
         outcome: Outcome,
     ) -> Result<(), LifecycleError> {
-        let session = match session {
-            Some(s) => s.to_string(),
+        let session = match self.delivered.take(agent, cmd_id) {
+            Some(s) => s,
             None => self.command_of(agent, cmd_id).await?.session,
         };
         let cfg = self.step_cfg();
