@@ -1,6 +1,7 @@
 //! `streamspace-agent`: see `streamspace_agent::AgentArgs` for the flags.
 use clap::Parser;
-use streamspace_agent::{AgentArgs, init_logging, run, shutdown_signal};
+use streamspace_agent::{AgentArgs, run};
+use streamspace_runtime_util::{init_logging, shutdown_signal};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]

@@ -8,11 +8,10 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-use crate::core::LifecycleConfig;
-use crate::grpc::agent::HubConfig;
 use crate::grpc::auth::Tokens;
 use crate::pki::{self, Pem};
 use crate::server::{ControlPlane, ServerConfig, TlsMaterial};
+use crate::tuning::Tuning;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -94,57 +93,6 @@ impl KubeArgs {
             namespace: Some(self.watch_namespace.clone()).filter(|n| !n.is_empty()),
             mirror_namespace: self.mirror_namespace.clone(),
         })
-    }
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct Tuning {
-    /// Agent certificates must carry spiffe://<trust-domain>/agent/<id>.
-    #[arg(long, env = "TRUST_DOMAIN", default_value = "streamspace.local")]
-    pub trust_domain: String,
-    /// Heartbeat interval told to agents; three missed ones close the stream.
-    #[arg(long, env = "HEARTBEAT_INTERVAL_MS", default_value_t = 10_000)]
-    pub heartbeat_interval_ms: u64,
-    /// How long an agent has to finish a command before it expires.
-    #[arg(long, env = "COMMAND_TIMEOUT_SECONDS", default_value_t = 120)]
-    pub command_timeout_seconds: u64,
-    /// Most commands outstanding on one agent.
-    #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = 64)]
-    pub max_in_flight: u32,
-    /// Seconds agents get to finish in-flight work on shutdown.
-    #[arg(long, env = "DRAIN_GRACE_SECONDS", default_value_t = 5)]
-    pub drain_grace_seconds: u64,
-    /// A new connection must finish TLS and send its first HTTP/2 frame
-    /// within this long (e.g. 10s, 500ms), or it is closed. Both listeners.
-    #[arg(long, env = "FIRST_REQUEST_TIMEOUT", default_value = "10s", value_parser = crate::listen::parse_duration)]
-    pub first_request_timeout: Duration,
-    /// Most connections open at once on each listener; more are closed at once.
-    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_connections: u32,
-}
-
-impl Tuning {
-    pub fn hub(&self) -> HubConfig {
-        HubConfig {
-            trust_domain: self.trust_domain.clone(),
-            heartbeat_interval: Duration::from_millis(self.heartbeat_interval_ms.max(100)),
-            max_in_flight: self.max_in_flight.max(1),
-            drain_grace: Duration::from_secs(self.drain_grace_seconds),
-            ..HubConfig::default()
-        }
-    }
-
-    pub fn edge(&self) -> crate::listen::EdgeLimits {
-        crate::listen::EdgeLimits {
-            first_request_timeout: self.first_request_timeout,
-            max_connections: self.max_connections as usize,
-        }
-    }
-
-    pub fn lifecycle(&self) -> LifecycleConfig {
-        LifecycleConfig {
-            command_timeout: Duration::from_secs(self.command_timeout_seconds.max(1)),
-        }
     }
 }
 
@@ -240,7 +188,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         edge: a.tuning.edge(),
     };
     let cp = ControlPlane::start(cfg).await?;
-    streamspace_agent::shutdown_signal().await;
+    streamspace_runtime_util::shutdown_signal().await;
     cp.shutdown().await;
     Ok(())
 }
@@ -249,7 +197,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
 pub async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
-    streamspace_agent::init_logging(&cli.log_format);
+    streamspace_runtime_util::init_logging(&cli.log_format);
     match cli.command {
         Command::Serve(a) => serve(a).await,
         Command::Dev(a) => crate::dev::run(a).await,

@@ -33,7 +33,7 @@ pub struct DevArgs {
     #[arg(long, default_value = "127.0.0.1:7443")]
     pub agent_addr: SocketAddr,
     #[command(flatten)]
-    pub tuning: crate::cli::Tuning,
+    pub tuning: crate::tuning::Tuning,
 }
 
 const AGENT_ID: &str = "local";
@@ -233,7 +233,7 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
     let agent = tokio::spawn(async move { client.run(s).await });
 
     print_walkthrough(&dir, cp.api_addr, &admin_token);
-    streamspace_agent::shutdown_signal().await;
+    streamspace_runtime_util::shutdown_signal().await;
     eprintln!("\nstopping: sessions, agent, control plane ...");
     stop_agent.cancel();
     let _ = agent.await;

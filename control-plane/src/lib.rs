@@ -1,16 +1,35 @@
-//! The StreamSpace control plane: the session API, the agent hub, the durable
-//! command lifecycle and the store.
+//! The StreamSpace control plane: the session API, the agent hub, the
+//! Kubernetes controller and the wiring that runs them over a store.
 //!
-//! Layers: `core` (domain, no tonic/sqlx) <- `store` (sqlx) and `grpc`
-//! (tonic) adapters <- `server` (wiring) <- `cli` (flags).
+//! Layers, enforced by Cargo: `streamspace-core` (domain, no tonic/sqlx/kube)
+//! <- `streamspace-store` (SQL) and this crate's adapters (`grpc`, `k8s`)
+//! <- `server` (wiring) <- `cli` (flags). The core and the store are
+//! re-exported as [`core`] and [`store`] so callers keep one path.
+//!
+//! This crate depends on the agent crate for one reason: `dev` runs a local
+//! agent in the same process (control plane + process-runtime agent on
+//! loopback). Nothing else here uses the agent crate.
+//!
+//! # Layout
+//! - `cli.rs`: the binary's flags and subcommands (`serve`, `dev`, `certs`).
+//! - `tuning.rs`: flags shared by `serve` and `dev` (timeouts, limits).
+//! - `dev.rs`: the embedded default (`dev`): SQLite, a dev PKI, a local agent.
+//! - `server.rs`: wires store, lifecycle, gRPC services and listeners.
+//! - `listen.rs`: TLS listeners with connection limits and first-request deadlines.
+//! - `pki.rs`: CA, server and agent certificates.
+//! - `grpc/`: the gRPC adapters (agent stream hub, session/admin services,
+//!   auth, wire <-> domain conversion).
+//! - `k8s/`: the Session/Template CRDs and the embedded controller.
 #![forbid(unsafe_code)]
 
+pub use streamspace_core as core;
+pub use streamspace_store as store;
+
 pub mod cli;
-pub mod core;
 pub mod dev;
 pub mod grpc;
 pub mod k8s;
 pub mod listen;
 pub mod pki;
 pub mod server;
-pub mod store;
+pub mod tuning;

@@ -1,11 +1,13 @@
 //! `AgentService.Attach`: authenticates the agent by its certificate, applies
 //! the attach rules, then runs one loop per stream that reads the agent's
 //! frames in order, sends commands within the in-flight window, watches
-//! heartbeats and drains on shutdown. Frames become lifecycle calls; nothing
-//! here decides what a command does.
+//! heartbeats and drains on shutdown. Frames become lifecycle calls
+//! (`core::streams`: attach, next commands, heartbeats, results, detach);
+//! nothing here decides what a command does, and the store and the roster are
+//! reached only through the lifecycle.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use streamspace::v1 as pb;
 use streamspace::v1::agent_frame::Frame as In;
@@ -17,8 +19,9 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, info, info_span, warn};
 
 use super::convert::{self, duration_pb, invalid_status};
-use crate::core::model::{AgentRecord, Observed, now_ms};
+use crate::core::model::Observed;
 use crate::core::roster::{AgentHello, AttachRefused};
+use crate::core::streams::AttachError;
 use crate::core::validate::{self, invalid};
 use crate::core::{Lifecycle, LifecycleError};
 
@@ -164,34 +167,15 @@ impl pb::agent_service_server::AgentService for AgentHub {
             }
         };
         let (hello, inventory) = self.check_hello(&cert_id, &hello)?;
-        let store = self.lifecycle.store();
-        let seen = store
-            .get_agent(&hello.id)
-            .await
-            .map_err(|e| convert::status(e.into()))?
-            .map(|a| a.fencing_token.max(0) as u64)
-            .unwrap_or(0);
-        let reg = self
-            .lifecycle
-            .roster()
-            .register(hello.clone(), seen, Instant::now())
-            .map_err(|e| match e {
-                AttachRefused::AlreadyAttached { .. } => Status::already_exists(e.to_string()),
-                AttachRefused::StaleFencing { .. } => Status::permission_denied(e.to_string()),
-            })?;
-        let record = AgentRecord {
-            id: hello.id.clone(),
-            platform: hello.platform.clone(),
-            region: hello.region.clone(),
-            capacity: hello.capacity,
-            version: hello.version.clone(),
-            fencing_token: hello.fencing_token as i64,
-            last_seen_ms: now_ms(),
-        };
-        if let Err(e) = store.upsert_agent(&record).await {
-            self.lifecycle.roster().unregister(&hello.id, reg.conn_id);
-            return Err(convert::status(e.into()));
-        }
+        let reg = self.lifecycle.attach(&hello).await.map_err(|e| match e {
+            AttachError::Refused(r @ AttachRefused::AlreadyAttached { .. }) => {
+                Status::already_exists(r.to_string())
+            }
+            AttachError::Refused(r @ AttachRefused::StaleFencing { .. }) => {
+                Status::permission_denied(r.to_string())
+            }
+            AttachError::Failed(e) => convert::status(e),
+        })?;
         info!(agent = %hello.id, conn = reg.conn_id, platform = %hello.platform, region = %hello.region,
               fencing_token = hello.fencing_token, inventory = inventory.len(), replaced = reg.replaced, "agent attached");
         let (tx, rx) = mpsc::channel(self.cfg.max_in_flight as usize + 64);
@@ -212,7 +196,6 @@ impl pb::agent_service_server::AgentService for AgentHub {
             tx,
             bell: reg.bell,
             cancel: reg.cancel,
-            delivered: Default::default(),
         };
         let span = info_span!("agent_stream", agent = %hello.id, conn = reg.conn_id);
         tokio::spawn(stream.run(inbound, inventory).instrument(span));
@@ -239,14 +222,7 @@ struct Stream {
     bell: Arc<tokio::sync::Notify>,
     /// Cancelled when the stream is replaced or the agent drained.
     cancel: CancellationToken,
-    /// Command id -> session of what this stream delivered, so a result
-    /// needs no lookup of its command. A miss (e.g. a command that expired,
-    /// or a result after a reconnect) falls back to the store.
-    delivered: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
-
-/// Bound on `Stream::delivered` (commands that never get a result stay in it).
-const DELIVERED_MEMORY: usize = 4096;
 
 /// Why a stream loop ended.
 enum End {
@@ -269,13 +245,7 @@ impl Stream {
                 let _ = self.tx.try_send(Err(s));
             }
         }
-        let roster = self.hub.lifecycle.roster();
-        if roster.unregister(&self.id, self.conn_id)
-            && let Ok(Some(mut a)) = self.hub.lifecycle.store().get_agent(&self.id).await
-        {
-            a.last_seen_ms = now_ms();
-            let _ = self.hub.lifecycle.store().upsert_agent(&a).await;
-        }
+        self.hub.lifecycle.detach(&self.id, self.conn_id).await;
     }
 
     async fn serve(&self, inbound: &mut Streaming<pb::AgentFrame>) -> End {
@@ -284,11 +254,11 @@ impl Stream {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut drain_deadline: Option<tokio::time::Instant> = None;
         let drain = self.hub.drain.clone();
-        let roster = self.hub.lifecycle.roster().clone();
+        let lc = &self.hub.lifecycle;
         loop {
             tokio::select! {
                 _ = self.cancel.cancelled() => {
-                    let draining = roster.current_and(&self.id, self.conn_id, |a| a.draining);
+                    let draining = lc.draining(&self.id, self.conn_id);
                     return End::Status(if draining {
                         Status::unavailable("agent drained by an operator; reconnect later")
                     } else {
@@ -306,11 +276,9 @@ impl Stream {
                     if let Err(e) = self.dispatch().await { return e; }
                 }
                 _ = tick.tick() => {
-                    let timeout = roster.heartbeat_timeout();
-                    let overdue = roster.current_and(&self.id, self.conn_id, |a| a.last_heartbeat.elapsed() >= timeout);
-                    if overdue {
+                    if lc.heartbeat_overdue(&self.id, self.conn_id) {
                         return End::Status(Status::unavailable(format!(
-                            "no heartbeat for {:?}; closing the stream", roster.heartbeat_timeout())));
+                            "no heartbeat for {:?}; closing the stream", lc.heartbeat_timeout())));
                     }
                 }
                 frame = inbound.message() => match frame {
@@ -337,7 +305,7 @@ impl Stream {
     /// a slot, an operator drained it), never on a timer: with thousands of
     /// idle agents a periodic store query per agent would swamp the store.
     async fn dispatch(&self) -> Result<(), End> {
-        if roster_draining(&self.hub, &self.id, self.conn_id) {
+        if self.hub.lifecycle.draining(&self.id, self.conn_id) {
             self.send_drain("drained by an operator", Duration::from_secs(5))
                 .await;
             self.cancel.cancel();
@@ -346,17 +314,9 @@ impl Stream {
         let cmds = self
             .hub
             .lifecycle
-            .store()
-            .claim_commands(&self.id, self.hub.cfg.max_in_flight, now_ms())
+            .next_commands(&self.id, self.hub.cfg.max_in_flight)
             .await
-            .map_err(|e| End::Status(convert::status(e.into())))?;
-        {
-            let mut d = self.delivered.lock().expect("delivered");
-            if d.len() + cmds.len() > DELIVERED_MEMORY {
-                d.clear();
-            }
-            d.extend(cmds.iter().map(|c| (c.id.clone(), c.session.clone())));
-        }
+            .map_err(|e| End::Status(convert::status(e)))?;
         for c in cmds {
             let span = info_span!("command", command_id = %c.id, session_id = %c.session, agent_id = %self.id, action = c.action.name());
             span.in_scope(|| info!("command delivered"));
@@ -378,12 +338,11 @@ impl Stream {
                 Err(invalid("frame", "hello may be sent only once, first").into())
             }
             Some(In::Heartbeat(h)) => {
-                lc.roster().heartbeat(
+                lc.heartbeat(
                     &self.id,
                     self.conn_id,
                     h.sequence,
                     convert::capacity_from(&h.in_use),
-                    Instant::now(),
                 );
                 Ok(())
             }
@@ -397,13 +356,8 @@ impl Stream {
                 let span = info_span!("command", command_id = %r.command_id, agent_id = %self.id);
                 match convert::outcome_from(&r) {
                     Ok(o) => {
-                        let session = self
-                            .delivered
-                            .lock()
-                            .expect("delivered")
-                            .remove(&r.command_id);
                         let r = lc
-                            .finished(&self.id, &r.command_id, session.as_deref(), o)
+                            .finished(&self.id, &r.command_id, o)
                             .instrument(span)
                             .await;
                         // A slot of the in-flight window is free again.
@@ -423,10 +377,4 @@ impl Stream {
             Err(e) => Err(End::Status(convert::status(e))),
         }
     }
-}
-
-fn roster_draining(hub: &AgentHub, id: &str, conn_id: u64) -> bool {
-    hub.lifecycle
-        .roster()
-        .current_and(id, conn_id, |a| a.draining)
 }

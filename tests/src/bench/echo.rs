@@ -84,7 +84,7 @@ pub async fn serve(a: EchoServerArgs) -> anyhow::Result<()> {
         .tcp_nodelay(true)
         .max_concurrent_streams(Some(64))
         .add_service(EchoServer::new(EchoService))
-        .serve_with_incoming_shutdown(incoming, streamspace_agent::shutdown_signal())
+        .serve_with_incoming_shutdown(incoming, streamspace_runtime_util::shutdown_signal())
         .await?;
     Ok(())
 }

@@ -146,7 +146,7 @@ impl Sizes {
 pub fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
-    streamspace_agent::init_logging("text");
+    streamspace_runtime_util::init_logging("text");
     let rt = tokio::runtime::Runtime::new()?;
     match cli.command {
         Cmd::Run(a) => rt.block_on(run(a)),

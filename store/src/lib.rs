@@ -1,5 +1,21 @@
-//! Store adapters: the core's `Store` trait on SQLite (embedded default) and
-//! PostgreSQL (production), chosen by the database URL.
+//! Store adapters: the core's [`Store`] trait on SQLite (the embedded
+//! default) and PostgreSQL (production), chosen by the database URL in
+//! [`open`]. This crate is the only one that speaks SQL; the domain rules
+//! live in `streamspace-core`, which this crate depends on and which knows
+//! nothing of it.
+//!
+//! # Layout
+//! - `lib.rs`: [`open`] (URL -> store, migrations applied), the sqlx-backed
+//!   PostgreSQL store and the read-only SQLite pool, and the mapping of
+//!   database errors to [`StoreError`].
+//! - `sql.rs`: the SQL, written once for both dialects, and the `sql_store!`
+//!   macro that implements [`Store`] over an sqlx pool.
+//! - `sqlite.rs`: [`SqliteStore`], the SQLite writer thread (rusqlite, group
+//!   commit) that runs writes and the command path's reads.
+//! - `rows.rs`: database rows <-> domain types (`streamspace_core::model`).
+//! - `../migrations/{sqlite,postgres}`: the schema of each dialect, applied
+//!   by [`open`] through `sqlx::migrate!`.
+#![forbid(unsafe_code)]
 
 mod rows;
 pub(crate) mod sql;
@@ -16,7 +32,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-use crate::core::store::{Store, StoreError};
+use streamspace_core::store::{Store, StoreError};
 
 /// The SQL store on a read-only SQLite pool: `SqliteStore` serves its cold
 /// reads from here and everything else from its writer thread.
@@ -31,16 +47,16 @@ pub struct PgStore {
 
 mod sqlite_impl {
     use super::SqliteReads;
-    crate::store::sql::sql_store!(SqliteReads, sqlx::Sqlite, "", None);
+    crate::sql::sql_store!(SqliteReads, sqlx::Sqlite, "", None);
 }
 
 mod pg_impl {
     use super::PgStore;
-    crate::store::sql::sql_store!(
+    crate::sql::sql_store!(
         PgStore,
         sqlx::Postgres,
         " FOR UPDATE",
-        Some(crate::store::sql::LOCK_AGENT_SLOTS)
+        Some(crate::sql::LOCK_AGENT_SLOTS)
     );
 }
 

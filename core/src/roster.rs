@@ -13,6 +13,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::model::Capacity;
+use super::placement::Candidate;
 
 /// What an agent said about itself in Hello.
 #[derive(Debug, Clone, Default)]
@@ -172,14 +173,21 @@ impl Roster {
         }
     }
 
-    /// Places a session among the connected agents (see `placement::pick`),
-    /// under the lock: nothing is copied.
-    pub fn pick(
+    /// Runs `f` over the connected agents as placement candidates, under the
+    /// lock: nothing is copied.
+    pub fn with_candidates<R>(
         &self,
-        sel: &super::model::Selector,
-        used: &HashMap<String, u32>,
-    ) -> Result<super::store::Slot, String> {
-        super::placement::pick(sel, self.agents.lock().expect("roster lock").values(), used)
+        f: impl FnOnce(&mut dyn Iterator<Item = Candidate>) -> R,
+    ) -> R {
+        let agents = self.agents.lock().expect("roster lock");
+        let mut it = agents.values().map(|a| Candidate {
+            id: &a.hello.id,
+            platform: &a.hello.platform,
+            region: &a.hello.region,
+            max_sessions: a.hello.capacity.max_sessions,
+            draining: a.draining,
+        });
+        f(&mut it)
     }
 
     /// Whether stream `conn_id` is still `id`'s current stream and `f` holds for it.

@@ -1,5 +1,5 @@
 //! The persistence boundary. The core decides *what* changes; a store makes
-//! each decision atomic. Implementations: SQLite and PostgreSQL (`crate::store`).
+//! each decision atomic. Implementations: SQLite and PostgreSQL (crate `streamspace-store`).
 
 use std::collections::HashMap;
 

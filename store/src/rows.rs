@@ -2,8 +2,8 @@
 //! SQLite and PostgreSQL stores: both use the same column types (TEXT,
 //! BIGINT, BOOLEAN) and keep structured fields as JSON text.
 
-use crate::core::model::*;
-use crate::core::store::StoreError;
+use streamspace_core::model::*;
+use streamspace_core::store::StoreError;
 
 #[derive(sqlx::FromRow)]
 pub struct SessionRow {

@@ -72,11 +72,11 @@ macro_rules! sql_store {
         use async_trait::async_trait;
         use sqlx::Row;
 
-        use crate::core::model::*;
-        use crate::core::store::{SessionFilter, SessionWrite, Slot, Store, StoreError, TransitionFn, Transitioned};
-        use crate::store::rows::*;
-        use crate::store::sql::*;
-        use crate::store::db_err;
+        use streamspace_core::model::*;
+        use streamspace_core::store::{SessionFilter, SessionWrite, Slot, Store, StoreError, TransitionFn, Transitioned};
+        use crate::rows::*;
+        use crate::sql::*;
+        use crate::db_err;
 
         type Conn = <$db as sqlx::Database>::Connection;
 

@@ -254,7 +254,7 @@ pub fn template(t: &Template) -> Result<(), Invalid> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::model::ResourceList;
+    use crate::model::ResourceList;
 
     #[test]
     fn labels() {

@@ -24,8 +24,8 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::rows::*;
 use super::sql::*;
-use crate::core::model::*;
-use crate::core::store::{
+use streamspace_core::model::*;
+use streamspace_core::store::{
     SessionFilter, SessionWrite, Slot, Store, StoreError, TransitionFn, Transitioned,
 };
 

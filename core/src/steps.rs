@@ -428,7 +428,7 @@ fn capitalize(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::model::Observed;
+    use crate::model::Observed;
 
     fn cfg() -> StepConfig {
         StepConfig {

@@ -9,9 +9,11 @@ use tokio::sync::broadcast;
 use tracing::{debug, info, warn};
 
 use super::model::*;
+use super::placement;
 use super::roster::Roster;
 use super::steps::{self, StepConfig};
 use super::store::{Change, SessionFilter, SessionWrite, Store, StoreError};
+use super::streams::Delivered;
 use super::validate::{self, Invalid, invalid};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -115,6 +117,8 @@ pub struct Lifecycle {
     roster: Arc<Roster>,
     events: broadcast::Sender<SessionEvent>,
     cfg: LifecycleConfig,
+    /// The session of each command delivered to each agent (a cache).
+    pub(crate) delivered: Delivered,
 }
 
 impl Lifecycle {
@@ -125,7 +129,18 @@ impl Lifecycle {
             roster,
             events,
             cfg,
+            delivered: Delivered::default(),
         }
+    }
+
+    /// Places a session among the attached agents (see `placement::pick`).
+    fn pick(
+        &self,
+        sel: &Selector,
+        used: &std::collections::HashMap<String, u32>,
+    ) -> Result<super::store::Slot, String> {
+        self.roster
+            .with_candidates(|agents| placement::pick(sel, agents, used))
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -300,7 +315,7 @@ impl Lifecycle {
         let mut why = String::new();
         for _ in 0..PLACEMENT_ATTEMPTS {
             let used = self.store.sessions_per_agent().await?;
-            let slot = match self.roster.pick(&s.selector, &used) {
+            let slot = match self.pick(&s.selector, &used) {
                 Ok(slot) => slot,
                 Err(e) => {
                     why = e;
@@ -439,7 +454,7 @@ impl Lifecycle {
                 continue;
             };
             let cfg = self.step_cfg();
-            match self.roster.pick(&s.selector, &used) {
+            match self.pick(&s.selector, &used) {
                 Ok(slot) => {
                     let agent = slot.agent.clone();
                     match self
@@ -477,18 +492,17 @@ impl Lifecycle {
         Ok(())
     }
 
-    /// The agent finished a command. `session` is the command's session when
-    /// the caller knows it (the stream remembers what it delivered), which
-    /// saves reading the command first.
+    /// The agent finished a command. The command's session comes from what
+    /// `next_commands` delivered, which saves reading the command first; the
+    /// store answers when that memory does not know it.
     pub async fn finished(
         &self,
         agent: &str,
         cmd_id: &str,
-        session: Option<&str>,
         outcome: Outcome,
     ) -> Result<(), LifecycleError> {
-        let session = match session {
-            Some(s) => s.to_string(),
+        let session = match self.delivered.take(agent, cmd_id) {
+            Some(s) => s,
             None => self.command_of(agent, cmd_id).await?.session,
         };
         let cfg = self.step_cfg();
