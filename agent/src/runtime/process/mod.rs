@@ -172,6 +172,11 @@ impl ProcessRuntime {
             .try_lock()
             .expect("no monitor runs before the table is filled");
         for p in procs.values() {
+            // Level-triggered: a session recorded hibernated is stopped, even
+            // if the stop was lost (the agent died as it sent it).
+            if p.state.hibernated {
+                signal_group(p.state.pid, Signal::SIGSTOP);
+            }
             rt.monitor(p, None);
         }
         table.extend(procs);

@@ -5,7 +5,8 @@
 
 use std::time::Duration;
 
-use nix::sys::signal::{Signal, killpg};
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 
 /// The environment variable carrying a spawn's unique tag.
@@ -67,6 +68,41 @@ pub async fn gone_within(pid: i32, start_time: u64, limit: Duration) -> bool {
     true
 }
 
+/// Signals the session's process group. Just after spawning, the child may
+/// not have made itself a group leader yet (`setsid` runs in it first), so
+/// there is no such group; then the process itself gets the signal, or a
+/// hibernate sent in that moment would be lost.
 pub fn signal_group(pid: i32, sig: Signal) {
-    let _ = killpg(Pid::from_raw(pid), sig);
+    if killpg(Pid::from_raw(pid), sig) == Err(Errno::ESRCH) {
+        let _ = kill(Pid::from_raw(pid), sig);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A process that has not made itself a group leader yet (as a session
+    /// process is for a moment after spawning) still gets the signal.
+    #[test]
+    fn a_process_without_its_own_group_is_signalled_itself() {
+        // Not a group leader: it stays in the test's process group.
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        signal_group(pid, Signal::SIGSTOP);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while proc_stat(pid).map(|(st, _)| st) != Some('T') {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "process {pid} was not stopped: {:?}",
+                proc_stat(pid)
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }
