@@ -74,6 +74,24 @@ fn substitute(arg: &str, vars: &[(&str, &str)]) -> String {
     })
 }
 
+/// Waits (briefly) until `pid` leads its own process group. `setsid` makes
+/// the child a session and group leader a moment after spawn returns; a
+/// signal for the session's group sent before that would miss it, or (sent
+/// to the process alone) stop it while it is still in the agent's group,
+/// where the agent's death would hang it up. Returns at once when the child
+/// got its group before exec (no `setsid` program) or has already exited.
+async fn leads_its_group(pid: i32) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        match nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid))) {
+            Ok(g) if g.as_raw() != pid && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(1)).await
+            }
+            _ => return,
+        }
+    }
+}
+
 impl ProcessRuntime {
     /// Opens the state directory with the default session port range (see
     /// [`open_with_ports`](Self::open_with_ports)).
@@ -371,6 +389,7 @@ impl ProcessRuntime {
             let _ = child.wait().await;
             return Err(forget(e));
         }
+        leads_its_group(pid).await;
         info!(session, pid, port, command = ?args, "session process started");
         let p = Proc {
             state: st.clone(),
