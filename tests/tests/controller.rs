@@ -308,6 +308,14 @@ async fn session_objects_are_reconciled() {
         .replace("user: admin", "user: \"\"");
     let err = kubectl_fails(&k, &["apply", "-f", "-"], &empty_user);
     assert!(err.contains("spec.user"), "{err}");
+    // A user name is a directory on the agent: the schema itself refuses "..".
+    for user in ["..", ".", "../etc"] {
+        let dots = SEED_TESTING_PLAN
+            .replace("test-controller-firefox", "dots-user")
+            .replace("user: admin", &format!("user: \"{user}\""));
+        let err = kubectl_fails(&k, &["apply", "-f", "-"], &dots);
+        assert!(err.contains("spec.user"), "{user}: {err}");
+    }
     let unknown = SEED_TESTING_PLAN
         .replace("test-controller-firefox", "unknown-template")
         .replace("firefox-browser", "no-such-template");
