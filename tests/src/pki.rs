@@ -53,6 +53,37 @@ impl TestPki {
         pki::new_agent(&self.ca, TRUST_DOMAIN, id).unwrap()
     }
 
+    /// The settings of an in-process agent client `id` (real mTLS with a
+    /// fresh certificate) attaching to `agent_addr`: fast reconnects, no HA.
+    pub fn client_config(
+        &self,
+        id: &str,
+        agent_addr: std::net::SocketAddr,
+        platform: &str,
+        max_sessions: u32,
+    ) -> streamspace_agent::ClientConfig {
+        let pem = self.agent_pem(id);
+        streamspace_agent::ClientConfig {
+            agent_id: id.into(),
+            control_plane_url: format!("https://{agent_addr}"),
+            platform: platform.into(),
+            region: "test".into(),
+            capacity: streamspace::v1::Capacity {
+                max_sessions,
+                ..Default::default()
+            },
+            tls: streamspace_agent::ClientTls {
+                ca: self.ca.cert.clone(),
+                cert: pem.cert,
+                key: pem.key,
+                server_name: Some("localhost".into()),
+            },
+            backoff_base: std::time::Duration::from_millis(50),
+            backoff_cap: std::time::Duration::from_secs(1),
+            fencing_token: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        }
+    }
+
     pub fn ca_path(&self) -> PathBuf {
         self.dir.path().join("ca.crt")
     }

@@ -1,12 +1,12 @@
 //! Identity and no-thrash rules on the agent port, and user isolation on the API.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use streamspace::v1 as pb;
+use streamspace_agent::Client;
 use streamspace_agent::runtime::{StatusSink, process::ProcessRuntime};
-use streamspace_agent::{Client, ClientConfig, ClientTls};
 use streamspace_control_plane::pki;
 use streamspace_tests::*;
 use tokio_util::sync::CancellationToken;
@@ -102,25 +102,7 @@ async fn second_attach_is_refused_and_first_keeps_working() {
         .unwrap(),
     );
     let client = Arc::new(Client::new(
-        ClientConfig {
-            agent_id: "agent-1".into(),
-            control_plane_url: format!("https://{}", cp.agent_addr),
-            platform: "process".into(),
-            region: "test".into(),
-            capacity: pb::Capacity {
-                max_sessions: 10,
-                ..Default::default()
-            },
-            tls: ClientTls {
-                ca: pki.ca.cert.clone(),
-                cert: pem.cert.clone(),
-                key: pem.key.clone(),
-                server_name: Some("localhost".into()),
-            },
-            backoff_base: Duration::from_millis(50),
-            backoff_cap: Duration::from_secs(1),
-            fencing_token: Arc::new(AtomicU64::new(0)),
-        },
+        pki.client_config("agent-1", cp.agent_addr, "process", 10),
         rt,
         statuses,
     ));

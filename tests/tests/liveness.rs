@@ -195,33 +195,17 @@ async fn silent_stream_is_closed_and_replaced() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drains_attached_agents() {
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::atomic::Ordering;
+    use streamspace_agent::Client;
     use streamspace_agent::runtime::{StatusSink, noop::NoopRuntime};
-    use streamspace_agent::{Client, ClientConfig, ClientTls};
     init();
     let pki = TestPki::new();
     let tmp = tempfile::tempdir().unwrap();
     let db = database_url(tmp.path()).await;
     let cp = start_cp(&pki, &db, &CpOptions::default()).await;
-    let pem = pki.agent_pem("drained");
     let (sink, statuses) = StatusSink::channel(64);
     let client = Arc::new(Client::new(
-        ClientConfig {
-            agent_id: "drained".into(),
-            control_plane_url: format!("https://{}", cp.agent_addr),
-            platform: "noop".into(),
-            region: "test".into(),
-            capacity: pb::Capacity::default(),
-            tls: ClientTls {
-                ca: pki.ca.cert.clone(),
-                cert: pem.cert,
-                key: pem.key,
-                server_name: Some("localhost".into()),
-            },
-            backoff_base: Duration::from_millis(50),
-            backoff_cap: Duration::from_secs(1),
-            fencing_token: Arc::new(AtomicU64::new(0)),
-        },
+        pki.client_config("drained", cp.agent_addr, "noop", 0),
         Arc::new(NoopRuntime::new(sink)),
         statuses,
     ));

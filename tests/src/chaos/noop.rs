@@ -5,13 +5,10 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
-use std::time::Duration;
 
-use streamspace::v1 as pb;
+use streamspace_agent::Client;
 use streamspace_agent::runtime::StatusSink;
 use streamspace_agent::runtime::noop::NoopRuntime;
-use streamspace_agent::{Client, ClientConfig, ClientTls};
 use tokio_util::sync::CancellationToken;
 
 use crate::TestPki;
@@ -26,26 +23,7 @@ impl NoopAgents {
     pub fn start(pki: &TestPki, agent_addr: SocketAddr, agents: &[(&str, u32)]) -> Self {
         let shutdown = CancellationToken::new();
         for (id, max_sessions) in agents {
-            let pem = pki.agent_pem(id);
-            let cfg = ClientConfig {
-                agent_id: id.to_string(),
-                control_plane_url: format!("https://{agent_addr}"),
-                platform: "noop".into(),
-                region: "test".into(),
-                capacity: pb::Capacity {
-                    max_sessions: *max_sessions,
-                    ..Default::default()
-                },
-                tls: ClientTls {
-                    ca: pki.ca.cert.clone(),
-                    cert: pem.cert,
-                    key: pem.key,
-                    server_name: Some("localhost".into()),
-                },
-                backoff_base: Duration::from_millis(50),
-                backoff_cap: Duration::from_millis(1000),
-                fencing_token: Arc::new(AtomicU64::new(0)),
-            };
+            let cfg = pki.client_config(id, agent_addr, "noop", *max_sessions);
             let (sink, statuses) = StatusSink::channel(4096);
             let client = Client::new(cfg, Arc::new(NoopRuntime::new(sink)), statuses);
             let token = shutdown.clone();
