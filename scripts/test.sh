@@ -18,6 +18,9 @@ export GRPCURL="$(command -v grpcurl)"
 command -v kubectl >/dev/null || { echo "kubectl missing after install" >&2; exit 1; }
 export KUBECTL="$(command -v kubectl)"
 
+log "chart lint: helm lint --strict, helm template | kubeconform -strict (defaults and chart/ci/*-values.yaml)"
+scripts/chart-lint.sh
+
 cleanup() {
   tests/k8s/cluster.sh stop >/dev/null 2>&1 || true
   scripts/postgres.sh stop >/dev/null 2>&1 || true

