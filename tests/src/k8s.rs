@@ -126,16 +126,15 @@ impl TestCluster {
                 std::thread::sleep(std::time::Duration::from_millis(100));
             }
         }
+        self.token_kubeconfig(ns, "streamspace-agent", &dir.join("agent-kubeconfig"))
+    }
+
+    /// Writes to `path` a kubeconfig that authenticates with a fresh token of
+    /// ServiceAccount `ns`/`sa` (TokenRequest), as a pod of that account would.
+    pub fn token_kubeconfig(&self, ns: &str, sa: &str, path: &Path) -> PathBuf {
         let token = kubectl_ok(
             &self.admin_kubeconfig,
-            &[
-                "-n",
-                ns,
-                "create",
-                "token",
-                "streamspace-agent",
-                "--duration=2h",
-            ],
+            &["-n", ns, "create", "token", sa, "--duration=2h"],
             None,
         );
         let admin = Kubeconfig::read_from(&self.admin_kubeconfig).unwrap();
@@ -150,13 +149,12 @@ impl TestCluster {
             _ => "insecure-skip-tls-verify: true".into(),
         };
         let yaml = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {server}\n    {ca}\nusers:\n- name: agent\n  user:\n    token: {}\ncontexts:\n- name: agent\n  context:\n    cluster: test\n    user: agent\n    namespace: {ns}\ncurrent-context: agent\n",
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {server}\n    {ca}\nusers:\n- name: {sa}\n  user:\n    token: {}\ncontexts:\n- name: {sa}\n  context:\n    cluster: test\n    user: {sa}\n    namespace: {ns}\ncurrent-context: {sa}\n",
             token.trim()
         );
-        std::fs::create_dir_all(dir).unwrap();
-        let path = dir.join("agent-kubeconfig");
-        std::fs::write(&path, yaml).unwrap();
-        path
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, yaml).unwrap();
+        path.to_path_buf()
     }
 
     pub fn delete_namespace(&self, ns: &str) {

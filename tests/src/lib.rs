@@ -11,8 +11,10 @@
 pub mod chaos;
 pub mod edge;
 pub mod faults;
+pub mod helm;
 pub mod k8s;
 pub mod pki;
+pub mod pods;
 pub mod procs;
 
 use std::future::Future;
