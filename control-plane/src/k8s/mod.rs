@@ -5,6 +5,7 @@
 pub mod controller;
 pub mod convert;
 pub mod crd;
+pub mod formats;
 pub mod mirror;
 pub mod templates;
 
