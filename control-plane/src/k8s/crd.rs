@@ -114,7 +114,7 @@ pub struct SessionStatus {
     pub url: Option<String>,
     /// The session's pod (or process).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pod_name: Option<String>,
+    pub pod: Option<String>,
     /// The agent running it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<String>,
@@ -218,6 +218,21 @@ mod tests {
                 "chart/crds/{name} is out of date: run `cargo run -p streamspace-control-plane --bin crdgen -- chart/crds`"
             );
         }
+    }
+
+    /// Runbooks read the session's pod at `.status.pod`.
+    #[test]
+    fn the_pod_is_at_status_pod() {
+        let status = super::SessionStatus {
+            pod: Some("s1-5d8f7c-abcde".into()),
+            ..Default::default()
+        };
+        let v = serde_json::to_value(&status).unwrap();
+        assert_eq!(v, serde_json::json!({"pod": "s1-5d8f7c-abcde"}));
+        let crd: serde_yaml::Value = serde_yaml::from_str(&super::crd_files()[0].1).unwrap();
+        let status = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+            ["properties"];
+        assert!(status.get("pod").is_some() && status.get("podName").is_none());
     }
 
     /// Every `format` left in the generated CRDs is one the apiserver
