@@ -142,10 +142,16 @@ impl Ctx {
         .await?;
         if status.phase != old.phase {
             let failed = status.phase.as_deref() == Some("Failed");
+            // The condition that explains the new phase: Terminating is the
+            // controller's own phase, every other one is the Ready condition's.
+            let explains = match status.phase.as_deref() {
+                Some("Terminating") => "Terminating",
+                _ => "Ready",
+            };
             let note = status
                 .conditions
                 .iter()
-                .find(|c| c.type_ == "Ready")
+                .find(|c| c.type_ == explains)
                 .map(|c| c.message.clone())
                 .filter(|m| !m.is_empty());
             let ev = KubeEvent {
