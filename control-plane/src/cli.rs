@@ -68,9 +68,15 @@ pub struct ServeArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct KubeArgs {
-    /// Run the embedded Session controller (true/false). Default: on when
-    /// running inside a cluster (KUBERNETES_SERVICE_HOST is set).
-    #[arg(long = "kubernetes", env = "KUBERNETES_CONTROLLER")]
+    /// Run the embedded Session controller: `--kubernetes` alone (or with
+    /// `=true` / ` true`) turns it on, `--kubernetes=false` off. Default: on
+    /// when running inside a cluster (KUBERNETES_SERVICE_HOST is set).
+    #[arg(
+        long = "kubernetes",
+        env = "KUBERNETES_CONTROLLER",
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
     pub enabled: Option<bool>,
     /// Kubeconfig for the controller; empty = in-cluster.
     #[arg(long = "kubeconfig", env = "KUBECONFIG")]
@@ -202,5 +208,47 @@ pub async fn main() -> anyhow::Result<()> {
         Command::Serve(a) => serve(a).await,
         Command::Dev(a) => crate::dev::run(a).await,
         Command::Certs(c) => certs(c),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve(extra: &[&str]) -> Result<ServeArgs, clap::Error> {
+        let mut argv = vec![
+            "streamspace-control-plane",
+            "serve",
+            "--tls-cert=c",
+            "--tls-key=k",
+            "--agent-ca=ca",
+            "--tokens-file=t",
+        ];
+        argv.extend(extra);
+        match Cli::try_parse_from(argv)?.command {
+            Command::Serve(a) => Ok(a),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    /// `--kubernetes` alone turns the controller on; `=true`/`=false` and
+    /// the older ` true`/` false` still work; a bare flag does not swallow
+    /// the next flag; absent leaves the in-cluster default.
+    #[test]
+    fn kubernetes_is_a_flag_with_an_optional_value() {
+        let on = |extra: &[&str]| serve(extra).unwrap().kube.enabled;
+        assert_eq!(on(&["--kubernetes"]), Some(true));
+        assert_eq!(on(&["--kubernetes=true"]), Some(true));
+        assert_eq!(on(&["--kubernetes=false"]), Some(false));
+        assert_eq!(on(&[]), None);
+        let a = serve(&["--kubernetes", "--kubeconfig", "x"]).unwrap();
+        assert_eq!(a.kube.enabled, Some(true));
+        assert_eq!(a.kube.kubeconfig, Some(PathBuf::from("x")));
+        let a = serve(&["--kubernetes", "--watch-namespace=team-a"]).unwrap();
+        assert_eq!(a.kube.enabled, Some(true));
+        assert_eq!(a.kube.watch_namespace, "team-a");
+        assert!(serve(&["--kubernetes=maybe"]).is_err());
+        assert_eq!(on(&["--kubernetes", "false"]), Some(false));
+        assert_eq!(on(&["--kubernetes", "true"]), Some(true));
     }
 }
