@@ -111,8 +111,9 @@ pub enum CertsCommand {
     },
     /// A server certificate signed by <ca-dir>/ca.*: <out>/server.crt and .key.
     Server {
-        #[arg(long, default_value = "pki")]
-        ca_dir: PathBuf,
+        /// Where ca.crt and ca.key are; defaults to --out.
+        #[arg(long)]
+        ca_dir: Option<PathBuf>,
         #[arg(long, default_value = "pki")]
         out: PathBuf,
         /// DNS names (repeatable).
@@ -124,8 +125,9 @@ pub enum CertsCommand {
     },
     /// An agent client certificate: <out>/agent-<id>.crt and .key.
     Agent {
-        #[arg(long, default_value = "pki")]
-        ca_dir: PathBuf,
+        /// Where ca.crt and ca.key are; defaults to --out.
+        #[arg(long)]
+        ca_dir: Option<PathBuf>,
         #[arg(long, default_value = "pki")]
         out: PathBuf,
         #[arg(long)]
@@ -151,7 +153,7 @@ fn certs(cmd: CertsCommand) -> anyhow::Result<()> {
             dns,
             ips,
         } => {
-            let ca = Pem::load(&ca_dir, "ca")?;
+            let ca = Pem::load(ca_dir.as_ref().unwrap_or(&out), "ca")?;
             say(
                 "server",
                 pki::new_server(&ca, &dns, &ips)?.save(&out, "server")?,
@@ -163,7 +165,7 @@ fn certs(cmd: CertsCommand) -> anyhow::Result<()> {
             id,
             trust_domain,
         } => {
-            let ca = Pem::load(&ca_dir, "ca")?;
+            let ca = Pem::load(ca_dir.as_ref().unwrap_or(&out), "ca")?;
             let pem = pki::new_agent(&ca, &trust_domain, &id)?;
             say(
                 &format!("agent {id} ({})", pki::agent_uri(&trust_domain, &id)),
@@ -250,5 +252,32 @@ mod tests {
         assert!(serve(&["--kubernetes=maybe"]).is_err());
         assert_eq!(on(&["--kubernetes", "false"]), Some(false));
         assert_eq!(on(&["--kubernetes", "true"]), Some(true));
+    }
+
+    fn certs_in(args: &[&str]) -> anyhow::Result<()> {
+        let mut argv = vec!["streamspace-control-plane", "certs"];
+        argv.extend(args);
+        match Cli::try_parse_from(argv)?.command {
+            Command::Certs(c) => certs(c),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    /// `certs server|agent --out DIR` finds the CA in DIR, where `certs ca
+    /// --out DIR` put it; `--ca-dir` still points elsewhere.
+    #[test]
+    fn the_ca_is_read_from_out_unless_ca_dir_says_otherwise() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("pki");
+        let other = tmp.path().join("other");
+        let (dir_s, other_s) = (dir.to_str().unwrap(), other.to_str().unwrap());
+        certs_in(&["ca", "--out", dir_s]).unwrap();
+        certs_in(&["server", "--out", dir_s]).unwrap();
+        certs_in(&["agent", "--id", "a1", "--out", dir_s]).unwrap();
+        assert!(Pem::exists(&dir, "server") && Pem::exists(&dir, "agent-a1"));
+        let e = certs_in(&["server", "--out", other_s]).unwrap_err();
+        assert!(format!("{e:#}").contains("ca.crt"), "{e:#}");
+        certs_in(&["agent", "--id", "a2", "--ca-dir", dir_s, "--out", other_s]).unwrap();
+        assert!(Pem::exists(&other, "agent-a2"));
     }
 }
