@@ -1,5 +1,6 @@
 //! Flags and subcommands of `streamspace-control-plane`: `serve`, `dev`
-//! (the embedded default) and `certs` (a CA, server and agent certificates).
+//! (the embedded default) and `certs` (a CA, server and agent certificates,
+//! as files or, with `certs kubernetes`, as Secrets).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -135,13 +136,16 @@ pub enum CertsCommand {
         #[arg(long, default_value = "streamspace.local")]
         trust_domain: String,
     },
+    /// The CA, server and (optionally) agent certificates as Secrets of type
+    /// kubernetes.io/tls (tls.crt, tls.key, ca.crt); existing ones are kept.
+    Kubernetes(crate::certs::KubernetesArgs),
 }
 
 fn read(path: &PathBuf, what: &str) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading {what} {}", path.display()))
 }
 
-fn certs(cmd: CertsCommand) -> anyhow::Result<()> {
+async fn certs(cmd: CertsCommand) -> anyhow::Result<()> {
     let say = |what: &str, (c, k): (PathBuf, PathBuf)| {
         println!("{what}: certificate {} key {}", c.display(), k.display());
     };
@@ -172,6 +176,7 @@ fn certs(cmd: CertsCommand) -> anyhow::Result<()> {
                 pem.save(&out, &format!("agent-{id}"))?,
             )
         }
+        CertsCommand::Kubernetes(a) => return crate::certs::run(a).await,
     }
     Ok(())
 }
@@ -209,7 +214,7 @@ pub async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(a) => serve(a).await,
         Command::Dev(a) => crate::dev::run(a).await,
-        Command::Certs(c) => certs(c),
+        Command::Certs(c) => certs(c).await,
     }
 }
 
@@ -254,30 +259,34 @@ mod tests {
         assert_eq!(on(&["--kubernetes", "true"]), Some(true));
     }
 
-    fn certs_in(args: &[&str]) -> anyhow::Result<()> {
+    async fn certs_in(args: &[&str]) -> anyhow::Result<()> {
         let mut argv = vec!["streamspace-control-plane", "certs"];
         argv.extend(args);
         match Cli::try_parse_from(argv)?.command {
-            Command::Certs(c) => certs(c),
+            Command::Certs(c) => certs(c).await,
             other => panic!("parsed as {other:?}"),
         }
     }
 
     /// `certs server|agent --out DIR` finds the CA in DIR, where `certs ca
     /// --out DIR` put it; `--ca-dir` still points elsewhere.
-    #[test]
-    fn the_ca_is_read_from_out_unless_ca_dir_says_otherwise() {
+    #[tokio::test]
+    async fn the_ca_is_read_from_out_unless_ca_dir_says_otherwise() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("pki");
         let other = tmp.path().join("other");
         let (dir_s, other_s) = (dir.to_str().unwrap(), other.to_str().unwrap());
-        certs_in(&["ca", "--out", dir_s]).unwrap();
-        certs_in(&["server", "--out", dir_s]).unwrap();
-        certs_in(&["agent", "--id", "a1", "--out", dir_s]).unwrap();
+        certs_in(&["ca", "--out", dir_s]).await.unwrap();
+        certs_in(&["server", "--out", dir_s]).await.unwrap();
+        certs_in(&["agent", "--id", "a1", "--out", dir_s])
+            .await
+            .unwrap();
         assert!(Pem::exists(&dir, "server") && Pem::exists(&dir, "agent-a1"));
-        let e = certs_in(&["server", "--out", other_s]).unwrap_err();
+        let e = certs_in(&["server", "--out", other_s]).await.unwrap_err();
         assert!(format!("{e:#}").contains("ca.crt"), "{e:#}");
-        certs_in(&["agent", "--id", "a2", "--ca-dir", dir_s, "--out", other_s]).unwrap();
+        certs_in(&["agent", "--id", "a2", "--ca-dir", dir_s, "--out", other_s])
+            .await
+            .unwrap();
         assert!(Pem::exists(&other, "agent-a2"));
     }
 }
