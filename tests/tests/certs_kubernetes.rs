@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::Secret;
 use rustls::client::danger::ServerCertVerifier;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use streamspace_tests::k8s::cluster;
+use streamspace_tests::k8s::{TestCluster, cluster};
 use streamspace_tests::*;
 
 const TRUST_DOMAIN: &str = "certs.test";
@@ -54,18 +54,23 @@ subjects:
     )
 }
 
-/// Runs `certs kubernetes` into `ns` with `kubeconfig` (in $KUBECONFIG);
-/// returns its output lines.
-fn certs_kubernetes(ns: &str, kubeconfig: &Path) -> Vec<String> {
-    let out = Command::new(binary("streamspace-control-plane"))
-        .args(["certs", "kubernetes", "--namespace", ns])
+/// `certs kubernetes` into `ns` with `kubeconfig` (in $KUBECONFIG).
+fn certs_command(ns: &str, kubeconfig: &Path) -> Command {
+    let mut cmd = Command::new(binary("streamspace-control-plane"));
+    cmd.args(["certs", "kubernetes", "--namespace", ns])
         .args(["--ca-secret", "ss-ca", "--server-secret", "ss-server"])
         .args(["--agent-secret", "ss-agent", "--agent-id", AGENT_ID])
         .args(["--dns", "cp.example.test", "--ip", "10.0.0.7"])
         .args(["--trust-domain", TRUST_DOMAIN])
         .args(["--label", "app.kubernetes.io/part-of=streamspace"])
         .args(["--label", "test=certs"])
-        .env("KUBECONFIG", kubeconfig)
+        .env("KUBECONFIG", kubeconfig);
+    cmd
+}
+
+/// Runs `certs kubernetes`; returns its output lines.
+fn certs_kubernetes(ns: &str, kubeconfig: &Path) -> Vec<String> {
+    let out = certs_command(ns, kubeconfig)
         .output()
         .expect("the control-plane binary runs");
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
@@ -75,6 +80,15 @@ fn certs_kubernetes(ns: &str, kubeconfig: &Path) -> Vec<String> {
         String::from_utf8_lossy(&out.stderr)
     );
     stdout.lines().map(str::to_string).collect()
+}
+
+/// A test namespace, deleted when the test ends (passed or failed).
+struct Namespace<'a>(&'a TestCluster, String);
+
+impl Drop for Namespace<'_> {
+    fn drop(&mut self) {
+        self.0.delete_namespace(&self.1);
+    }
 }
 
 fn data(s: &Secret) -> BTreeMap<String, ByteString> {
@@ -105,26 +119,27 @@ fn verify_server(server: &Secret, name: ServerName<'static>) -> Result<(), rustl
 async fn certificates_become_tls_secrets_once() {
     init();
     let Some(k) = cluster().await else { return };
-    let ns = k.namespace("ss-certs");
+    let ns = Namespace(&k, k.namespace("ss-certs"));
+    let ns = &ns.1;
     let tmp = tempfile::tempdir().unwrap();
     streamspace_tests::k8s::kubectl_ok(
         &k.admin_kubeconfig,
         &["apply", "-f", "-"],
-        Some(&hook_rbac(&ns)),
+        Some(&hook_rbac(ns)),
     );
     k.wait_allowed(
-        &ns,
+        ns,
         "certs-hook",
         &[("get", "secrets"), ("create", "secrets")],
     );
-    let kubeconfig = k.token_kubeconfig(&ns, "certs-hook", &tmp.path().join("hook-kubeconfig"));
-    let secrets: kube::Api<Secret> = kube::Api::namespaced(k.client.clone(), &ns);
+    let kubeconfig = k.token_kubeconfig(ns, "certs-hook", &tmp.path().join("hook-kubeconfig"));
+    let secrets: kube::Api<Secret> = kube::Api::namespaced(k.client.clone(), ns);
     let read = |name: &'static str| {
         let secrets = secrets.clone();
         async move { secrets.get(name).await.unwrap() }
     };
 
-    let lines = certs_kubernetes(&ns, &kubeconfig);
+    let lines = certs_kubernetes(ns, &kubeconfig);
     let expect = |outcome: &str| {
         vec![
             format!("secret {ns}/ss-ca (CA): {outcome}"),
@@ -181,7 +196,7 @@ async fn certificates_become_tls_secrets_once() {
 
     // A second run keeps everything as it is.
     assert_eq!(
-        certs_kubernetes(&ns, &kubeconfig),
+        certs_kubernetes(ns, &kubeconfig),
         expect("kept (it exists)")
     );
     for before in [&ca, &server, &agent] {
@@ -208,7 +223,7 @@ async fn certificates_become_tls_secrets_once() {
             .then_some(())
     })
     .await;
-    let lines = certs_kubernetes(&ns, &kubeconfig);
+    let lines = certs_kubernetes(ns, &kubeconfig);
     assert_eq!(
         lines[0],
         format!("secret {ns}/ss-ca (CA): kept (it exists)")
@@ -219,6 +234,53 @@ async fn certificates_become_tls_secrets_once() {
     assert_eq!(data(&renewed)["ca.crt"], data(&ca)["tls.crt"]);
     verify_server(&renewed, ServerName::try_from("cp.example.test").unwrap()).unwrap();
     assert_eq!(data(&read("ss-ca").await), data(&ca));
+}
 
-    k.delete_namespace(&ns);
+/// Runs started together (two hook Jobs, a retried one) all succeed and
+/// agree on one CA: a create that loses the race reads the winner's Secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_runs_agree_on_one_ca() {
+    init();
+    let Some(k) = cluster().await else { return };
+    let ns = Namespace(&k, k.namespace("ss-certs-race"));
+    let ns = &ns.1;
+    let kubeconfig = k.admin_kubeconfig.clone();
+    let runs: Vec<_> = (0..4)
+        .map(|_| {
+            certs_command(ns, &kubeconfig)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut created = BTreeMap::<String, usize>::new();
+    for run in runs {
+        let out = run.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for line in stdout.lines().filter(|l| l.ends_with(": created")) {
+            *created.entry(line.to_string()).or_default() += 1;
+        }
+    }
+    assert!(created.values().all(|n| *n == 1), "{created:?}");
+    assert_eq!(created.len(), 3, "{created:?}");
+    let secrets: kube::Api<Secret> = kube::Api::namespaced(k.client.clone(), ns);
+    let ca = data(&secrets.get("ss-ca").await.unwrap())["tls.crt"].clone();
+    for name in ["ss-server", "ss-agent"] {
+        assert_eq!(
+            data(&secrets.get(name).await.unwrap())["ca.crt"],
+            ca,
+            "{name}"
+        );
+    }
+    verify_server(
+        &secrets.get("ss-server").await.unwrap(),
+        ServerName::try_from("cp.example.test").unwrap(),
+    )
+    .unwrap();
 }
