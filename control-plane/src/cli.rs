@@ -1,5 +1,6 @@
 //! Flags and subcommands of `streamspace-control-plane`: `serve`, `dev`
-//! (the embedded default) and `certs` (a CA, server and agent certificates).
+//! (the embedded default) and `certs` (a CA, server and agent certificates,
+//! as files or, with `certs kubernetes`, as Secrets).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -68,9 +69,15 @@ pub struct ServeArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct KubeArgs {
-    /// Run the embedded Session controller (true/false). Default: on when
-    /// running inside a cluster (KUBERNETES_SERVICE_HOST is set).
-    #[arg(long = "kubernetes", env = "KUBERNETES_CONTROLLER")]
+    /// Run the embedded Session controller: `--kubernetes` alone (or with
+    /// `=true` / ` true`) turns it on, `--kubernetes=false` off. Default: on
+    /// when running inside a cluster (KUBERNETES_SERVICE_HOST is set).
+    #[arg(
+        long = "kubernetes",
+        env = "KUBERNETES_CONTROLLER",
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
     pub enabled: Option<bool>,
     /// Kubeconfig for the controller; empty = in-cluster.
     #[arg(long = "kubeconfig", env = "KUBECONFIG")]
@@ -105,8 +112,9 @@ pub enum CertsCommand {
     },
     /// A server certificate signed by <ca-dir>/ca.*: <out>/server.crt and .key.
     Server {
-        #[arg(long, default_value = "pki")]
-        ca_dir: PathBuf,
+        /// Where ca.crt and ca.key are; defaults to --out.
+        #[arg(long)]
+        ca_dir: Option<PathBuf>,
         #[arg(long, default_value = "pki")]
         out: PathBuf,
         /// DNS names (repeatable).
@@ -118,8 +126,9 @@ pub enum CertsCommand {
     },
     /// An agent client certificate: <out>/agent-<id>.crt and .key.
     Agent {
-        #[arg(long, default_value = "pki")]
-        ca_dir: PathBuf,
+        /// Where ca.crt and ca.key are; defaults to --out.
+        #[arg(long)]
+        ca_dir: Option<PathBuf>,
         #[arg(long, default_value = "pki")]
         out: PathBuf,
         #[arg(long)]
@@ -127,13 +136,16 @@ pub enum CertsCommand {
         #[arg(long, default_value = "streamspace.local")]
         trust_domain: String,
     },
+    /// The CA, server and (optionally) agent certificates as Secrets of type
+    /// kubernetes.io/tls (tls.crt, tls.key, ca.crt); existing ones are kept.
+    Kubernetes(crate::certs::KubernetesArgs),
 }
 
 fn read(path: &PathBuf, what: &str) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading {what} {}", path.display()))
 }
 
-fn certs(cmd: CertsCommand) -> anyhow::Result<()> {
+async fn certs(cmd: CertsCommand) -> anyhow::Result<()> {
     let say = |what: &str, (c, k): (PathBuf, PathBuf)| {
         println!("{what}: certificate {} key {}", c.display(), k.display());
     };
@@ -145,7 +157,7 @@ fn certs(cmd: CertsCommand) -> anyhow::Result<()> {
             dns,
             ips,
         } => {
-            let ca = Pem::load(&ca_dir, "ca")?;
+            let ca = Pem::load(ca_dir.as_ref().unwrap_or(&out), "ca")?;
             say(
                 "server",
                 pki::new_server(&ca, &dns, &ips)?.save(&out, "server")?,
@@ -157,13 +169,14 @@ fn certs(cmd: CertsCommand) -> anyhow::Result<()> {
             id,
             trust_domain,
         } => {
-            let ca = Pem::load(&ca_dir, "ca")?;
+            let ca = Pem::load(ca_dir.as_ref().unwrap_or(&out), "ca")?;
             let pem = pki::new_agent(&ca, &trust_domain, &id)?;
             say(
                 &format!("agent {id} ({})", pki::agent_uri(&trust_domain, &id)),
                 pem.save(&out, &format!("agent-{id}"))?,
             )
         }
+        CertsCommand::Kubernetes(a) => return crate::certs::run(a).await,
     }
     Ok(())
 }
@@ -201,6 +214,79 @@ pub async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(a) => serve(a).await,
         Command::Dev(a) => crate::dev::run(a).await,
-        Command::Certs(c) => certs(c),
+        Command::Certs(c) => certs(c).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve(extra: &[&str]) -> Result<ServeArgs, clap::Error> {
+        let mut argv = vec![
+            "streamspace-control-plane",
+            "serve",
+            "--tls-cert=c",
+            "--tls-key=k",
+            "--agent-ca=ca",
+            "--tokens-file=t",
+        ];
+        argv.extend(extra);
+        match Cli::try_parse_from(argv)?.command {
+            Command::Serve(a) => Ok(a),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    /// `--kubernetes` alone turns the controller on; `=true`/`=false` and
+    /// the older ` true`/` false` still work; a bare flag does not swallow
+    /// the next flag; absent leaves the in-cluster default.
+    #[test]
+    fn kubernetes_is_a_flag_with_an_optional_value() {
+        let on = |extra: &[&str]| serve(extra).unwrap().kube.enabled;
+        assert_eq!(on(&["--kubernetes"]), Some(true));
+        assert_eq!(on(&["--kubernetes=true"]), Some(true));
+        assert_eq!(on(&["--kubernetes=false"]), Some(false));
+        assert_eq!(on(&[]), None);
+        let a = serve(&["--kubernetes", "--kubeconfig", "x"]).unwrap();
+        assert_eq!(a.kube.enabled, Some(true));
+        assert_eq!(a.kube.kubeconfig, Some(PathBuf::from("x")));
+        let a = serve(&["--kubernetes", "--watch-namespace=team-a"]).unwrap();
+        assert_eq!(a.kube.enabled, Some(true));
+        assert_eq!(a.kube.watch_namespace, "team-a");
+        assert!(serve(&["--kubernetes=maybe"]).is_err());
+        assert_eq!(on(&["--kubernetes", "false"]), Some(false));
+        assert_eq!(on(&["--kubernetes", "true"]), Some(true));
+    }
+
+    async fn certs_in(args: &[&str]) -> anyhow::Result<()> {
+        let mut argv = vec!["streamspace-control-plane", "certs"];
+        argv.extend(args);
+        match Cli::try_parse_from(argv)?.command {
+            Command::Certs(c) => certs(c).await,
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    /// `certs server|agent --out DIR` finds the CA in DIR, where `certs ca
+    /// --out DIR` put it; `--ca-dir` still points elsewhere.
+    #[tokio::test]
+    async fn the_ca_is_read_from_out_unless_ca_dir_says_otherwise() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("pki");
+        let other = tmp.path().join("other");
+        let (dir_s, other_s) = (dir.to_str().unwrap(), other.to_str().unwrap());
+        certs_in(&["ca", "--out", dir_s]).await.unwrap();
+        certs_in(&["server", "--out", dir_s]).await.unwrap();
+        certs_in(&["agent", "--id", "a1", "--out", dir_s])
+            .await
+            .unwrap();
+        assert!(Pem::exists(&dir, "server") && Pem::exists(&dir, "agent-a1"));
+        let e = certs_in(&["server", "--out", other_s]).await.unwrap_err();
+        assert!(format!("{e:#}").contains("ca.crt"), "{e:#}");
+        certs_in(&["agent", "--id", "a2", "--ca-dir", dir_s, "--out", other_s])
+            .await
+            .unwrap();
+        assert!(Pem::exists(&other, "agent-a2"));
     }
 }

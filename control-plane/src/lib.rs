@@ -17,6 +17,7 @@
 //! - `server.rs`: wires store, lifecycle, gRPC services and listeners.
 //! - `listen.rs`: TLS listeners with connection limits and first-request deadlines.
 //! - `pki.rs`: CA, server and agent certificates.
+//! - `certs.rs`: the same certificates as Kubernetes Secrets (`certs kubernetes`).
 //! - `grpc/`: the gRPC adapters (agent stream hub, session/admin services,
 //!   auth, wire <-> domain conversion).
 //! - `k8s/`: the Session/Template CRDs and the embedded controller.
@@ -25,6 +26,7 @@
 pub use streamspace_core as core;
 pub use streamspace_store as store;
 
+pub mod certs;
 pub mod cli;
 pub mod dev;
 pub mod grpc;

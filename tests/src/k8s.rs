@@ -101,15 +101,24 @@ impl TestCluster {
         .unwrap();
         let rbac = rbac.replace("namespace: streamspace", &format!("namespace: {ns}"));
         kubectl_ok(&self.admin_kubeconfig, &["apply", "-f", "-"], Some(&rbac));
-        // A new RoleBinding takes a moment to reach the authorizer: wait until
-        // the ServiceAccount may do what the agent does first.
-        let sa = format!("--as=system:serviceaccount:{ns}:streamspace-agent");
+        self.wait_allowed(
+            ns,
+            "streamspace-agent",
+            &[
+                ("list", "deployments"),
+                ("watch", "pods"),
+                ("create", "leases"),
+            ],
+        );
+        self.token_kubeconfig(ns, "streamspace-agent", &dir.join("agent-kubeconfig"))
+    }
+
+    /// Waits until ServiceAccount `sa` of `ns` may do each (verb, resource):
+    /// a new RoleBinding takes a moment to reach the authorizer.
+    pub fn wait_allowed(&self, ns: &str, sa: &str, rules: &[(&str, &str)]) {
+        let sa = format!("--as=system:serviceaccount:{ns}:{sa}");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        for (verb, resource) in [
-            ("list", "deployments"),
-            ("watch", "pods"),
-            ("create", "leases"),
-        ] {
+        for (verb, resource) in rules {
             loop {
                 let out = Command::new(kubectl())
                     .arg(format!("--kubeconfig={}", self.admin_kubeconfig.display()))
@@ -121,16 +130,15 @@ impl TestCluster {
                 }
                 assert!(
                     std::time::Instant::now() < deadline,
-                    "RBAC for {resource} not in force after 60s"
+                    "RBAC for {verb} {resource} not in force after 60s"
                 );
                 std::thread::sleep(std::time::Duration::from_millis(100));
             }
         }
-        self.token_kubeconfig(ns, "streamspace-agent", &dir.join("agent-kubeconfig"))
     }
 
-    /// Writes to `path` a kubeconfig that authenticates with a fresh token of
-    /// ServiceAccount `ns`/`sa` (TokenRequest), as a pod of that account would.
+    /// Writes to `path` a kubeconfig that authenticates with a token of
+    /// ServiceAccount `sa` of `ns` (so it has only that account's rights).
     pub fn token_kubeconfig(&self, ns: &str, sa: &str, path: &Path) -> PathBuf {
         let token = kubectl_ok(
             &self.admin_kubeconfig,
@@ -152,7 +160,9 @@ impl TestCluster {
             "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {server}\n    {ca}\nusers:\n- name: {sa}\n  user:\n    token: {}\ncontexts:\n- name: {sa}\n  context:\n    cluster: test\n    user: {sa}\n    namespace: {ns}\ncurrent-context: {sa}\n",
             token.trim()
         );
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).unwrap();
+        }
         std::fs::write(path, yaml).unwrap();
         path.to_path_buf()
     }

@@ -186,7 +186,7 @@ async fn session_objects_are_reconciled() {
             format!("http://{name}.streamspace.svc.cluster.local:5800/")
         );
         assert!(
-            v["status"]["podName"]
+            v["status"]["pod"]
                 .as_str()
                 .unwrap()
                 .starts_with(&format!("{name}-")),

@@ -92,6 +92,7 @@ fn new_command(s: &Session, agent: &str, action: Action, cfg: StepConfig) -> Com
 /// kept if it already is the next step, otherwise superseded.
 pub fn plan(mut s: Session, active: Option<Command>, cfg: StepConfig) -> Change {
     s.updated_ms = cfg.now;
+    mark_ready(&mut s);
     let mut change = Change::default();
     if let Some(mut cmd) = active {
         if cmd.state != CommandState::Pending {
@@ -184,14 +185,19 @@ pub fn finished(
                     s.failure_reason = FailureReason::None;
                     s.message = String::new();
                 }
-                Action::Wake if s.phase == Phase::Hibernated => s.phase = Phase::Provisioning,
+                Action::Wake if s.phase == Phase::Hibernated => {
+                    s.phase = Phase::Provisioning;
+                    s.message = String::new();
+                }
                 Action::Hibernate => {
                     s.phase = Phase::Hibernated;
                     s.url.clear();
+                    s.message = String::new();
                 }
                 Action::Stop { .. } => {
                     s.phase = Phase::Stopped;
                     s.url.clear();
+                    s.message = String::new();
                 }
                 _ => {}
             }
@@ -229,7 +235,36 @@ fn fail(s: &mut Session, reason: FailureReason, message: &str, now: Millis) {
     s.message = message.to_string();
     s.url.clear();
     s.updated_ms = now;
-    s.set_condition("Ready", false, "Failed", message);
+    mark_ready(s);
+}
+
+/// The Ready condition of a session in `phase`: whether it answers on its
+/// URL, the phase as the reason, and a message that is true of that phase.
+/// `detail` is what the agent last said about the session (or why it
+/// failed); it is added where it tells the reader more.
+pub fn ready(phase: Phase, detail: &str) -> (bool, String, String) {
+    let what = match phase {
+        Phase::Pending => "the session waits to be started on an agent",
+        Phase::Provisioning => "the session is starting; it answers on its URL once Running",
+        Phase::Running => "the session answers on its URL",
+        Phase::Hibernated => {
+            "the session is hibernated (scaled to zero, nothing runs) and does not answer; wake it to resume"
+        }
+        Phase::Stopped => "the session is stopped; nothing runs",
+        Phase::Failed => "the session failed",
+    };
+    let message = match (phase, detail) {
+        (Phase::Failed, d) if !d.is_empty() => d.to_string(),
+        (Phase::Provisioning | Phase::Stopped, d) if !d.is_empty() => format!("{what} ({d})"),
+        _ => what.to_string(),
+    };
+    (phase == Phase::Running, capitalize(phase.as_str()), message)
+}
+
+/// Sets `s`'s Ready condition from its phase and message.
+fn mark_ready(s: &mut Session) {
+    let (ok, reason, message) = ready(s.phase, &s.message);
+    s.set_condition("Ready", ok, &reason, &message);
 }
 
 /// `cmd` passed its deadline without a result.
@@ -305,13 +340,7 @@ pub fn observed(
     if !o.workload_name.is_empty() {
         s.workload_name = o.workload_name.clone();
     }
-    match o.phase {
-        Phase::Running => {
-            s.set_condition("Ready", true, "Running", "the session answers on its URL")
-        }
-        Phase::Failed => s.set_condition("Ready", false, "Failed", &o.message),
-        p => s.set_condition("Ready", false, &capitalize(p.as_str()), &o.message),
-    }
+    mark_ready(&mut s);
     if before
         == (
             s.phase,
@@ -534,6 +563,90 @@ mod tests {
             observed_step(s, None, &status(Phase::Failed)),
         );
         assert_eq!(s.unwrap().phase, Phase::Failed);
+    }
+
+    /// Each phase's Ready condition says something true of that phase: only
+    /// a running session claims to answer, a hibernated one says how to
+    /// resume, and the agent's detail is kept where it explains the phase.
+    #[test]
+    fn ready_says_what_is_true_of_each_phase() {
+        use Phase::*;
+        for p in [Pending, Provisioning, Running, Hibernated, Stopped, Failed] {
+            let (ok, reason, message) = ready(p, "");
+            assert_eq!(ok, p == Running, "{p}");
+            assert_eq!(reason.to_lowercase(), p.as_str());
+            assert_eq!(
+                message.starts_with("the session answers"),
+                p == Running,
+                "{p}: {message}"
+            );
+        }
+        let (_, _, m) = ready(Hibernated, "scaled to 0");
+        assert_eq!(
+            m,
+            "the session is hibernated (scaled to zero, nothing runs) and does not answer; wake it to resume"
+        );
+        let (_, _, m) = ready(Provisioning, "pod s1-abc is Pending");
+        assert!(m.starts_with("the session is starting") && m.ends_with("(pod s1-abc is Pending)"));
+        let (_, _, m) = ready(Stopped, "the agent no longer runs this session");
+        assert!(m.contains("stopped") && m.contains("no longer runs"), "{m}");
+        let (_, _, m) = ready(Failed, "start failed: image missing");
+        assert_eq!(m, "start failed: image missing");
+        assert_eq!(ready(Failed, "").2, "the session failed");
+    }
+
+    /// A running session that hibernates stops claiming to answer on its
+    /// URL, and one woken from hibernation does not carry the hibernated
+    /// message into its new phase.
+    #[test]
+    fn hibernating_and_waking_rewrite_the_ready_condition() {
+        let ready_of = |s: &Option<Session>| {
+            let c = s
+                .as_ref()
+                .unwrap()
+                .conditions
+                .iter()
+                .find(|c| c.kind == "Ready");
+            let c = c.expect("a Ready condition").clone();
+            (c.status, c.reason, c.message)
+        };
+        let mut s = session();
+        s.phase = Phase::Provisioning;
+        let (s, _) = apply(
+            Some(s.clone()),
+            None,
+            observed_step(Some(s), None, &status(Phase::Running)),
+        );
+        assert!(ready_of(&s).0);
+        let mut s = s.unwrap();
+        s.desired = Desired::Hibernated;
+        let (s, active) = apply(Some(s.clone()), None, plan(s, None, cfg()));
+        let id = active.as_ref().unwrap().id.clone();
+        assert_eq!(active.as_ref().unwrap().action, Action::Hibernate);
+        let (s, _) = apply(
+            s.clone(),
+            active.clone(),
+            finished(s, active, &id, &Outcome::Succeeded, cfg()),
+        );
+        let (ok, reason, message) = ready_of(&s);
+        assert!(!ok);
+        assert_eq!(reason, "Hibernated");
+        assert!(message.contains("wake it to resume"), "{message}");
+        let mut hibernated = status(Phase::Hibernated);
+        hibernated.message = "scaled to 0".into();
+        let (s, _) = apply(s.clone(), None, observed_step(s, None, &hibernated));
+        let mut s = s.unwrap();
+        s.desired = Desired::Running;
+        let (s, active) = apply(Some(s.clone()), None, plan(s, None, cfg()));
+        let id = active.as_ref().unwrap().id.clone();
+        let (s, _) = apply(
+            s.clone(),
+            active.clone(),
+            finished(s, active, &id, &Outcome::Succeeded, cfg()),
+        );
+        let (ok, reason, message) = ready_of(&s);
+        assert_eq!((ok, reason.as_str()), (false, "Provisioning"));
+        assert!(!message.contains("scaled to 0"), "{message}");
     }
 
     /// Absent from the agent's inventory with no command active: a running

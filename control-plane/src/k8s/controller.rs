@@ -96,7 +96,7 @@ fn status_of(obj: &Session, s: &Stored, extra: Option<Condition>) -> SessionStat
     SessionStatus {
         phase: Some(phase_name(s.phase).into()),
         url: Some(s.url.clone()).filter(|u| !u.is_empty()),
-        pod_name: Some(s.workload_name.clone()).filter(|w| !w.is_empty()),
+        pod: Some(s.workload_name.clone()).filter(|w| !w.is_empty()),
         agent: s.agent_id.clone(),
         conditions,
         observed_generation: obj.metadata.generation,
@@ -124,7 +124,7 @@ impl Ctx {
         if cmp == old {
             return Ok(());
         }
-        if status.phase == old.phase && status.url == old.url && status.pod_name == old.pod_name {
+        if status.phase == old.phase && status.url == old.url && status.pod == old.pod {
             status.last_activity = old.last_activity.clone().or(status.last_activity);
         }
         let api: Api<Session> =
@@ -142,10 +142,16 @@ impl Ctx {
         .await?;
         if status.phase != old.phase {
             let failed = status.phase.as_deref() == Some("Failed");
+            // The condition that explains the new phase: Terminating is the
+            // controller's own phase, every other one is the Ready condition's.
+            let explains = match status.phase.as_deref() {
+                Some("Terminating") => "Terminating",
+                _ => "Ready",
+            };
             let note = status
                 .conditions
                 .iter()
-                .find(|c| c.type_ == "Ready")
+                .find(|c| c.type_ == explains)
                 .map(|c| c.message.clone())
                 .filter(|m| !m.is_empty());
             let ev = KubeEvent {

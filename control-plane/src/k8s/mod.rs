@@ -5,6 +5,7 @@
 pub mod controller;
 pub mod convert;
 pub mod crd;
+pub mod formats;
 pub mod mirror;
 pub mod templates;
 
@@ -26,7 +27,13 @@ pub struct KubeOptions {
 }
 
 pub async fn client(o: &KubeOptions) -> anyhow::Result<kube::Client> {
-    let config = match &o.kubeconfig {
+    client_for(o.kubeconfig.as_deref()).await
+}
+
+/// A client from `kubeconfig`, or from the in-cluster configuration (then
+/// the default chain) when there is none.
+pub async fn client_for(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
+    let config = match kubeconfig {
         Some(p) => {
             let kc = kube::config::Kubeconfig::read_from(p)?;
             kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?
