@@ -2,6 +2,7 @@
 //! `AGENT_ID`, `--control-plane-url`/`CONTROL_PLANE_URL`, ...), plus
 //! certificate and runtime flags.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -113,6 +114,11 @@ pub struct AgentArgs {
     /// Log format: text or json.
     #[arg(long, env = "LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+    /// Plaintext grpc.health.v1 listener for kubelet gRPC probes (only the
+    /// health service), e.g. 0.0.0.0:8081; empty = none. SERVING while the
+    /// agent runs, as leader or as HA standby.
+    #[arg(long, env = "HEALTH_ADDR", default_value = "", value_parser = streamspace_runtime_util::parse_health_addr)]
+    pub health_addr: std::option::Option<SocketAddr>,
 }
 
 fn read(path: &PathBuf, what: &str) -> anyhow::Result<String> {
@@ -212,7 +218,32 @@ impl AgentArgs {
 
 #[cfg(test)]
 mod tests {
-    use super::check_identity;
+    use super::{AgentArgs, check_identity};
+    use clap::Parser;
+
+    /// `--health-addr` takes an address; empty (the default) means none.
+    #[test]
+    fn health_addr_is_optional() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec![
+                "streamspace-agent",
+                "--agent-id=a",
+                "--control-plane-url=https://cp:7443",
+                "--tls-cert=c",
+                "--tls-key=k",
+                "--ca-cert=ca",
+            ];
+            argv.extend(extra);
+            AgentArgs::try_parse_from(argv).map(|a| a.health_addr)
+        };
+        assert_eq!(parse(&[]).unwrap(), None);
+        assert_eq!(parse(&["--health-addr="]).unwrap(), None);
+        assert_eq!(
+            parse(&["--health-addr=0.0.0.0:8081"]).unwrap(),
+            Some("0.0.0.0:8081".parse().unwrap())
+        );
+        assert!(parse(&["--health-addr=8081"]).is_err());
+    }
 
     fn pair() -> (String, String) {
         let key = rcgen::KeyPair::generate().unwrap();

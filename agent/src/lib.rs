@@ -13,6 +13,7 @@ pub mod runtime;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 pub use client::{Client, ClientConfig, ClientTls};
@@ -21,6 +22,19 @@ pub use config::AgentArgs;
 /// Builds the runtime the flags ask for and runs the agent until `shutdown`.
 pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let cfg = args.client_config()?;
+    // Liveness only: the process runs, whether it leads or stands by.
+    let probe = match args.health_addr {
+        Some(addr) => Some(
+            streamspace_runtime_util::HealthEndpoint::start(
+                addr,
+                true,
+                shutdown.clone().cancelled_owned(),
+            )
+            .await
+            .with_context(|| format!("binding the health listener on {addr}"))?,
+        ),
+        None => None,
+    };
     let sink = runtime::StatusSink::new();
     let statuses = sink.clone();
     let kube = if args.platform == "kubernetes" || args.enable_ha {
@@ -60,6 +74,9 @@ pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> anyhow::Result
     client.run(shutdown).await;
     if let Some(e) = elector {
         let _ = e.await;
+    }
+    if let Some((_, task)) = probe {
+        let _ = task.await;
     }
     Ok(())
 }

@@ -61,6 +61,11 @@ pub struct ServeArgs {
     /// Token file: one `token,user,role` line per caller (role admin or user).
     #[arg(long, env = "TOKENS_FILE")]
     pub tokens_file: PathBuf,
+    /// Plaintext grpc.health.v1 listener for kubelet gRPC probes (only the
+    /// health service), e.g. 0.0.0.0:8081; empty = none. SERVING once the
+    /// store is open and both listeners are bound, NOT_SERVING from shutdown.
+    #[arg(long, env = "HEALTH_ADDR", default_value = "", value_parser = streamspace_runtime_util::parse_health_addr)]
+    pub health_addr: std::option::Option<SocketAddr>,
     #[command(flatten)]
     pub tuning: Tuning,
     #[command(flatten)]
@@ -199,6 +204,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         lifecycle: a.tuning.lifecycle(),
         kube: a.kube.options(),
         edge: a.tuning.edge(),
+        health_addr: a.health_addr,
     };
     let cp = ControlPlane::start(cfg).await?;
     streamspace_runtime_util::shutdown_signal().await;
@@ -257,6 +263,19 @@ mod tests {
         assert!(serve(&["--kubernetes=maybe"]).is_err());
         assert_eq!(on(&["--kubernetes", "false"]), Some(false));
         assert_eq!(on(&["--kubernetes", "true"]), Some(true));
+    }
+
+    /// `--health-addr` takes an address; empty (the default) means none.
+    #[test]
+    fn health_addr_is_optional() {
+        let health = |extra: &[&str]| serve(extra).map(|a| a.health_addr);
+        assert_eq!(health(&[]).unwrap(), None);
+        assert_eq!(health(&["--health-addr="]).unwrap(), None);
+        assert_eq!(
+            health(&["--health-addr", "0.0.0.0:8081"]).unwrap(),
+            Some("0.0.0.0:8081".parse().unwrap())
+        );
+        assert!(health(&["--health-addr=localhost"]).is_err());
     }
 
     async fn certs_in(args: &[&str]) -> anyhow::Result<()> {

@@ -1,6 +1,9 @@
 //! Wiring: opens the store, binds the agent listener (mTLS) and the API
 //! listener (TLS + bearer tokens), both with health and reflection, runs the
 //! expiry sweeper, and shuts down in order: drain agents, then stop serving.
+//! An optional plaintext health listener for kubelet probes reports SERVING
+//! from when the store is open and both listeners are bound until shutdown
+//! begins.
 //! Both listeners accept through [`crate::listen`] (connection budget and
 //! first-request deadline) and answer unreadable requests through
 //! [`crate::grpc::edge_status`] (INVALID_ARGUMENT / RESOURCE_EXHAUSTED).
@@ -11,6 +14,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use streamspace::v1 as pb;
+use streamspace_runtime_util::HealthEndpoint;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -48,13 +52,19 @@ pub struct ServerConfig {
     pub kube: Option<crate::k8s::KubeOptions>,
     /// Connection budget and first-request deadline, per listener.
     pub edge: EdgeLimits,
+    /// Plaintext grpc.health.v1 listener for kubelet probes; None = none.
+    pub health_addr: Option<SocketAddr>,
 }
 
 /// A running control plane.
 pub struct ControlPlane {
     pub agent_addr: SocketAddr,
     pub api_addr: SocketAddr,
+    /// The bound plaintext health listener, if one was asked for.
+    pub health_addr: Option<SocketAddr>,
     pub lifecycle: Arc<Lifecycle>,
+    /// The plaintext health listener, turned NOT_SERVING when shutdown begins.
+    probe: Option<HealthEndpoint>,
     drain: CancellationToken,
     stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
@@ -93,13 +103,28 @@ fn health_and_reflection() -> anyhow::Result<(
 impl ControlPlane {
     /// Opens the store, binds both listeners and starts serving.
     pub async fn start(cfg: ServerConfig) -> anyhow::Result<Self> {
+        let drain = CancellationToken::new();
+        let stop = CancellationToken::new();
+        // Whatever started stops again if a later step fails.
+        let stop_on_error = stop.clone().drop_guard();
+        // Bound first, so probes get an answer (NOT_SERVING) while the store opens.
+        let mut tasks = Vec::new();
+        let probe = match cfg.health_addr {
+            Some(addr) => {
+                let (probe, task) =
+                    HealthEndpoint::start(addr, false, stop.clone().cancelled_owned())
+                        .await
+                        .with_context(|| format!("binding the health listener on {addr}"))?;
+                tasks.push(task);
+                Some(probe)
+            }
+            None => None,
+        };
         let store = crate::store::open(&cfg.database_url)
             .await
             .with_context(|| "opening the store")?;
         let roster = Arc::new(Roster::new(cfg.hub.heartbeat_interval * 3));
         let lifecycle = Arc::new(Lifecycle::new(store, roster, cfg.lifecycle));
-        let drain = CancellationToken::new();
-        let stop = CancellationToken::new();
         let agent_listener = TcpListener::bind(cfg.agent_addr)
             .await
             .with_context(|| format!("binding the agent listener on {}", cfg.agent_addr))?;
@@ -109,7 +134,6 @@ impl ControlPlane {
         let agent_addr = agent_listener.local_addr()?;
         let api_addr = api_listener.local_addr()?;
         let keepalive = Some(cfg.hub.heartbeat_interval);
-        let mut tasks = Vec::new();
 
         // Agent listener: client certificates required.
         let agent_tls = listen::server_tls(
@@ -217,11 +241,17 @@ impl ControlPlane {
                     .context("starting the Kubernetes controller")?,
             );
         }
+        if let Some(p) = &probe {
+            p.set_serving(true).await;
+        }
+        stop_on_error.disarm();
         info!(%agent_addr, %api_addr, kubernetes = cfg.kube.is_some(), "control plane serving");
         Ok(Self {
             agent_addr,
             api_addr,
+            health_addr: probe.as_ref().map(HealthEndpoint::local_addr),
             lifecycle,
+            probe,
             drain,
             stop,
             tasks,
@@ -232,6 +262,9 @@ impl ControlPlane {
     /// Drains agents (they finish in-flight work or it stays durable for the
     /// next start), then stops both listeners.
     pub async fn shutdown(self) {
+        if let Some(p) = &self.probe {
+            p.set_serving(false).await;
+        }
         info!("draining agents");
         self.drain.cancel();
         let deadline = tokio::time::Instant::now() + self.drain_grace;

@@ -1,5 +1,5 @@
 //! Process plumbing every StreamSpace binary needs the same way: how logs are
-//! written and which signals stop the process. It lives in its own small crate
+//! written, which signals stop the process and how kubelet probes it. It lives in its own small crate
 //! so the control plane and the agent share it without either depending on the
 //! other, and so the protocol crate (the wire contract, used by clients in
 //! every language's image of it) stays free of a logging stack.
@@ -7,7 +7,13 @@
 //! # Layout
 //! - `lib.rs`: [`init_logging`] (text or JSON `tracing` output on stderr,
 //!   filtered by `RUST_LOG`) and [`shutdown_signal`] (SIGINT or SIGTERM).
+//! - `health.rs`: [`HealthEndpoint`], the plaintext `grpc.health.v1`
+//!   listener kubelet probes talk to (`--health-addr`).
 #![forbid(unsafe_code)]
+
+pub mod health;
+
+pub use health::{HealthEndpoint, parse_health_addr};
 
 /// Logs through `tracing`: readable text by default, or JSON when `format`
 /// is `"json"`. The filter comes from `RUST_LOG`, `info` when unset. Calling

@@ -258,6 +258,8 @@ pub struct CpOptions {
     pub kube: Option<streamspace_control_plane::k8s::KubeOptions>,
     /// Commands outstanding on one agent at once.
     pub max_in_flight: u32,
+    /// Serve the plaintext health listener (on a free loopback port).
+    pub health: bool,
 }
 
 impl Default for CpOptions {
@@ -267,6 +269,7 @@ impl Default for CpOptions {
             command_timeout: Duration::from_secs(60),
             kube: None,
             max_in_flight: 64,
+            health: false,
         }
     }
 }
@@ -296,6 +299,7 @@ pub fn server_config(pki: &TestPki, database_url: &str, o: &CpOptions) -> Server
         },
         kube: o.kube.clone(),
         edge: Default::default(),
+        health_addr: o.health.then(|| "127.0.0.1:0".parse().unwrap()),
     }
 }
 

@@ -253,6 +253,17 @@ impl CpProc {
         }
     }
 
+    /// SIGTERM: the control plane shuts down in order. Returns at once; the
+    /// process is reaped by [`CpProc::wait`] or on drop.
+    pub fn sigterm(&self) {
+        let _ = kill(Pid::from_raw(self.pid()), Signal::SIGTERM);
+    }
+
+    /// Waits for the process to exit; its status.
+    pub fn wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.take().and_then(|mut c| c.wait().ok())
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("control-plane.log")).unwrap_or_default()
     }
