@@ -184,6 +184,7 @@ impl AgentArgs {
             lease_duration: Duration::from_secs(self.lease_duration_seconds.max(1)),
             renew_deadline: Duration::from_millis(self.renew_deadline_ms.max(100)),
             retry_period: Duration::from_millis(self.retry_period_ms.max(50)),
+            owner: None,
         })
     }
 

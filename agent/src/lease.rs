@@ -1,9 +1,16 @@
-//! Leader election for agent replicas on a coordination.k8s.io Lease (seed
-//! 003, DESIGN.md 5). Only the holder attaches; its fencing token is the
-//! Lease's transition count, so the control plane can refuse a stale leader.
+//! Leader election for agent replicas on a coordination.k8s.io Lease. Only
+//! the holder attaches; its fencing token grows with every change of holder,
+//! so the control plane can refuse a stale leader (see [`fencing_token`]).
 //! Losing the Lease (or failing to renew it within the renew deadline)
 //! withdraws leadership at once; shutdown releases the Lease so a standby
 //! takes over without waiting for it to expire.
+//!
+//! The holder makes its own Pod the Lease's owner (when it runs in a pod of
+//! the Lease's namespace), so the Lease goes with the last pod that held it:
+//! `helm uninstall` or deleting the Deployment leaves no Lease behind, and a
+//! deleted leader pod frees the Lease at once. A Lease deleted or re-created
+//! this way never lowers the fencing token, because the token starts from the
+//! Lease's creation time, which the API server sets.
 //!
 //! Expiry is judged from `renewTime + leaseDurationSeconds` against the local
 //! clock, so replicas are assumed to have roughly synchronised clocks.
@@ -11,7 +18,7 @@
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference};
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::api::PostParams;
@@ -30,6 +37,51 @@ pub struct LeaseConfig {
     pub renew_deadline: Duration,
     /// How often the leader renews and standbys retry.
     pub retry_period: Duration,
+    /// This replica's Pod, made the Lease's owner while this replica holds it.
+    pub owner: Option<OwnerReference>,
+}
+
+/// Bits of the fencing token that count holder changes within one Lease object.
+const TRANSITION_BITS: u32 = 24;
+
+/// The fencing token of a holder: the Lease object's creation time (seconds,
+/// set by the API server) in the high bits, its transition count in the low
+/// 24. A Lease deleted and made again starts above every token of the one
+/// before, so the control plane (which remembers the highest token it has
+/// seen) accepts the new leader and still refuses one of the old Lease.
+pub fn fencing_token(lease: &Lease, transitions: i32) -> u64 {
+    let created = lease
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| t.0.as_second().max(0) as u64)
+        .unwrap_or(0);
+    let low = (transitions.max(1) as u64).min((1 << TRANSITION_BITS) - 1);
+    (created << TRANSITION_BITS) | low
+}
+
+/// An owner reference to the pod `name` in `namespace`, if it exists there.
+pub async fn pod_owner(
+    client: kube::Client,
+    namespace: &str,
+    name: &str,
+) -> Option<OwnerReference> {
+    use k8s_openapi::api::core::v1::Pod;
+    let pods: Api<Pod> = Api::namespaced(client, namespace);
+    match pods.get_opt(name).await {
+        Ok(Some(pod)) => Some(OwnerReference {
+            api_version: "v1".into(),
+            kind: "Pod".into(),
+            name: name.into(),
+            uid: pod.metadata.uid?,
+            ..Default::default()
+        }),
+        Ok(None) => None,
+        Err(e) => {
+            warn!(pod = name, error = %e, "reading this replica's pod; the Lease will have no owner");
+            None
+        }
+    }
 }
 
 /// Leadership as seen by this replica: `Some(fencing token)` while it leads.
@@ -64,6 +116,7 @@ async fn try_acquire_or_renew(api: &Api<Lease>, cfg: &LeaseConfig) -> Result<Try
         let lease = Lease {
             metadata: ObjectMeta {
                 name: Some(cfg.name.clone()),
+                owner_references: cfg.owner.clone().map(|o| vec![o]),
                 ..Default::default()
             },
             spec: Some(LeaseSpec {
@@ -76,7 +129,7 @@ async fn try_acquire_or_renew(api: &Api<Lease>, cfg: &LeaseConfig) -> Result<Try
             }),
         };
         return match api.create(&PostParams::default(), &lease).await {
-            Ok(_) => Ok(Try::Leading(1)),
+            Ok(made) => Ok(Try::Leading(fencing_token(&made, 1))),
             Err(kube::Error::Api(ae)) if ae.code == 409 => Ok(Try::Standby),
             Err(e) => Err(e),
         };
@@ -89,6 +142,11 @@ async fn try_acquire_or_renew(api: &Api<Lease>, cfg: &LeaseConfig) -> Result<Try
         spec.lease_duration_seconds = Some(duration);
         transitions
     } else if holder.is_empty() || expired(spec) {
+        if let Some(owner) = &cfg.owner {
+            // The Lease now goes with this replica's pod (the old holder's may be gone).
+            lease.metadata.owner_references = Some(vec![owner.clone()]);
+        }
+        let spec = lease.spec.get_or_insert_with(Default::default);
         spec.holder_identity = Some(cfg.identity.clone());
         spec.lease_transitions = Some(transitions + 1);
         spec.acquire_time = Some(now());
@@ -100,7 +158,7 @@ async fn try_acquire_or_renew(api: &Api<Lease>, cfg: &LeaseConfig) -> Result<Try
     };
     // `replace` carries the resourceVersion we read: a concurrent writer wins.
     match api.replace(&cfg.name, &PostParams::default(), &lease).await {
-        Ok(_) => Ok(Try::Leading(token.max(1) as u64)),
+        Ok(_) => Ok(Try::Leading(fencing_token(&lease, token))),
         Err(kube::Error::Api(ae)) if ae.code == 409 => Ok(Try::Standby),
         Err(e) => Err(e),
     }
@@ -169,4 +227,35 @@ pub async fn run(
     }
     let _ = tx.send(None);
     release(&api, &cfg).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    fn lease_created_at(secs: i64) -> Lease {
+        Lease {
+            metadata: ObjectMeta {
+                creation_timestamp: Some(Time(Timestamp::from_second(secs).unwrap())),
+                ..Default::default()
+            },
+            spec: None,
+        }
+    }
+
+    #[test]
+    fn a_remade_lease_starts_above_every_token_of_the_old_one() {
+        let old = lease_created_at(1_790_000_000);
+        let new = lease_created_at(1_790_000_001);
+        assert!(fencing_token(&old, 2) > fencing_token(&old, 1));
+        assert!(fencing_token(&new, 1) > fencing_token(&old, i32::MAX));
+        // Counts beyond the low bits saturate instead of spilling into the time.
+        assert_eq!(
+            fencing_token(&old, i32::MAX),
+            fencing_token(&old, (1 << TRANSITION_BITS) - 1)
+        );
+        // A Lease without a creation time (never from the API server) still counts up.
+        assert_eq!(fencing_token(&Lease::default(), 3), 3);
+    }
 }

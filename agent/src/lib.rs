@@ -59,9 +59,11 @@ pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> anyhow::Result
     let mut client = Client::new(cfg, rt, statuses);
     let mut elector = None;
     if args.enable_ha {
-        let lease_cfg = args.lease_config()?;
-        let api =
-            kube::Api::namespaced(kube.clone().expect("kube client with HA"), &args.namespace);
+        let mut lease_cfg = args.lease_config()?;
+        let kube = kube.clone().expect("kube client with HA");
+        lease_cfg.owner =
+            lease::pod_owner(kube.clone(), &args.namespace, &lease_cfg.identity).await;
+        let api = kube::Api::namespaced(kube, &args.namespace);
         let (tx, rx) = tokio::sync::watch::channel(None);
         elector = Some(tokio::spawn(lease::run(
             api,

@@ -77,7 +77,15 @@ async fn three_replicas_one_leader_fast_failover() {
     };
     let leader = holder().await.expect("a Lease holder");
     let leader_idx: usize = leader.trim_start_matches("agent-").parse().unwrap();
-    assert_eq!(token, 1, "first leader's fencing token");
+    let lease = leases
+        .get(&format!("streamspace-agent-{ID}"))
+        .await
+        .expect("the Lease");
+    assert_eq!(
+        token,
+        streamspace_agent::lease::fencing_token(&lease, 1),
+        "first leader's fencing token: the Lease's creation time, then 1 transition"
+    );
 
     // Exactly one stream, no re-attaches, for the observation window.
     let window = std::env::var("STREAMSPACE_TEST_HA_WINDOW_SECS")
@@ -165,6 +173,38 @@ async fn three_replicas_one_leader_fast_failover() {
         .unwrap();
     api.wait_phase("after-handover", pb::SessionPhase::Running, 60)
         .await;
+
+    // An operator deletes the Lease: the holder makes a new one. After a
+    // restart its token (from the new Lease's creation time) is still above
+    // every token before, so the control plane takes it instead of refusing a
+    // "stale" leader (a transition count restarting at 1 was refused forever).
+    let token3 = roster.get(ID).expect("attached").hello.fencing_token;
+    leases
+        .delete(&format!("streamspace-agent-{ID}"), &Default::default())
+        .await
+        .expect("delete the Lease");
+    wait_for("the Lease to be made again", 30, holder).await;
+    let last = (0..replicas.len())
+        .find(|i| *i != leader_idx && *i != idx2)
+        .unwrap();
+    replicas[last].kill9();
+    replicas[last].start();
+    let token4 = wait_for("a leader of the re-made Lease to attach", 30, || {
+        let r = roster.clone();
+        async move {
+            r.get(ID)
+                .map(|a| a.hello.fencing_token)
+                .filter(|t| *t > token3)
+        }
+    })
+    .await;
+    assert!(holder().await.is_some(), "the Lease is back, held");
+    api.create("after-lease-delete", "firefox-browser")
+        .await
+        .unwrap();
+    api.wait_phase("after-lease-delete", pb::SessionPhase::Running, 60)
+        .await;
+    eprintln!("fencing tokens: {token} -> {token2} -> {token3} -> (Lease re-made) {token4}");
 
     eprintln!(
         "HA failover: crash (SIGKILL) {crash_failover:?}, graceful (SIGTERM) {graceful_failover:?}"
