@@ -67,12 +67,20 @@ impl Helm {
         })
     }
 
-    /// `helm --kubeconfig <admin> ARGS...`; the output whatever the exit status.
-    pub fn run(&self, args: &[&str]) -> Output {
-        Command::new(&self.bin)
-            .arg("--kubeconfig")
+    /// `helm --kubeconfig <admin> ARGS...`, run from the repository root so
+    /// `./chart` works as an operator types it.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.arg("--kubeconfig")
             .arg(&self.kubeconfig)
             .args(args)
+            .current_dir(chart_dir().join(".."));
+        c
+    }
+
+    /// [`Helm::command`]'s output, whatever the exit status.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command(args)
             .output()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.bin.display()))
     }
