@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test: installs or builds what the tests need (PostgreSQL, grpcurl,
-# kubectl, helm; the Kubernetes test control plane when tests need it), then
-# runs lint checks and the whole suite on SQLite and on PostgreSQL.
+# kubectl, helm, kubeconform, buildah; the Kubernetes test control plane), then
+# runs lint checks (rustfmt, clippy, the Helm chart), builds the image from the
+# test binaries and checks it, and runs the whole suite on SQLite and on
+# PostgreSQL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 log() { echo "[test.sh] $*"; }
