@@ -204,6 +204,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         lifecycle: a.tuning.lifecycle(),
         kube: a.kube.options(),
         edge: a.tuning.edge(),
+        limits: a.tuning.limits(),
         health_addr: a.health_addr,
     };
     let cp = ControlPlane::start(cfg).await?;

@@ -184,6 +184,7 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
         lifecycle: a.tuning.lifecycle(),
         kube: None,
         edge: a.tuning.edge(),
+        limits: a.tuning.limits(),
         health_addr: None,
     };
     let cp = ControlPlane::start(cfg).await?;

@@ -54,6 +54,8 @@ pub struct ServerConfig {
     pub edge: EdgeLimits,
     /// Plaintext grpc.health.v1 listener for kubelet probes; None = none.
     pub health_addr: Option<SocketAddr>,
+    /// Per-caller request rate and watch limits of the API.
+    pub limits: crate::grpc::limits::LimitConfig,
 }
 
 /// A running control plane.
@@ -175,14 +177,23 @@ impl ControlPlane {
             .context("API listener TLS")?;
         let (reporter, health, v1, v1alpha) = health_and_reflection()?;
         let tokens = cfg.tokens.clone();
-        let auth = move |req| tokens.authenticate(req);
+        let limits = crate::grpc::limits::ApiLimits::new(cfg.limits);
+        let api_limits = limits.clone();
+        // Authenticate, then count the request against the caller's rate.
+        let auth = move |req| {
+            let req = tokens.authenticate(req)?;
+            if let Some(who) = req.extensions().get::<crate::core::Caller>() {
+                api_limits.admit(&who.user)?;
+            }
+            Ok(req)
+        };
         use pb::agent_admin_service_server::AgentAdminServiceServer as Admin;
         use pb::session_service_server::SessionServiceServer as Sessions;
         use pb::template_service_server::TemplateServiceServer as Templates;
         reporter.set_serving::<Sessions<SessionApi>>().await;
         reporter.set_serving::<Admin<AdminApi>>().await;
         reporter.set_serving::<Templates<TemplateApi>>().await;
-        let sessions = Sessions::new(SessionApi::new(lifecycle.clone(), drain.clone()))
+        let sessions = Sessions::new(SessionApi::new(lifecycle.clone(), drain.clone(), limits))
             .max_decoding_message_size(API_MAX_MESSAGE);
         let admin =
             Admin::new(AdminApi::new(lifecycle.clone())).max_decoding_message_size(API_MAX_MESSAGE);

@@ -35,6 +35,23 @@ pub struct Tuning {
     /// Most connections open at once on each listener; more are closed at once.
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
+    /// API requests per second each caller may sustain (0 = no limit); over
+    /// it, RESOURCE_EXHAUSTED with retry info.
+    #[arg(long, env = "API_RATE", default_value_t = 100.0)]
+    pub api_rate: f64,
+    /// API requests a caller may make at once above --api-rate.
+    #[arg(long, env = "API_BURST", default_value_t = 200)]
+    pub api_burst: u32,
+    /// Concurrent WatchSessions streams per caller (0 = no limit).
+    #[arg(long, env = "MAX_WATCHES", default_value_t = 16)]
+    pub max_watches: u32,
+    /// Frames per second one agent stream is handled at (0 = no limit); above
+    /// it that agent's stream is read more slowly.
+    #[arg(long, env = "AGENT_FRAME_RATE", default_value_t = 2000.0)]
+    pub agent_frame_rate: f64,
+    /// Frames one agent may send at once above --agent-frame-rate.
+    #[arg(long, env = "AGENT_FRAME_BURST", default_value_t = 4000)]
+    pub agent_frame_burst: u32,
 }
 
 impl Tuning {
@@ -44,7 +61,17 @@ impl Tuning {
             heartbeat_interval: Duration::from_millis(self.heartbeat_interval_ms.max(100)),
             max_in_flight: self.max_in_flight.max(1),
             drain_grace: Duration::from_secs(self.drain_grace_seconds),
+            frame_rate: self.agent_frame_rate.max(0.0),
+            frame_burst: self.agent_frame_burst,
             ..HubConfig::default()
+        }
+    }
+
+    pub fn limits(&self) -> crate::grpc::limits::LimitConfig {
+        crate::grpc::limits::LimitConfig {
+            rate: self.api_rate.max(0.0),
+            burst: self.api_burst,
+            max_watches: self.max_watches,
         }
     }
 

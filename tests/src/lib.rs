@@ -260,6 +260,8 @@ pub struct CpOptions {
     pub max_in_flight: u32,
     /// Serve the plaintext health listener (on a free loopback port).
     pub health: bool,
+    /// Per-caller API limits; none by default (tests are one fast caller).
+    pub limits: streamspace_control_plane::grpc::limits::LimitConfig,
 }
 
 impl Default for CpOptions {
@@ -270,6 +272,11 @@ impl Default for CpOptions {
             kube: None,
             max_in_flight: 64,
             health: false,
+            limits: streamspace_control_plane::grpc::limits::LimitConfig {
+                rate: 0.0,
+                burst: 1,
+                max_watches: 0,
+            },
         }
     }
 }
@@ -300,6 +307,7 @@ pub fn server_config(pki: &TestPki, database_url: &str, o: &CpOptions) -> Server
         kube: o.kube.clone(),
         edge: Default::default(),
         health_addr: o.health.then(|| "127.0.0.1:0".parse().unwrap()),
+        limits: o.limits,
     }
 }
 

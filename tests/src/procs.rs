@@ -209,6 +209,16 @@ impl CpProc {
             format!("--heartbeat-interval-ms={heartbeat_ms}"),
         ];
         let mut cmd = cmd;
+        // Tests drive the API as one or two callers far above a person's rate:
+        // no per-caller limits unless the test sets them.
+        for (flag, off) in [
+            ("--api-rate", "--api-rate=0"),
+            ("--max-watches", "--max-watches=0"),
+        ] {
+            if !extra.iter().any(|a| a.starts_with(flag)) {
+                cmd.push(off.into());
+            }
+        }
         cmd.extend(extra.iter().map(|s| s.to_string()));
         let mut cp = Self {
             api_addr,

@@ -244,9 +244,26 @@ async fn bursts_with_crashes_converge() {
         lasting_template: LASTING.into(),
         ..Expect::default()
     }));
+    let data_root = tmp.path().to_path_buf();
     let logs = |cp: &CpProc, agents: &[AgentProc]| -> Vec<(String, String)> {
         let mut l = vec![("control-plane".to_string(), cp.log())];
         l.extend(agents.iter().map(|a| (format!("agent {}", a.id), a.log())));
+        // What session processes printed (a healthy one prints nothing here):
+        // why a process exited on its own, e.g. a port taken.
+        for id in AGENTS {
+            let Ok(dir) = std::fs::read_dir(data_root.join(id).join("logs")) else {
+                continue;
+            };
+            for f in dir.flatten().take(200) {
+                let text = std::fs::read_to_string(f.path()).unwrap_or_default();
+                if !text.trim().is_empty() {
+                    l.push((
+                        format!("session log {id}/{}", f.file_name().to_string_lossy()),
+                        text,
+                    ));
+                }
+            }
+        }
         l
     };
 

@@ -38,6 +38,9 @@ pub struct HubConfig {
     pub hello_timeout: Duration,
     /// How long streams get to finish in-flight work after Drain.
     pub drain_grace: Duration,
+    /// Frames per second one stream is handled at (0 = no limit), after a burst.
+    pub frame_rate: f64,
+    pub frame_burst: u32,
 }
 
 impl Default for HubConfig {
@@ -49,6 +52,8 @@ impl Default for HubConfig {
             max_message_bytes: 4 << 20,
             hello_timeout: Duration::from_secs(10),
             drain_grace: Duration::from_secs(5),
+            frame_rate: 2000.0,
+            frame_burst: 4000,
         }
     }
 }
@@ -255,6 +260,7 @@ impl Stream {
         let mut drain_deadline: Option<tokio::time::Instant> = None;
         let drain = self.hub.drain.clone();
         let lc = &self.hub.lifecycle;
+        let mut pacer = super::limits::Pacer::new(cfg.frame_rate, cfg.frame_burst);
         loop {
             tokio::select! {
                 _ = self.cancel.cancelled() => {
@@ -282,7 +288,10 @@ impl Stream {
                     }
                 }
                 frame = inbound.message() => match frame {
-                    Ok(Some(f)) => if let Err(e) = self.handle(f).await { return e; },
+                    Ok(Some(f)) => {
+                        if let Err(e) = self.handle(f).await { return e; }
+                        pacer.pace().await;
+                    }
                     Ok(None) => return End::Closed("agent closed the stream".into()),
                     Err(s) => return End::Closed(format!("stream error: {s}")),
                 },

@@ -18,13 +18,19 @@ use crate::core::{Lifecycle, NewSession};
 pub struct SessionApi {
     lifecycle: Arc<Lifecycle>,
     shutdown: CancellationToken,
+    limits: super::limits::ApiLimits,
 }
 
 impl SessionApi {
-    pub fn new(lifecycle: Arc<Lifecycle>, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        lifecycle: Arc<Lifecycle>,
+        shutdown: CancellationToken,
+        limits: super::limits::ApiLimits,
+    ) -> Self {
         Self {
             lifecycle,
             shutdown,
+            limits,
         }
     }
 }
@@ -154,6 +160,8 @@ impl pb::session_service_server::SessionService for SessionApi {
         req: Request<pb::WatchSessionsRequest>,
     ) -> Result<Response<Self::WatchSessionsStream>, Status> {
         let who = caller(&req)?;
+        // Held by the stream's task: the slot is free again when the watch ends.
+        let slot = self.limits.watch(&who.user)?;
         let r = req.into_inner();
         let user = optional_user(&r.user)?;
         // Same authorization as listing; fails early if not allowed.
@@ -204,6 +212,7 @@ impl pb::session_service_server::SessionService for SessionApi {
         }
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => {

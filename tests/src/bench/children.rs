@@ -126,6 +126,9 @@ impl CpChild {
             format!("--agent-ca={}", pki.join("ca.crt").display()),
             format!("--tokens-file={}", lab.tokens_file.display()),
             format!("--trust-domain={TRUST_DOMAIN}"),
+            // The load generator is one caller: the per-caller API limits would measure themselves.
+            "--api-rate=0".to_string(),
+            "--max-watches=0".to_string(),
         ];
         let mut cp = Self {
             api_addr,
