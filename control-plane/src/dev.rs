@@ -185,6 +185,7 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
         kube: None,
         edge: a.tuning.edge(),
         health_addr: None,
+        audit: Default::default(),
     };
     let cp = ControlPlane::start(cfg).await?;
     let admin = Caller {

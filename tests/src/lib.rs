@@ -300,6 +300,7 @@ pub fn server_config(pki: &TestPki, database_url: &str, o: &CpOptions) -> Server
         kube: o.kube.clone(),
         edge: Default::default(),
         health_addr: o.health.then(|| "127.0.0.1:0".parse().unwrap()),
+        audit: Default::default(),
     }
 }
 

@@ -61,11 +61,13 @@ pub const SESSIONS_PER_AGENT: &str =
     "SELECT agent_id, COUNT(*) FROM sessions WHERE agent_id IS NOT NULL GROUP BY agent_id";
 /// Sessions placed on one agent (for the slot check).
 pub const SESSIONS_ON_AGENT_COUNT: &str = "SELECT COUNT(*) FROM sessions WHERE agent_id = $1";
-pub const INSERT_REVOCATION: &str = "INSERT INTO revocations (kind, value, reason, revoked_by, revoked_ms) VALUES ($1,$2,$3,$4,$5)";
+pub const INSERT_REVOCATION: &str =
+    "INSERT INTO revocations (kind, value, reason, revoked_by, revoked_ms) VALUES ($1,$2,$3,$4,$5)";
 pub const DELETE_REVOCATION: &str = "DELETE FROM revocations WHERE kind = $1 AND value = $2
      RETURNING kind, value, reason, revoked_by, revoked_ms";
 pub const LIST_REVOCATIONS: &str = "SELECT kind, value, reason, revoked_by, revoked_ms FROM revocations ORDER BY revoked_ms, kind, value";
-pub const FIND_REVOCATION: &str = "SELECT kind, value, reason, revoked_by, revoked_ms FROM revocations
+pub const FIND_REVOCATION: &str =
+    "SELECT kind, value, reason, revoked_by, revoked_ms FROM revocations
      WHERE (kind = 'agent' AND value = $1) OR (kind = 'serial' AND value = $2)
      ORDER BY revoked_ms LIMIT 1";
 /// PostgreSQL: serializes slot checks per agent until the transaction ends
