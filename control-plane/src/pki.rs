@@ -189,3 +189,10 @@ pub fn cert_serial(der: &[u8]) -> Result<String, String> {
         hex.into()
     })
 }
+
+/// [`cert_serial`] of the first certificate in a PEM text.
+pub fn pem_serial(pem: &str) -> Result<String, String> {
+    let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
+        .map_err(|e| format!("certificate PEM does not parse: {e}"))?;
+    cert_serial(&p.contents)
+}
