@@ -71,7 +71,11 @@ async fn one_line_per_write_none_for_reads_and_no_tokens() {
         })
         .await
         .unwrap_err();
-    assert_eq!(nf.code(), tonic::Code::NotFound, "bob may not see alice's session");
+    assert_eq!(
+        nf.code(),
+        tonic::Code::NotFound,
+        "bob may not see alice's session"
+    );
     alice
         .sessions
         .delete_session(pb::DeleteSessionRequest {
@@ -95,7 +99,9 @@ async fn one_line_per_write_none_for_reads_and_no_tokens() {
         .unwrap();
     let drain = admin
         .admin
-        .drain_agent(pb::DrainAgentRequest { id: "nobody".into() })
+        .drain_agent(pb::DrainAgentRequest {
+            id: "nobody".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(drain.code(), tonic::Code::FailedPrecondition);
@@ -118,10 +124,16 @@ async fn one_line_per_write_none_for_reads_and_no_tokens() {
             .get_template(pb::GetTemplateRequest { name: name.clone() })
             .await
             .unwrap();
-        admin.admin.list_agents(pb::ListAgentsRequest {}).await.unwrap();
+        admin
+            .admin
+            .list_agents(pb::ListAgentsRequest {})
+            .await
+            .unwrap();
         let _ = admin
             .admin
-            .get_agent(pb::GetAgentRequest { id: "nobody".into() })
+            .get_agent(pb::GetAgentRequest {
+                id: "nobody".into(),
+            })
             .await;
         admin
             .admin
@@ -150,7 +162,11 @@ async fn one_line_per_write_none_for_reads_and_no_tokens() {
     let got: Vec<(String, String, String, String)> = lines
         .iter()
         .map(|l| {
-            let f = |k: &str| l[k].as_str().unwrap_or_else(|| panic!("{k} in {l}")).to_string();
+            let f = |k: &str| {
+                l[k].as_str()
+                    .unwrap_or_else(|| panic!("{k} in {l}"))
+                    .to_string()
+            };
             (f("user"), f("method"), f("target"), f("outcome"))
         })
         .collect();
@@ -159,36 +175,58 @@ async fn one_line_per_write_none_for_reads_and_no_tokens() {
         ("alice", format!("{S}CreateSession"), "s1", "OK"),
         ("alice", format!("{S}CreateSession"), "s2", "OK"),
         ("alice", format!("{S}CreateSession"), "s3", "OK"),
-        ("alice", format!("{S}CreateSession"), "Bad_Name", "INVALID_ARGUMENT"),
+        (
+            "alice",
+            format!("{S}CreateSession"),
+            "Bad_Name",
+            "INVALID_ARGUMENT",
+        ),
         ("alice", format!("{S}HibernateSession"), "s1", "OK"),
         ("alice", format!("{S}WakeSession"), "s1", "OK"),
         ("bob", format!("{S}DeleteSession"), "s2", "NOT_FOUND"),
         ("alice", format!("{S}DeleteSession"), "s2", "OK"),
         ("admin", format!("{T}PutTemplate"), "scratch", "OK"),
         ("admin", format!("{T}DeleteTemplate"), "scratch", "OK"),
-        ("admin", format!("{A}DrainAgent"), "nobody", "FAILED_PRECONDITION"),
+        (
+            "admin",
+            format!("{A}DrainAgent"),
+            "nobody",
+            "FAILED_PRECONDITION",
+        ),
     ];
     let want: Vec<(String, String, String, String)> = want
         .into_iter()
         .map(|(u, m, t, o)| (u.into(), m, t.into(), o.into()))
         .collect();
-    println!("audit log: {} lines for {} writes and 40 reads", got.len(), want.len());
+    println!(
+        "audit log: {} lines for {} writes and 40 reads",
+        got.len(),
+        want.len()
+    );
     assert_eq!(got, want);
 
     let refused = &lines[4];
     assert_eq!(refused["role"], "user");
-    assert!(refused["message"].as_str().unwrap().starts_with("name"), "{refused}");
+    assert!(
+        refused["message"].as_str().unwrap().starts_with("name"),
+        "{refused}"
+    );
     let hib = &lines[5];
     assert_eq!(hib["request_id"], "req-hibernate-1");
     assert_eq!(hib["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
     assert_eq!(lines[0]["role"], "admin");
     for l in &lines {
         let time = l["time"].as_str().unwrap();
-        assert!(time.len() == 24 && time.ends_with('Z') && time.as_bytes()[10] == b'T', "{time}");
+        assert!(
+            time.len() == 24 && time.ends_with('Z') && time.as_bytes()[10] == b'T',
+            "{time}"
+        );
         assert!(!l["request_id"].as_str().unwrap().is_empty(), "{l}");
     }
-    let ids: std::collections::HashSet<&str> =
-        lines.iter().map(|l| l["request_id"].as_str().unwrap()).collect();
+    let ids: std::collections::HashSet<&str> = lines
+        .iter()
+        .map(|l| l["request_id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids.len(), lines.len(), "generated request ids are unique");
     assert_eq!(lines[1]["trace_id"], "", "no traceparent, no trace id");
 }

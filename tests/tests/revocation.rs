@@ -65,7 +65,11 @@ async fn revoke_closes(api: &mut Api, mut s: raw::RawStream, target: Revoke, nam
     println!("revocation of {named}: stream closed {took:?} after RevokeAgent was sent");
     assert_eq!(end.code(), Code::PermissionDenied, "{end:?}");
     assert!(end.message().contains(named), "{}", end.message());
-    assert!(end.message().contains("test: key leaked"), "{}", end.message());
+    assert!(
+        end.message().contains("test: key leaked"),
+        "{}",
+        end.message()
+    );
     assert!(took < Duration::from_secs(1), "took {took:?}");
 }
 
@@ -112,7 +116,10 @@ async fn revoked_agents_are_closed_refused_and_their_sessions_move() {
     let attempts_before = a1.log().matches("control plane stream ended").count();
     let r = api
         .admin
-        .revoke_agent(revoke(Revoke::AgentId("a1".into()), "test: host compromised"))
+        .revoke_agent(revoke(
+            Revoke::AgentId("a1".into()),
+            "test: host compromised",
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -124,7 +131,9 @@ async fn revoked_agents_are_closed_refused_and_their_sessions_move() {
     })
     .await;
     let took = gone - t0;
-    println!("revocation of agent a1 (real agent): disconnected {took:?} after RevokeAgent was sent");
+    println!(
+        "revocation of agent a1 (real agent): disconnected {took:?} after RevokeAgent was sent"
+    );
     assert!(took < Duration::from_secs(1), "took {took:?}");
     let moved = wait_for("s1 to run on a2", 60, || {
         let mut p = poll.clone();
@@ -134,7 +143,11 @@ async fn revoked_agents_are_closed_refused_and_their_sessions_move() {
         }
     })
     .await;
-    println!("s1 re-placed on {} after {:?}", moved.agent_id, t0.elapsed());
+    println!(
+        "s1 re-placed on {} after {:?}",
+        moved.agent_id,
+        t0.elapsed()
+    );
     let _ = &mut poll;
 
     // Re-attach is refused, naming the revocation; the agent backs off.
@@ -143,8 +156,17 @@ async fn revoked_agents_are_closed_refused_and_their_sessions_move() {
         .err()
         .expect("a revoked agent id is refused, whatever its certificate");
     assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
-    for part in ["agent id \"a1\"", "test: host compromised", "revoked at", "by admin"] {
-        assert!(refused.message().contains(part), "{part}: {}", refused.message());
+    for part in [
+        "agent id \"a1\"",
+        "test: host compromised",
+        "revoked at",
+        "by admin",
+    ] {
+        assert!(
+            refused.message().contains(part),
+            "{part}: {}",
+            refused.message()
+        );
     }
     tokio::time::sleep(Duration::from_secs(3).saturating_sub(t0.elapsed())).await;
     let log = strip_ansi(&a1.log());
@@ -155,12 +177,20 @@ async fn revoked_agents_are_closed_refused_and_their_sessions_move() {
         .filter_map(|l| l.split("retry_in=").nth(1))
         .map(|d| d.split_whitespace().next().unwrap_or(d))
         .collect();
-    if let Some(l) = log.lines().rfind(|l| l.contains("control plane stream ended")) {
+    if let Some(l) = log
+        .lines()
+        .rfind(|l| l.contains("control plane stream ended"))
+    {
         println!("last refusal in the agent log: {l}");
     }
-    println!("a1 made {attempts} attach attempts in the 3 s after revocation; retry delays {delays:?}");
+    println!(
+        "a1 made {attempts} attach attempts in the 3 s after revocation; retry delays {delays:?}"
+    );
     assert!(log.contains("revoked"), "the agent logs why it was refused");
-    assert!((1..=15).contains(&attempts), "{attempts} attempts: not backing off");
+    assert!(
+        (1..=15).contains(&attempts),
+        "{attempts} attempts: not backing off"
+    );
 
     // By certificate serial: only that certificate is refused.
     let first = pki.agent_pem("r1");
@@ -176,13 +206,25 @@ async fn revoked_agents_are_closed_refused_and_their_sessions_move() {
     revoke_closes(&mut api, s, Revoke::CertificateSerial(shown), &serial).await;
     let again = attach_as(&pki, &cp, "r1", &first).await.err().unwrap();
     assert_eq!(again.code(), Code::PermissionDenied);
-    assert!(again.message().contains(&format!("certificate serial {serial}")), "{}", again.message());
+    assert!(
+        again
+            .message()
+            .contains(&format!("certificate serial {serial}")),
+        "{}",
+        again.message()
+    );
     let other = attach_as(&pki, &cp, "r1", &pki.agent_pem("r1")).await;
-    assert!(other.is_ok(), "another certificate for r1 is accepted: {:?}", other.err());
+    assert!(
+        other.is_ok(),
+        "another certificate for r1 is accepted: {:?}",
+        other.err()
+    );
     drop(other);
 
     // A raw stream revoked by agent id: closed within a second too.
-    let s = attach_as(&pki, &cp, "r2", &pki.agent_pem("r2")).await.unwrap();
+    let s = attach_as(&pki, &cp, "r2", &pki.agent_pem("r2"))
+        .await
+        .unwrap();
     revoke_closes(&mut api, s, Revoke::AgentId("r2".into()), "agent id \"r2\"").await;
 
     // Bad requests and repeats.
@@ -194,30 +236,61 @@ async fn revoked_agents_are_closed_refused_and_their_sessions_move() {
         })
         .await
         .unwrap_err();
-    assert_eq!((e.code(), e.message().starts_with("target")), (Code::InvalidArgument, true), "{e:?}");
-    let e = api.admin.revoke_agent(revoke(Revoke::AgentId("z".into()), " ")).await.unwrap_err();
-    assert!(e.code() == Code::InvalidArgument && e.message().starts_with("reason"), "{e:?}");
+    assert_eq!(
+        (e.code(), e.message().starts_with("target")),
+        (Code::InvalidArgument, true),
+        "{e:?}"
+    );
+    let e = api
+        .admin
+        .revoke_agent(revoke(Revoke::AgentId("z".into()), " "))
+        .await
+        .unwrap_err();
+    assert!(
+        e.code() == Code::InvalidArgument && e.message().starts_with("reason"),
+        "{e:?}"
+    );
     let e = api
         .admin
         .revoke_agent(revoke(Revoke::CertificateSerial("not-hex".into()), "x"))
         .await
         .unwrap_err();
-    assert!(e.code() == Code::InvalidArgument && e.message().starts_with("certificate_serial"), "{e:?}");
-    let e = api.admin.revoke_agent(revoke(Revoke::AgentId("a1".into()), "again")).await.unwrap_err();
+    assert!(
+        e.code() == Code::InvalidArgument && e.message().starts_with("certificate_serial"),
+        "{e:?}"
+    );
+    let e = api
+        .admin
+        .revoke_agent(revoke(Revoke::AgentId("a1".into()), "again"))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
-    assert!(e.message().contains("host compromised"), "names the existing one: {e:?}");
+    assert!(
+        e.message().contains("host compromised"),
+        "names the existing one: {e:?}"
+    );
 
     // Only admins.
     let mut alice = Api::connect(&pki, cp.api_addr, ALICE_TOKEN).await;
-    let e = alice.admin.revoke_agent(revoke(Revoke::AgentId("a2".into()), "x")).await.unwrap_err();
-    assert_eq!(e.code(), Code::PermissionDenied);
     let e = alice
         .admin
-        .unrevoke_agent(pb::UnrevokeAgentRequest { target: Some(Unrevoke::AgentId("a1".into())) })
+        .revoke_agent(revoke(Revoke::AgentId("a2".into()), "x"))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
-    let e = alice.admin.list_revocations(pb::ListRevocationsRequest {}).await.unwrap_err();
+    let e = alice
+        .admin
+        .unrevoke_agent(pb::UnrevokeAgentRequest {
+            target: Some(Unrevoke::AgentId("a1".into())),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    let e = alice
+        .admin
+        .list_revocations(pb::ListRevocationsRequest {})
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
     assert!(connected(&api, "a2").await, "a non-admin revoked nothing");
 
@@ -234,15 +307,24 @@ async fn revoked_agents_are_closed_refused_and_their_sessions_move() {
         .into_inner()
         .revocations;
     assert_eq!(list.len(), 3, "{list:?}");
-    let e = attach_as(&pki, &cp, "a1", &pki.agent_pem("a1")).await.err().unwrap();
-    assert_eq!(e.code(), Code::PermissionDenied, "still revoked after a restart: {e:?}");
+    let e = attach_as(&pki, &cp, "a1", &pki.agent_pem("a1"))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(
+        e.code(),
+        Code::PermissionDenied,
+        "still revoked after a restart: {e:?}"
+    );
     api.wait_agents(1, 30).await;
     assert!(!connected(&api, "a1").await);
 
     // Unrevoke: the real agent attaches again by itself.
     let lifted = api
         .admin
-        .unrevoke_agent(pb::UnrevokeAgentRequest { target: Some(Unrevoke::AgentId("a1".into())) })
+        .unrevoke_agent(pb::UnrevokeAgentRequest {
+            target: Some(Unrevoke::AgentId("a1".into())),
+        })
         .await
         .unwrap()
         .into_inner()
@@ -257,11 +339,16 @@ async fn revoked_agents_are_closed_refused_and_their_sessions_move() {
     .await;
     let e = api
         .admin
-        .unrevoke_agent(pb::UnrevokeAgentRequest { target: Some(Unrevoke::AgentId("a1".into())) })
+        .unrevoke_agent(pb::UnrevokeAgentRequest {
+            target: Some(Unrevoke::AgentId("a1".into())),
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
     let s = api.get("s1").await.unwrap();
-    assert_eq!(s.agent_id, "a2", "a released session stays where it was placed since");
+    assert_eq!(
+        s.agent_id, "a2",
+        "a released session stays where it was placed since"
+    );
     drop(a1);
 }
