@@ -66,6 +66,11 @@ pub struct ServeArgs {
     /// store is open and both listeners are bound, NOT_SERVING from shutdown.
     #[arg(long, env = "HEALTH_ADDR", default_value = "", value_parser = streamspace_runtime_util::parse_health_addr)]
     pub health_addr: std::option::Option<SocketAddr>,
+    /// Audit log: one JSON line per state-changing API call (who, what,
+    /// target, outcome), appended to this file; `-` = stdout. Empty (the
+    /// default) = no audit log. Separate from the debug log (stderr).
+    #[arg(long, env = "AUDIT_LOG", default_value = "")]
+    pub audit_log: String,
     #[command(flatten)]
     pub tuning: Tuning,
     #[command(flatten)]
@@ -206,6 +211,12 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         edge: a.tuning.edge(),
         limits: a.tuning.limits(),
         health_addr: a.health_addr,
+        audit: if a.audit_log.is_empty() {
+            Default::default()
+        } else {
+            crate::audit::AuditLog::open(a.audit_log.as_ref())
+                .with_context(|| format!("--audit-log {}", a.audit_log))?
+        },
     };
     let cp = ControlPlane::start(cfg).await?;
     streamspace_runtime_util::shutdown_signal().await;

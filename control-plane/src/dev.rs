@@ -186,6 +186,7 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
         edge: a.tuning.edge(),
         limits: a.tuning.limits(),
         health_addr: None,
+        audit: Default::default(),
     };
     let cp = ControlPlane::start(cfg).await?;
     let admin = Caller {

@@ -11,6 +11,7 @@
 //! loopback). Nothing else here uses the agent crate.
 //!
 //! # Layout
+//! - `audit.rs`: the audit log (one JSON line per state-changing API call).
 //! - `cli.rs`: the binary's flags and subcommands (`serve`, `dev`, `certs`).
 //! - `tuning.rs`: flags shared by `serve` and `dev` (timeouts, limits).
 //! - `dev.rs`: the embedded default (`dev`): SQLite, a dev PKI, a local agent.
@@ -26,6 +27,7 @@
 pub use streamspace_core as core;
 pub use streamspace_store as store;
 
+pub mod audit;
 pub mod certs;
 pub mod cli;
 pub mod dev;

@@ -171,3 +171,28 @@ pub fn agent_id_from_cert(der: &[u8], trust_domain: &str) -> Result<String, Stri
     }
     Err(format!("client certificate has no SAN URI {prefix}<id>"))
 }
+
+/// The serial number of a certificate (DER) as lowercase hex without
+/// leading zeros, the form revocations are stored in.
+pub fn cert_serial(der: &[u8]) -> Result<String, String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| format!("client certificate does not parse: {e}"))?;
+    let hex: String = cert
+        .raw_serial()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let hex = hex.trim_start_matches('0');
+    Ok(if hex.is_empty() {
+        "0".into()
+    } else {
+        hex.into()
+    })
+}
+
+/// [`cert_serial`] of the first certificate in a PEM text.
+pub fn pem_serial(pem: &str) -> Result<String, String> {
+    let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
+        .map_err(|e| format!("certificate PEM does not parse: {e}"))?;
+    cert_serial(&p.contents)
+}

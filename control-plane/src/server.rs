@@ -56,6 +56,8 @@ pub struct ServerConfig {
     pub health_addr: Option<SocketAddr>,
     /// Per-caller request rate and watch limits of the API.
     pub limits: crate::grpc::limits::LimitConfig,
+    /// Where state-changing API calls are recorded (default: nowhere).
+    pub audit: crate::audit::AuditLog,
 }
 
 /// A running control plane.
@@ -193,12 +195,16 @@ impl ControlPlane {
         reporter.set_serving::<Sessions<SessionApi>>().await;
         reporter.set_serving::<Admin<AdminApi>>().await;
         reporter.set_serving::<Templates<TemplateApi>>().await;
-        let sessions = Sessions::new(SessionApi::new(lifecycle.clone(), drain.clone(), limits))
+        let audit = &cfg.audit;
+        let sessions = Sessions::new(
+            SessionApi::new(lifecycle.clone(), drain.clone(), limits).with_audit(audit.clone()),
+        )
+        .max_decoding_message_size(API_MAX_MESSAGE);
+        let admin = Admin::new(AdminApi::new(lifecycle.clone()).with_audit(audit.clone()))
             .max_decoding_message_size(API_MAX_MESSAGE);
-        let admin =
-            Admin::new(AdminApi::new(lifecycle.clone())).max_decoding_message_size(API_MAX_MESSAGE);
-        let templates = Templates::new(TemplateApi::new(lifecycle.clone()))
-            .max_decoding_message_size(API_MAX_MESSAGE);
+        let templates =
+            Templates::new(TemplateApi::new(lifecycle.clone()).with_audit(audit.clone()))
+                .max_decoding_message_size(API_MAX_MESSAGE);
         let router = Server::builder()
             .layer(EdgeStatusLayer)
             .http2_keepalive_interval(keepalive)
@@ -228,7 +234,8 @@ impl ControlPlane {
             }
         }));
 
-        // Sweeper: expire overdue commands, retry placement.
+        // Sweeper: expire overdue commands, close revoked streams (revoked on
+        // another replica), retry placement.
         let lc = lifecycle.clone();
         let s = stop.clone();
         tasks.push(tokio::spawn(async move {
@@ -239,6 +246,7 @@ impl ControlPlane {
                     _ = s.cancelled() => return,
                     _ = tick.tick() => {
                         if let Err(e) = lc.expire_overdue().await { warn!(error = %e, "expiring commands"); }
+                        if let Err(e) = lc.enforce_revocations().await { warn!(error = %e, "enforcing revocations"); }
                         n += 1;
                         if n.is_multiple_of(5) && let Err(e) = lc.place_unplaced().await { warn!(error = %e, "placing sessions"); }
                     }

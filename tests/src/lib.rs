@@ -308,6 +308,7 @@ pub fn server_config(pki: &TestPki, database_url: &str, o: &CpOptions) -> Server
         edge: Default::default(),
         health_addr: o.health.then(|| "127.0.0.1:0".parse().unwrap()),
         limits: o.limits,
+        audit: Default::default(),
     }
 }
 

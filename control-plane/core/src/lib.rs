@@ -18,6 +18,8 @@
 //!   the memory of which session each delivered command belongs to.
 //! - `store.rs`: the [`store::Store`] trait (the persistence boundary) and its
 //!   write/filter types.
+//! - `revocation.rs`: the agent deny list (revoke, unrevoke, enforce) and
+//!   the rules for its targets.
 //! - `roster.rs`: the agents attached right now and the attach rules
 //!   (one stream per agent, fencing tokens, heartbeats).
 //! - `placement.rs`: which agent takes a new session, over plain
@@ -30,6 +32,7 @@ pub mod lifecycle;
 pub mod model;
 pub mod placement;
 pub mod quantity;
+pub mod revocation;
 pub mod roster;
 pub mod steps;
 pub mod store;

@@ -188,7 +188,7 @@ impl Lifecycle {
     }
 
     /// Runs `f` as one transition of session `name` and publishes the result.
-    async fn transition<F>(&self, name: &str, f: F) -> Result<Change, LifecycleError>
+    pub(crate) async fn transition<F>(&self, name: &str, f: F) -> Result<Change, LifecycleError>
     where
         F: FnOnce(Option<Session>, Option<Command>) -> Result<Change, LifecycleError>
             + Send

@@ -343,3 +343,104 @@ pub enum Outcome {
         retryable: bool,
     },
 }
+
+/// What a revocation refuses: every stream of an agent id, or only the
+/// streams that present one client certificate (by serial number).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum RevokedTarget {
+    Agent(String),
+    /// Lowercase hex without leading zeros (see `revocation::normal_serial`).
+    Serial(String),
+}
+
+impl RevokedTarget {
+    /// The stable name of the kind, as stored.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Agent(_) => "agent",
+            Self::Serial(_) => "serial",
+        }
+    }
+
+    pub fn value(&self) -> &str {
+        match self {
+            Self::Agent(v) | Self::Serial(v) => v,
+        }
+    }
+
+    /// Parses a stored (kind, value) pair.
+    pub fn from_parts(kind: &str, value: String) -> Option<Self> {
+        match kind {
+            "agent" => Some(Self::Agent(value)),
+            "serial" => Some(Self::Serial(value)),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for RevokedTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Agent(id) => write!(f, "agent id {id:?}"),
+            Self::Serial(s) => write!(f, "certificate serial {s}"),
+        }
+    }
+}
+
+/// An entry of the agent deny list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    pub target: RevokedTarget,
+    pub reason: String,
+    /// The user who revoked it.
+    pub revoked_by: String,
+    pub revoked_ms: Millis,
+}
+
+impl std::fmt::Display for Revocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} was revoked at {} by {}: {}",
+            self.target,
+            rfc3339(self.revoked_ms),
+            self.revoked_by,
+            self.reason
+        )
+    }
+}
+
+/// `ms` since the Unix epoch as RFC 3339 UTC with milliseconds
+/// (`2026-11-30T12:34:56.789Z`).
+pub fn rfc3339(ms: Millis) -> String {
+    let (secs, milli) = (ms.div_euclid(1000), ms.rem_euclid(1000));
+    let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{milli:03}Z",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60
+    )
+}
+
+#[cfg(test)]
+mod time_tests {
+    use super::rfc3339;
+
+    #[test]
+    fn rfc3339_matches_known_instants() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        assert_eq!(rfc3339(1_798_761_599_999), "2026-12-31T23:59:59.999Z");
+    }
+}

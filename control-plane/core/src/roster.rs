@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::model::Capacity;
+use super::model::{Capacity, RevokedTarget};
 use super::placement::Candidate;
 
 /// What an agent said about itself in Hello.
@@ -24,6 +24,9 @@ pub struct AgentHello {
     pub capacity: Capacity,
     pub version: String,
     pub fencing_token: u64,
+    /// Serial of the client certificate the stream was opened with
+    /// (lowercase hex without leading zeros), for serial revocations.
+    pub cert_serial: String,
 }
 
 /// An attached agent.
@@ -40,8 +43,10 @@ pub struct OnlineAgent {
     pub draining: bool,
     /// Rung when the agent has new commands to send.
     pub bell: Arc<Notify>,
-    /// Cancelled to close the stream (replaced, drained, heartbeats lost).
+    /// Cancelled to close the stream (replaced, drained, revoked, heartbeats lost).
     pub cancel: CancellationToken,
+    /// Set when a revocation closed the stream: why, for the agent.
+    pub revoked: Option<String>,
 }
 
 /// Why an attach was refused.
@@ -136,6 +141,7 @@ impl Roster {
                 draining: false,
                 bell: bell.clone(),
                 cancel: cancel.clone(),
+                revoked: None,
             },
         );
         Ok(Registration {
@@ -220,6 +226,37 @@ impl Roster {
         v
     }
 
+    /// Closes every stream that `target` refuses and takes it out of
+    /// placement (it stays listed until its stream ends). `why` says which
+    /// revocation did it. Returns the ids of the agents it closed.
+    pub fn evict(&self, target: &RevokedTarget, why: &str) -> Vec<String> {
+        let mut agents = self.agents.lock().expect("roster lock");
+        let mut closed = vec![];
+        for a in agents.values_mut() {
+            let hit = match target {
+                RevokedTarget::Agent(id) => a.hello.id == *id,
+                RevokedTarget::Serial(s) => a.hello.cert_serial == *s,
+            };
+            if hit && a.revoked.is_none() {
+                a.draining = true;
+                a.revoked = Some(why.to_string());
+                a.cancel.cancel();
+                closed.push(a.hello.id.clone());
+            }
+        }
+        closed
+    }
+
+    /// Why a revocation closed stream `conn_id` of `id`, if one did.
+    pub fn revoked(&self, id: &str, conn_id: u64) -> Option<String> {
+        self.agents
+            .lock()
+            .expect("roster lock")
+            .get(id)
+            .filter(|a| a.conn_id == conn_id)
+            .and_then(|a| a.revoked.clone())
+    }
+
     /// Marks the agent draining; its stream sends Drain and closes. Returns whether it was attached.
     pub fn drain(&self, id: &str) -> bool {
         let mut agents = self.agents.lock().expect("roster lock");
@@ -274,6 +311,21 @@ mod tests {
             "old stream must not remove the new one"
         );
         assert!(r.unregister("a", second.conn_id));
+    }
+
+    #[test]
+    fn eviction_by_serial_closes_only_that_certificate() {
+        let r = Roster::new(Duration::from_secs(30));
+        let t0 = Instant::now();
+        let mut h = hello("a", 0);
+        h.cert_serial = "1f".into();
+        let a = r.register(h, 0, t0).unwrap();
+        let b = r.register(hello("b", 0), 0, t0).unwrap();
+        assert!(r.evict(&RevokedTarget::Serial("2f".into()), "x").is_empty());
+        assert_eq!(r.evict(&RevokedTarget::Serial("1f".into()), "why"), ["a"]);
+        assert!(a.cancel.is_cancelled() && !b.cancel.is_cancelled());
+        assert_eq!(r.revoked("a", a.conn_id).as_deref(), Some("why"));
+        assert!(r.get("a").unwrap().draining, "out of placement");
     }
 
     #[test]

@@ -447,6 +447,44 @@ pub fn unplaced(session: Option<Session>, why: &str, now: Millis) -> Change {
     }
 }
 
+/// The agent that runs `s` is gone for good (revoked): end its active
+/// command, and put the session back to be placed again (or remove it, if it
+/// is being deleted). Nothing is sent to that agent any more. `why` names
+/// the revocation.
+pub fn released(
+    session: Option<Session>,
+    active: Option<Command>,
+    agent: &str,
+    why: &str,
+    now: Millis,
+) -> Change {
+    let Some(mut s) = session.filter(|s| s.agent_id.as_deref() == Some(agent)) else {
+        return Change::default();
+    };
+    let mut change = Change::default();
+    if let Some(mut cmd) = active.filter(|c| c.agent_id == agent) {
+        cmd.state = CommandState::Expired;
+        cmd.updated_ms = now;
+        cmd.message = format!("{} command {} ended: {why}", cmd.action.name(), cmd.id);
+        change.update_command = Some(cmd);
+    }
+    if s.desired == Desired::Terminated {
+        change.session = SessionWrite::Delete;
+        return change;
+    }
+    s.agent_id = None;
+    s.phase = Phase::Pending;
+    s.url.clear();
+    s.workload_name.clear();
+    s.failure_reason = FailureReason::None;
+    s.message = format!("lost its agent: {why}; waiting to be placed again");
+    s.set_condition("Scheduled", false, "AgentRevoked", why);
+    s.updated_ms = now;
+    mark_ready(&mut s);
+    change.session = SessionWrite::Upsert(s);
+    change
+}
+
 fn capitalize(s: &str) -> String {
     let mut c = s.chars();
     c.next()
@@ -662,6 +700,37 @@ mod tests {
         s.desired = Desired::Terminated;
         assert!(matches!(
             absent(Some(s), None, cfg()).session,
+            SessionWrite::Delete
+        ));
+    }
+
+    /// A revoked agent's session: its command ends, the session loses the
+    /// agent and waits to be placed again; one being deleted is removed.
+    #[test]
+    fn released_sessions_wait_for_another_agent() {
+        let mut s = session();
+        s.phase = Phase::Running;
+        s.url = "http://x/".into();
+        let (s, active) = apply(Some(s.clone()), None, plan(s, None, cfg()));
+        let s = s.unwrap();
+        let active = Some(Command {
+            action: Action::Hibernate,
+            ..active.unwrap_or_else(|| new_command(&s, "agent-a", Action::Hibernate, cfg()))
+        });
+        let change = released(Some(s.clone()), active.clone(), "agent-a", "revoked", 5);
+        assert_eq!(
+            change.update_command.as_ref().map(|c| c.state),
+            Some(CommandState::Expired)
+        );
+        let (after, _) = apply(Some(s.clone()), active.clone(), change);
+        let after = after.unwrap();
+        assert_eq!((after.agent_id, after.phase), (None, Phase::Pending));
+        assert!(after.url.is_empty() && after.message.contains("revoked"));
+        assert!(released(Some(s.clone()), None, "agent-b", "x", 5).is_empty());
+        let mut t = s;
+        t.desired = Desired::Terminated;
+        assert!(matches!(
+            released(Some(t), None, "agent-a", "x", 5).session,
             SessionWrite::Delete
         ));
     }

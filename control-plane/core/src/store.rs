@@ -5,7 +5,9 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 
-use super::model::{AgentRecord, Command, Millis, Phase, Session, Template};
+use super::model::{
+    AgentRecord, Command, Millis, Phase, Revocation, RevokedTarget, Session, Template,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -147,4 +149,21 @@ pub trait Store: Send + Sync + 'static {
     async fn list_templates(&self) -> Result<Vec<Template>, StoreError>;
     /// Returns whether it existed.
     async fn delete_template(&self, name: &str) -> Result<bool, StoreError>;
+
+    /// Adds an entry to the agent deny list ([`StoreError::AlreadyExists`]
+    /// if its target is revoked already).
+    async fn insert_revocation(&self, r: &Revocation) -> Result<(), StoreError>;
+    /// Removes the entry for `target`; returns it if there was one.
+    async fn delete_revocation(
+        &self,
+        target: &RevokedTarget,
+    ) -> Result<Option<Revocation>, StoreError>;
+    /// Every entry, oldest first.
+    async fn list_revocations(&self) -> Result<Vec<Revocation>, StoreError>;
+    /// The oldest entry that refuses agent `agent` or certificate `serial`.
+    async fn find_revocation(
+        &self,
+        agent: &str,
+        serial: &str,
+    ) -> Result<Option<Revocation>, StoreError>;
 }

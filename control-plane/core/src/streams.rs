@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use super::lifecycle::{Lifecycle, LifecycleError};
-use super::model::{AgentRecord, Capacity, Command, now_ms};
+use super::model::{AgentRecord, Capacity, Command, Revocation, now_ms};
 use super::roster::{AgentHello, AttachRefused, Registration};
 
 /// Most delivered commands remembered per agent; the memory of an agent is
@@ -59,15 +59,24 @@ pub enum AttachError {
     /// fencing token).
     #[error(transparent)]
     Refused(#[from] AttachRefused),
+    /// The agent id or its certificate is on the deny list.
+    #[error("{0}")]
+    Revoked(Revocation),
     #[error(transparent)]
     Failed(#[from] LifecycleError),
 }
 
 impl Lifecycle {
-    /// Attaches a stream for `hello.id`: applies the attach rules against the
-    /// highest fencing token the store remembers, then records the agent.
+    /// Attaches a stream for `hello.id`: refuses a revoked agent id or
+    /// certificate, applies the attach rules against the highest fencing
+    /// token the store remembers, then records the agent. The deny list is
+    /// read again once the stream is registered: a revocation written in
+    /// between either finds the stream in the roster or is found here.
     /// The caller then reports the agent's inventory with `attached`.
     pub async fn attach(&self, hello: &AgentHello) -> Result<Registration, AttachError> {
+        if let Some(r) = self.revoked(&hello.id, &hello.cert_serial).await? {
+            return Err(AttachError::Revoked(r));
+        }
         let store = self.store();
         let seen = store
             .get_agent(&hello.id)
@@ -91,7 +100,17 @@ impl Lifecycle {
             self.roster().unregister(&hello.id, reg.conn_id);
             return Err(LifecycleError::from(e).into());
         }
-        Ok(reg)
+        match self.revoked(&hello.id, &hello.cert_serial).await {
+            Ok(None) => Ok(reg),
+            Ok(Some(r)) => {
+                self.roster().unregister(&hello.id, reg.conn_id);
+                Err(AttachError::Revoked(r))
+            }
+            Err(e) => {
+                self.roster().unregister(&hello.id, reg.conn_id);
+                Err(e.into())
+            }
+        }
     }
 
     /// Stream `conn_id` of `agent` ended. If it was still the agent's
@@ -124,6 +143,11 @@ impl Lifecycle {
     pub fn heartbeat(&self, agent: &str, conn_id: u64, seq: u64, in_use: Capacity) {
         self.roster()
             .heartbeat(agent, conn_id, seq, in_use, Instant::now());
+    }
+
+    /// Why a revocation closed stream `conn_id` of `agent`, if one did.
+    pub fn revoked_stream(&self, agent: &str, conn_id: u64) -> Option<String> {
+        self.roster().revoked(agent, conn_id)
     }
 
     /// Whether stream `conn_id` is the agent's stream and an operator drained it.

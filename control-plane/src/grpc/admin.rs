@@ -1,4 +1,5 @@
-//! `AgentAdminService` and `TemplateService`: operator views and the catalog.
+//! `AgentAdminService` and `TemplateService`: operator views, the agent deny
+//! list and the catalog. Every change is written to the audit log.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -8,17 +9,61 @@ use tonic::{Request, Response, Status};
 
 use super::auth::caller;
 use super::convert::{self, duration_pb, invalid_status, status, template_pb};
+use crate::audit::{AuditLog, method};
 use crate::core::model::AgentRecord;
+use crate::core::model::{Revocation, RevokedTarget};
+use crate::core::revocation;
 use crate::core::validate::{self, invalid};
 use crate::core::{Caller, Lifecycle, LifecycleError};
 
+/// The wire target of a revoke or unrevoke request, as sent.
+macro_rules! raw_target {
+    ($t:expr, $m:ident) => {
+        match $t {
+            Some(pb::$m::Target::AgentId(id)) => Some(RevokedTarget::Agent(id)),
+            Some(pb::$m::Target::CertificateSerial(s)) => Some(RevokedTarget::Serial(s)),
+            None => None,
+        }
+    };
+}
+
 pub struct AdminApi {
     lifecycle: Arc<Lifecycle>,
+    audit: AuditLog,
 }
 
 impl AdminApi {
     pub fn new(lifecycle: Arc<Lifecycle>) -> Self {
-        Self { lifecycle }
+        Self {
+            lifecycle,
+            audit: AuditLog::default(),
+        }
+    }
+
+    /// Writes a line to `audit` for every drain, revoke and unrevoke.
+    pub fn with_audit(mut self, audit: AuditLog) -> Self {
+        self.audit = audit;
+        self
+    }
+
+    async fn drain(
+        &self,
+        req: Request<pb::DrainAgentRequest>,
+    ) -> Result<Response<pb::Agent>, Status> {
+        admin(&req)?;
+        let id = req.get_ref().id.clone();
+        validate::dns_label("id", &id, validate::MAX_NAME).map_err(invalid_status)?;
+        if !self.lifecycle.roster().drain(&id) {
+            return Err(Status::failed_precondition(format!(
+                "agent {id:?} is not connected"
+            )));
+        }
+        let mut agents = self.agents().await?;
+        agents.retain(|a| a.id == id);
+        agents
+            .pop()
+            .map(Response::new)
+            .ok_or_else(|| Status::not_found(format!("agent {id:?} not found")))
     }
 
     async fn agents(&self) -> Result<Vec<pb::Agent>, Status> {
@@ -95,30 +140,140 @@ impl pb::agent_admin_service_server::AgentAdminService for AdminApi {
         &self,
         req: Request<pb::DrainAgentRequest>,
     ) -> Result<Response<pb::Agent>, Status> {
-        admin(&req)?;
-        let id = req.get_ref().id.clone();
-        validate::dns_label("id", &id, validate::MAX_NAME).map_err(invalid_status)?;
-        if !self.lifecycle.roster().drain(&id) {
-            return Err(Status::failed_precondition(format!(
-                "agent {id:?} is not connected"
-            )));
-        }
-        let mut agents = self.agents().await?;
-        agents.retain(|a| a.id == id);
-        agents
-            .pop()
-            .map(Response::new)
-            .ok_or_else(|| Status::not_found(format!("agent {id:?} not found")))
+        let audit = self
+            .audit
+            .start(&req, method::DRAIN_AGENT, &req.get_ref().id);
+        audit.finish(self.drain(req).await)
+    }
+
+    async fn revoke_agent(
+        &self,
+        req: Request<pb::RevokeAgentRequest>,
+    ) -> Result<Response<pb::Revocation>, Status> {
+        let audit = self.audit.start(
+            &req,
+            method::REVOKE_AGENT,
+            &shown_target(raw_target!(
+                req.get_ref().target.clone(),
+                revoke_agent_request
+            )),
+        );
+        audit.finish(
+            async move {
+                let who = caller(&req)?;
+                let r = req.into_inner();
+                let target = target_from(raw_target!(r.target, revoke_agent_request))?;
+                let (rev, released) = self
+                    .lifecycle
+                    .revoke(&who, target, &r.reason)
+                    .await
+                    .map_err(status)?;
+                let mut pb = revocation_pb(&rev);
+                pb.sessions_released = released;
+                Ok(Response::new(pb))
+            }
+            .await,
+        )
+    }
+
+    async fn unrevoke_agent(
+        &self,
+        req: Request<pb::UnrevokeAgentRequest>,
+    ) -> Result<Response<pb::UnrevokeAgentResponse>, Status> {
+        let audit = self.audit.start(
+            &req,
+            method::UNREVOKE_AGENT,
+            &shown_target(raw_target!(
+                req.get_ref().target.clone(),
+                unrevoke_agent_request
+            )),
+        );
+        audit.finish(
+            async move {
+                let who = caller(&req)?;
+                let target =
+                    target_from(raw_target!(req.into_inner().target, unrevoke_agent_request))?;
+                let rev = self
+                    .lifecycle
+                    .unrevoke(&who, target)
+                    .await
+                    .map_err(status)?;
+                Ok(Response::new(pb::UnrevokeAgentResponse {
+                    lifted: Some(revocation_pb(&rev)),
+                }))
+            }
+            .await,
+        )
+    }
+
+    async fn list_revocations(
+        &self,
+        req: Request<pb::ListRevocationsRequest>,
+    ) -> Result<Response<pb::ListRevocationsResponse>, Status> {
+        let who = caller(&req)?;
+        let list = self.lifecycle.revocations(&who).await.map_err(status)?;
+        Ok(Response::new(pb::ListRevocationsResponse {
+            revocations: list.iter().map(revocation_pb).collect(),
+        }))
+    }
+}
+
+/// The target of a revoke or unrevoke request, checked and normalized.
+#[allow(clippy::result_large_err)]
+fn target_from(t: Option<RevokedTarget>) -> Result<RevokedTarget, Status> {
+    let t = t.ok_or_else(|| {
+        invalid_status(invalid(
+            "target",
+            "is required: set agent_id or certificate_serial",
+        ))
+    })?;
+    let field = match &t {
+        RevokedTarget::Agent(_) => "agent_id",
+        RevokedTarget::Serial(_) => "certificate_serial",
+    };
+    revocation::check_target(field, t).map_err(invalid_status)
+}
+
+/// The target as the audit log names it.
+fn shown_target(t: Option<RevokedTarget>) -> String {
+    match t {
+        Some(RevokedTarget::Agent(id)) => format!("agent/{}", validate::shown(&id)),
+        Some(RevokedTarget::Serial(s)) => format!("serial/{}", validate::shown(&s)),
+        None => String::new(),
+    }
+}
+
+fn revocation_pb(r: &Revocation) -> pb::Revocation {
+    use pb::revocation::Target;
+    pb::Revocation {
+        target: Some(match &r.target {
+            RevokedTarget::Agent(id) => Target::AgentId(id.clone()),
+            RevokedTarget::Serial(s) => Target::CertificateSerial(s.clone()),
+        }),
+        reason: r.reason.clone(),
+        revoked_by: r.revoked_by.clone(),
+        revoked_at: convert::timestamp(r.revoked_ms),
+        sessions_released: 0,
     }
 }
 
 pub struct TemplateApi {
     lifecycle: Arc<Lifecycle>,
+    audit: AuditLog,
 }
 
 impl TemplateApi {
     pub fn new(lifecycle: Arc<Lifecycle>) -> Self {
-        Self { lifecycle }
+        Self {
+            lifecycle,
+            audit: AuditLog::default(),
+        }
+    }
+
+    /// Writes a line to `audit` for every put and delete.
+    pub fn with_audit(mut self, audit: AuditLog) -> Self {
+        self.audit = audit;
+        self
     }
 }
 
@@ -165,25 +320,44 @@ impl pb::template_service_server::TemplateService for TemplateApi {
         &self,
         req: Request<pb::PutTemplateRequest>,
     ) -> Result<Response<pb::Template>, Status> {
-        let who = caller(&req)?;
-        let t = req
-            .into_inner()
-            .template
-            .ok_or_else(|| invalid_status(invalid("template", "is required")))?;
-        let t = convert::template_from(t).map_err(invalid_status)?;
-        let t = self.lifecycle.put_template(&who, t).await.map_err(status)?;
-        Ok(Response::new(template_pb(&t)))
+        let name = req.get_ref().template.as_ref().map(|t| t.name.clone());
+        let audit = self.audit.start(
+            &req,
+            method::PUT_TEMPLATE,
+            name.as_deref().unwrap_or_default(),
+        );
+        audit.finish(
+            async move {
+                let who = caller(&req)?;
+                let t = req
+                    .into_inner()
+                    .template
+                    .ok_or_else(|| invalid_status(invalid("template", "is required")))?;
+                let t = convert::template_from(t).map_err(invalid_status)?;
+                let t = self.lifecycle.put_template(&who, t).await.map_err(status)?;
+                Ok(Response::new(template_pb(&t)))
+            }
+            .await,
+        )
     }
 
     async fn delete_template(
         &self,
         req: Request<pb::DeleteTemplateRequest>,
     ) -> Result<Response<()>, Status> {
-        let who = caller(&req)?;
-        self.lifecycle
-            .delete_template(&who, &req.get_ref().name)
-            .await
-            .map_err(status)?;
-        Ok(Response::new(()))
+        let audit = self
+            .audit
+            .start(&req, method::DELETE_TEMPLATE, &req.get_ref().name);
+        audit.finish(
+            async move {
+                let who = caller(&req)?;
+                self.lifecycle
+                    .delete_template(&who, &req.get_ref().name)
+                    .await
+                    .map_err(status)?;
+                Ok(Response::new(()))
+            }
+            .await,
+        )
     }
 }

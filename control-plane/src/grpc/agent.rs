@@ -77,21 +77,24 @@ impl AgentHub {
         }
     }
 
-    fn peer_agent_id<T>(&self, req: &Request<T>) -> Result<String, Status> {
+    /// The agent id and the certificate serial of the client certificate.
+    fn peer_agent_id<T>(&self, req: &Request<T>) -> Result<(String, String), Status> {
         let certs = req
             .peer_certs()
             .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
         let leaf = certs
             .first()
             .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
-        crate::pki::agent_id_from_cert(leaf, &self.cfg.trust_domain)
-            .map_err(Status::unauthenticated)
+        let id = crate::pki::agent_id_from_cert(leaf, &self.cfg.trust_domain)
+            .map_err(Status::unauthenticated)?;
+        let serial = crate::pki::cert_serial(leaf).map_err(Status::unauthenticated)?;
+        Ok((id, serial))
     }
 
     /// Checks Hello against the certificate and converts it.
     fn check_hello(
         &self,
-        cert_id: &str,
+        (cert_id, cert_serial): (&str, &str),
         h: &pb::Hello,
     ) -> Result<(AgentHello, Vec<Observed>), Status> {
         if h.agent_id != cert_id {
@@ -132,6 +135,7 @@ impl AgentHub {
                 capacity: convert::capacity_from(&h.capacity),
                 version: h.agent_version.clone(),
                 fencing_token: h.fencing_token,
+                cert_serial: cert_serial.to_string(),
             },
             inventory,
         ))
@@ -146,7 +150,7 @@ impl pb::agent_service_server::AgentService for AgentHub {
         &self,
         req: Request<Streaming<pb::AgentFrame>>,
     ) -> Result<Response<Self::AttachStream>, Status> {
-        let cert_id = self.peer_agent_id(&req)?;
+        let (cert_id, cert_serial) = self.peer_agent_id(&req)?;
         let mut inbound = req.into_inner();
         let first = tokio::time::timeout(self.cfg.hello_timeout, inbound.message())
             .await
@@ -171,12 +175,16 @@ impl pb::agent_service_server::AgentService for AgentHub {
                 ));
             }
         };
-        let (hello, inventory) = self.check_hello(&cert_id, &hello)?;
+        let (hello, inventory) = self.check_hello((&cert_id, &cert_serial), &hello)?;
         let reg = self.lifecycle.attach(&hello).await.map_err(|e| match e {
             AttachError::Refused(r @ AttachRefused::AlreadyAttached { .. }) => {
                 Status::already_exists(r.to_string())
             }
             AttachError::Refused(r @ AttachRefused::StaleFencing { .. }) => {
+                Status::permission_denied(r.to_string())
+            }
+            AttachError::Revoked(r) => {
+                warn!(agent = %hello.id, serial = %hello.cert_serial, revocation = %r, "attach refused: revoked");
                 Status::permission_denied(r.to_string())
             }
             AttachError::Failed(e) => convert::status(e),
@@ -225,7 +233,7 @@ struct Stream {
     conn_id: u64,
     tx: Tx,
     bell: Arc<tokio::sync::Notify>,
-    /// Cancelled when the stream is replaced or the agent drained.
+    /// Cancelled when the stream is replaced, or the agent drained or revoked.
     cancel: CancellationToken,
 }
 
@@ -264,6 +272,9 @@ impl Stream {
         loop {
             tokio::select! {
                 _ = self.cancel.cancelled() => {
+                    if let Some(why) = lc.revoked_stream(&self.id, self.conn_id) {
+                        return End::Status(Status::permission_denied(why));
+                    }
                     let draining = lc.draining(&self.id, self.conn_id);
                     return End::Status(if draining {
                         Status::unavailable("agent drained by an operator; reconnect later")

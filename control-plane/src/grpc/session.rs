@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status};
 
 use super::auth::caller;
 use super::convert::{self, invalid_status, session_pb, status};
+use crate::audit::{AuditLog, method};
 use crate::core::model::Desired;
 use crate::core::store::SessionFilter;
 use crate::core::validate::{self, invalid};
@@ -19,6 +20,7 @@ pub struct SessionApi {
     lifecycle: Arc<Lifecycle>,
     shutdown: CancellationToken,
     limits: super::limits::ApiLimits,
+    audit: AuditLog,
 }
 
 impl SessionApi {
@@ -31,9 +33,46 @@ impl SessionApi {
             lifecycle,
             shutdown,
             limits,
+            audit: AuditLog::default(),
         }
     }
+
+    /// Hibernate, wake and delete: sets the desired state of the named session.
+    async fn set_desired<T: Named>(
+        &self,
+        req: &Request<T>,
+        desired: Desired,
+        delete_home: bool,
+    ) -> Result<Response<pb::Session>, Status> {
+        let who = caller(req)?;
+        let s = self
+            .lifecycle
+            .set_desired(&who, req.get_ref().name(), desired, delete_home)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(session_pb(&s)))
+    }
+
+    /// Writes a line to `audit` for every create, hibernate, wake and delete.
+    pub fn with_audit(mut self, audit: AuditLog) -> Self {
+        self.audit = audit;
+        self
+    }
 }
+
+/// A request that names one session.
+trait Named {
+    fn name(&self) -> &str;
+}
+
+macro_rules! named {
+    ($($t:ty),+) => { $(impl Named for $t { fn name(&self) -> &str { &self.name } })+ };
+}
+named!(
+    pb::HibernateSessionRequest,
+    pb::WakeSessionRequest,
+    pb::DeleteSessionRequest
+);
 
 const DEFAULT_PAGE: u32 = 100;
 const MAX_PAGE: u32 = 1000;
@@ -76,32 +115,41 @@ impl pb::session_service_server::SessionService for SessionApi {
         &self,
         req: Request<pb::CreateSessionRequest>,
     ) -> Result<Response<pb::Session>, Status> {
-        let who = caller(&req)?;
-        let r = req.into_inner();
-        let new = NewSession {
-            timeouts: convert::timeouts_from("timeouts", &r.timeouts).map_err(invalid_status)?,
-            desired: convert::desired_from("desired_state", r.desired_state)
-                .map_err(invalid_status)?,
-            resources: convert::resources_from(&r.resources),
-            selector: r
-                .selector
-                .map(|s| crate::core::model::Selector {
-                    platform: s.platform,
-                    region: s.region,
-                })
-                .unwrap_or_default(),
-            name: r.name,
-            template: r.template,
-            user: r.user,
-            persistent_home: r.persistent_home,
-            external_id: None,
-        };
-        let s = self
-            .lifecycle
-            .create_session(&who, new)
-            .await
-            .map_err(status)?;
-        Ok(Response::new(session_pb(&s)))
+        let audit = self
+            .audit
+            .start(&req, method::CREATE_SESSION, &req.get_ref().name);
+        audit.finish(
+            async move {
+                let who = caller(&req)?;
+                let r = req.into_inner();
+                let new = NewSession {
+                    timeouts: convert::timeouts_from("timeouts", &r.timeouts)
+                        .map_err(invalid_status)?,
+                    desired: convert::desired_from("desired_state", r.desired_state)
+                        .map_err(invalid_status)?,
+                    resources: convert::resources_from(&r.resources),
+                    selector: r
+                        .selector
+                        .map(|s| crate::core::model::Selector {
+                            platform: s.platform,
+                            region: s.region,
+                        })
+                        .unwrap_or_default(),
+                    name: r.name,
+                    template: r.template,
+                    user: r.user,
+                    persistent_home: r.persistent_home,
+                    external_id: None,
+                };
+                let s = self
+                    .lifecycle
+                    .create_session(&who, new)
+                    .await
+                    .map_err(status)?;
+                Ok(Response::new(session_pb(&s)))
+            }
+            .await,
+        )
     }
 
     async fn get_session(
@@ -242,39 +290,33 @@ impl pb::session_service_server::SessionService for SessionApi {
         &self,
         req: Request<pb::HibernateSessionRequest>,
     ) -> Result<Response<pb::Session>, Status> {
-        let who = caller(&req)?;
-        let s = self
-            .lifecycle
-            .set_desired(&who, &req.get_ref().name, Desired::Hibernated, false)
-            .await
-            .map_err(status)?;
-        Ok(Response::new(session_pb(&s)))
+        let audit = self
+            .audit
+            .start(&req, method::HIBERNATE_SESSION, &req.get_ref().name);
+        audit.finish(self.set_desired(&req, Desired::Hibernated, false).await)
     }
 
     async fn wake_session(
         &self,
         req: Request<pb::WakeSessionRequest>,
     ) -> Result<Response<pb::Session>, Status> {
-        let who = caller(&req)?;
-        let s = self
-            .lifecycle
-            .set_desired(&who, &req.get_ref().name, Desired::Running, false)
-            .await
-            .map_err(status)?;
-        Ok(Response::new(session_pb(&s)))
+        let audit = self
+            .audit
+            .start(&req, method::WAKE_SESSION, &req.get_ref().name);
+        audit.finish(self.set_desired(&req, Desired::Running, false).await)
     }
 
     async fn delete_session(
         &self,
         req: Request<pb::DeleteSessionRequest>,
     ) -> Result<Response<pb::Session>, Status> {
-        let who = caller(&req)?;
-        let r = req.get_ref();
-        let s = self
-            .lifecycle
-            .set_desired(&who, &r.name, Desired::Terminated, r.delete_home)
-            .await
-            .map_err(status)?;
-        Ok(Response::new(session_pb(&s)))
+        let audit = self
+            .audit
+            .start(&req, method::DELETE_SESSION, &req.get_ref().name);
+        let delete_home = req.get_ref().delete_home;
+        audit.finish(
+            self.set_desired(&req, Desired::Terminated, delete_home)
+                .await,
+        )
     }
 }

@@ -67,6 +67,15 @@ pub struct TemplateRow {
     pub spec: String,
 }
 
+#[derive(sqlx::FromRow)]
+pub struct RevocationRow {
+    pub kind: String,
+    pub value: String,
+    pub reason: String,
+    pub revoked_by: String,
+    pub revoked_ms: i64,
+}
+
 fn corrupt(what: &str, v: &str) -> StoreError {
     StoreError::Backend(format!("stored {what} {v:?} is not valid"))
 }
@@ -148,5 +157,18 @@ impl TryFrom<TemplateRow> for Template {
     type Error = StoreError;
     fn try_from(r: TemplateRow) -> Result<Self, StoreError> {
         json("template", &r.spec)
+    }
+}
+
+impl TryFrom<RevocationRow> for Revocation {
+    type Error = StoreError;
+    fn try_from(r: RevocationRow) -> Result<Self, StoreError> {
+        Ok(Revocation {
+            target: RevokedTarget::from_parts(&r.kind, r.value)
+                .ok_or_else(|| corrupt("revocation kind", &r.kind))?,
+            reason: r.reason,
+            revoked_by: r.revoked_by,
+            revoked_ms: r.revoked_ms,
+        })
     }
 }

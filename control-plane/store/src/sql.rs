@@ -61,6 +61,15 @@ pub const SESSIONS_PER_AGENT: &str =
     "SELECT agent_id, COUNT(*) FROM sessions WHERE agent_id IS NOT NULL GROUP BY agent_id";
 /// Sessions placed on one agent (for the slot check).
 pub const SESSIONS_ON_AGENT_COUNT: &str = "SELECT COUNT(*) FROM sessions WHERE agent_id = $1";
+pub const INSERT_REVOCATION: &str =
+    "INSERT INTO revocations (kind, value, reason, revoked_by, revoked_ms) VALUES ($1,$2,$3,$4,$5)";
+pub const DELETE_REVOCATION: &str = "DELETE FROM revocations WHERE kind = $1 AND value = $2
+     RETURNING kind, value, reason, revoked_by, revoked_ms";
+pub const LIST_REVOCATIONS: &str = "SELECT kind, value, reason, revoked_by, revoked_ms FROM revocations ORDER BY revoked_ms, kind, value";
+pub const FIND_REVOCATION: &str =
+    "SELECT kind, value, reason, revoked_by, revoked_ms FROM revocations
+     WHERE (kind = 'agent' AND value = $1) OR (kind = 'serial' AND value = $2)
+     ORDER BY revoked_ms LIMIT 1";
 /// PostgreSQL: serializes slot checks per agent until the transaction ends
 /// (two transactions counting at READ COMMITTED would both see room).
 pub const LOCK_AGENT_SLOTS: &str = "SELECT pg_advisory_xact_lock(hashtext($1))";
@@ -447,6 +456,51 @@ macro_rules! sql_store {
                     .await
                     .map_err(db_err)?;
                 Ok(r.rows_affected() > 0)
+            }
+
+            async fn insert_revocation(&self, r: &Revocation) -> Result<(), StoreError> {
+                sqlx::query(INSERT_REVOCATION)
+                    .bind(r.target.kind())
+                    .bind(r.target.value())
+                    .bind(&r.reason)
+                    .bind(&r.revoked_by)
+                    .bind(r.revoked_ms)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                Ok(())
+            }
+
+            async fn delete_revocation(&self, target: &RevokedTarget) -> Result<Option<Revocation>, StoreError> {
+                sqlx::query_as::<_, RevocationRow>(DELETE_REVOCATION)
+                    .bind(target.kind())
+                    .bind(target.value())
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_err)?
+                    .map(Revocation::try_from)
+                    .transpose()
+            }
+
+            async fn list_revocations(&self) -> Result<Vec<Revocation>, StoreError> {
+                sqlx::query_as::<_, RevocationRow>(LIST_REVOCATIONS)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_err)?
+                    .into_iter()
+                    .map(Revocation::try_from)
+                    .collect()
+            }
+
+            async fn find_revocation(&self, agent: &str, serial: &str) -> Result<Option<Revocation>, StoreError> {
+                sqlx::query_as::<_, RevocationRow>(FIND_REVOCATION)
+                    .bind(agent)
+                    .bind(serial)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_err)?
+                    .map(Revocation::try_from)
+                    .transpose()
             }
         }
     };

@@ -539,4 +539,63 @@ impl Store for SqliteStore {
             })
             .await
     }
+
+    async fn insert_revocation(&self, r: &Revocation) -> Result<(), StoreError> {
+        let r = r.clone();
+        self.writer
+            .run(move |c| {
+                c.prepare_cached(INSERT_REVOCATION)
+                    .and_then(|mut st| {
+                        st.execute(params![
+                            r.target.kind(),
+                            r.target.value(),
+                            r.reason,
+                            r.revoked_by,
+                            r.revoked_ms,
+                        ])
+                    })
+                    .map_err(db)?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn delete_revocation(
+        &self,
+        target: &RevokedTarget,
+    ) -> Result<Option<Revocation>, StoreError> {
+        let (kind, value) = (target.kind(), target.value().to_string());
+        self.writer
+            .run(move |c| {
+                c.prepare_cached(DELETE_REVOCATION)
+                    .and_then(|mut st| {
+                        st.query_row(params![kind, value], |r| {
+                            Ok(RevocationRow {
+                                kind: r.get(0)?,
+                                value: r.get(1)?,
+                                reason: r.get(2)?,
+                                revoked_by: r.get(3)?,
+                                revoked_ms: r.get(4)?,
+                            })
+                        })
+                        .optional()
+                    })
+                    .map_err(db)?
+                    .map(Revocation::try_from)
+                    .transpose()
+            })
+            .await
+    }
+
+    async fn list_revocations(&self) -> Result<Vec<Revocation>, StoreError> {
+        self.reads.list_revocations().await
+    }
+
+    async fn find_revocation(
+        &self,
+        agent: &str,
+        serial: &str,
+    ) -> Result<Option<Revocation>, StoreError> {
+        self.reads.find_revocation(agent, serial).await
+    }
 }
