@@ -221,6 +221,7 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
                 cert: agent_pem.cert,
                 key: agent_pem.key,
                 server_name: Some("localhost".into()),
+                files: None,
             },
             backoff_base: Duration::from_millis(100),
             backoff_cap: Duration::from_secs(5),
