@@ -147,6 +147,8 @@ pub struct ServerTls {
     current: Arc<RwLock<Arc<Loaded>>>,
     /// Replacements applied since start.
     reloads: Arc<AtomicU64>,
+    /// Changed files refused since start (did not parse, key mismatch).
+    refused: Arc<AtomicU64>,
 }
 
 impl ServerTls {
@@ -156,6 +158,7 @@ impl ServerTls {
         Ok(Self {
             current: Arc::new(RwLock::new(Arc::new(loaded))),
             reloads: Default::default(),
+            refused: Default::default(),
         })
     }
 
@@ -175,12 +178,16 @@ impl ServerTls {
                 &names,
             )?))),
             reloads: Default::default(),
+            refused: Default::default(),
         };
         let t = tls.clone();
         let watcher = watch::spawn("TLS files", paths, every, bytes, move |now| {
             let expiry = material(now, &names)
                 .and_then(|m| t.replace_named(&m, &names))
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| {
+                    t.refused.fetch_add(1, Ordering::Relaxed);
+                    e.to_string()
+                })?;
             Ok(format!(
                 "server certificate serial {} until {}; {} agent CA(s)",
                 expiry.server.serial,
@@ -229,6 +236,11 @@ impl ServerTls {
     /// Replacements applied since start.
     pub fn reloads(&self) -> u64 {
         self.reloads.load(Ordering::Relaxed)
+    }
+
+    /// Changed files that were not applied because they were not usable.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
     }
 }
 
