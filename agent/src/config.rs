@@ -49,6 +49,7 @@ pub struct AgentArgs {
     #[arg(long, env = "MAX_SESSIONS", default_value_t = 100)]
     pub max_sessions: u32,
     /// Agent client certificate (PEM), SAN URI spiffe://<trust-domain>/agent/<id>.
+    /// Re-read (with --tls-key and --ca-cert) at every reconnect.
     #[arg(long, env = "AGENT_TLS_CERT")]
     pub tls_cert: PathBuf,
     /// Private key of the client certificate (PEM).
