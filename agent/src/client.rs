@@ -30,6 +30,9 @@ pub struct ClientTls {
     pub key: String,
     /// Server name to verify; defaults to the URL's host.
     pub server_name: Option<String>,
+    /// Where the material above came from: re-read at every connect, so a
+    /// rotated certificate is used without a restart. None = fixed.
+    pub files: Option<crate::identity::TlsFiles>,
 }
 
 /// Everything the stream client needs.
@@ -77,6 +80,8 @@ pub struct Client {
     pub stats: Arc<ClientStats>,
     /// With HA: attach only while this replica holds the Lease.
     leadership: Option<crate::lease::Leadership>,
+    /// The last usable TLS material (see [`crate::identity::refresh`]).
+    tls: std::sync::Mutex<ClientTls>,
 }
 
 enum SessionEnd {
@@ -104,6 +109,7 @@ impl Client {
     /// A client applying commands on `runtime`, which reports to `statuses`.
     pub fn new(cfg: ClientConfig, runtime: Arc<dyn Runtime>, statuses: StatusSink) -> Self {
         let (results_tx, results_rx) = mpsc::channel(1024);
+        let tls = std::sync::Mutex::new(cfg.tls.clone());
         Self {
             admission: Arc::new(Admission::new(&cfg.agent_id, cfg.capacity.max_sessions)),
             cfg,
@@ -115,6 +121,7 @@ impl Client {
             results_rx: Mutex::new(results_rx),
             stats: Default::default(),
             leadership: None,
+            tls,
         }
     }
 
@@ -124,8 +131,9 @@ impl Client {
         self
     }
 
+    /// The endpoint for the next connection, with the TLS files re-read.
     fn endpoint(&self) -> Result<Endpoint, tonic::transport::Error> {
-        let t = &self.cfg.tls;
+        let t = crate::identity::refresh(&mut self.tls.lock().unwrap_or_else(|p| p.into_inner()));
         let mut tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(&t.ca))
             .identity(Identity::from_pem(&t.cert, &t.key));

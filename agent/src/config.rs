@@ -12,7 +12,7 @@ use anyhow::Context;
 use clap::Parser;
 use streamspace::v1 as pb;
 
-use crate::client::{ClientConfig, ClientTls};
+use crate::client::ClientConfig;
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -49,6 +49,7 @@ pub struct AgentArgs {
     #[arg(long, env = "MAX_SESSIONS", default_value_t = 100)]
     pub max_sessions: u32,
     /// Agent client certificate (PEM), SAN URI spiffe://<trust-domain>/agent/<id>.
+    /// Re-read (with --tls-key and --ca-cert) at every reconnect.
     #[arg(long, env = "AGENT_TLS_CERT")]
     pub tls_cert: PathBuf,
     /// Private key of the client certificate (PEM).
@@ -143,10 +144,19 @@ pub fn check_identity(cert_pem: &str, key_pem: &str) -> anyhow::Result<()> {
 }
 
 impl AgentArgs {
+    /// The client settings; the TLS files are checked now and re-read at
+    /// every reconnect.
     pub fn client_config(&self) -> anyhow::Result<ClientConfig> {
         let cert = read(&self.tls_cert, "--tls-cert")?;
         let key = read(&self.tls_key, "--tls-key")?;
         check_identity(&cert, &key)?;
+        let files = crate::identity::TlsFiles {
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+            ca: self.ca_cert.clone(),
+        };
+        let tls = crate::identity::load(&files, self.tls_server_name.clone())
+            .context("--tls-cert / --tls-key / --ca-cert")?;
         Ok(ClientConfig {
             agent_id: self.agent_id.clone(),
             control_plane_url: self.control_plane_url.clone(),
@@ -157,12 +167,7 @@ impl AgentArgs {
                 cpu_millis: self.max_cpu * 1000,
                 memory_bytes: self.max_memory << 30,
             },
-            tls: ClientTls {
-                ca: read(&self.ca_cert, "--ca-cert")?,
-                cert,
-                key,
-                server_name: self.tls_server_name.clone(),
-            },
+            tls,
             backoff_base: Duration::from_millis(self.backoff_base_ms),
             backoff_cap: Duration::from_millis(self.backoff_max_ms),
             fencing_token: Arc::new(AtomicU64::new(0)),

@@ -11,7 +11,8 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::grpc::auth::Tokens;
 use crate::pki::{self, Pem};
-use crate::server::{ControlPlane, ServerConfig, TlsMaterial};
+use crate::server::{ControlPlane, ServerConfig};
+use crate::tls::{ServerTls, TlsFiles};
 use crate::tuning::Tuning;
 
 #[derive(Debug, Parser)]
@@ -50,12 +51,14 @@ pub struct ServeArgs {
     /// sqlite://PATH (embedded) or postgres://USER@HOST/DB (production).
     #[arg(long, env = "DATABASE_URL", default_value = "sqlite://streamspace.db")]
     pub database_url: String,
-    /// Server certificate (PEM), used by both listeners.
+    /// Server certificate (PEM), used by both listeners. Watched: a new
+    /// certificate (with its key) applies to new connections without a restart.
     #[arg(long, env = "TLS_CERT")]
     pub tls_cert: PathBuf,
     #[arg(long, env = "TLS_KEY")]
     pub tls_key: PathBuf,
-    /// CA that signs agent client certificates (PEM).
+    /// CA bundle that signs agent client certificates (PEM; several CAs
+    /// while one is rotated). Watched like --tls-cert.
     #[arg(long, env = "AGENT_CA")]
     pub agent_ca: PathBuf,
     /// Token file: one `token,user,role` line per caller (role admin or user).
@@ -151,10 +154,6 @@ pub enum CertsCommand {
     Kubernetes(crate::certs::KubernetesArgs),
 }
 
-fn read(path: &PathBuf, what: &str) -> anyhow::Result<String> {
-    std::fs::read_to_string(path).with_context(|| format!("reading {what} {}", path.display()))
-}
-
 async fn certs(cmd: CertsCommand) -> anyhow::Result<()> {
     let say = |what: &str, (c, k): (PathBuf, PathBuf)| {
         println!("{what}: certificate {} key {}", c.display(), k.display());
@@ -195,15 +194,19 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     // Watched until shutdown: edits (a revoked token) apply without a restart.
     let (tokens, _watcher) = Tokens::watch_file(&a.tokens_file, Duration::from_secs(1))
         .map_err(|e| anyhow::anyhow!("--tokens-file: {e}"))?;
+    // Watched until shutdown too: renewed certificates apply to new handshakes.
+    let files = TlsFiles {
+        server_cert: a.tls_cert.clone(),
+        server_key: a.tls_key.clone(),
+        agent_ca: a.agent_ca.clone(),
+    };
+    let (tls, _tls_watcher) = ServerTls::watch_files(&files, Duration::from_secs(1))
+        .context("--tls-cert / --tls-key / --agent-ca")?;
     let cfg = ServerConfig {
         agent_addr: a.agent_addr,
         api_addr: a.api_addr,
         database_url: a.database_url.clone(),
-        tls: TlsMaterial {
-            server_cert: read(&a.tls_cert, "--tls-cert")?,
-            server_key: read(&a.tls_key, "--tls-key")?,
-            agent_ca: read(&a.agent_ca, "--agent-ca")?,
-        },
+        tls,
         tokens,
         hub: a.tuning.hub(),
         lifecycle: a.tuning.lifecycle(),

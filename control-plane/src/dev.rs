@@ -21,7 +21,7 @@ use crate::core::Caller;
 use crate::core::model::{Port, ResourceList, Resources, Template};
 use crate::grpc::auth::Tokens;
 use crate::pki::{self, Pem};
-use crate::server::{ControlPlane, ServerConfig, TlsMaterial};
+use crate::server::{ControlPlane, ServerConfig, ServerTls, TlsMaterial};
 
 #[derive(Debug, Clone, Args)]
 pub struct DevArgs {
@@ -174,11 +174,11 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
         agent_addr: a.agent_addr,
         api_addr: a.api_addr,
         database_url: format!("sqlite://{}", dir.join("streamspace.db").display()),
-        tls: TlsMaterial {
+        tls: ServerTls::new(&TlsMaterial {
             server_cert: server.cert,
             server_key: server.key,
             agent_ca: ca.cert.clone(),
-        },
+        })?,
         tokens,
         hub: a.tuning.hub(),
         lifecycle: a.tuning.lifecycle(),
@@ -223,6 +223,7 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
                 cert: agent_pem.cert,
                 key: agent_pem.key,
                 server_name: Some("localhost".into()),
+                files: None,
             },
             backoff_base: Duration::from_millis(100),
             backoff_cap: Duration::from_secs(5),

@@ -17,6 +17,9 @@
 //! - `dev.rs`: the embedded default (`dev`): SQLite, a dev PKI, a local agent.
 //! - `server.rs`: wires store, lifecycle, gRPC services and listeners.
 //! - `listen.rs`: TLS listeners with connection limits and first-request deadlines.
+//! - `tls.rs`: the listeners' certificates, replaced without a restart when their files change.
+//! - `watch.rs`: polls files and applies a settled, usable change.
+//! - `reflection.rs`: health and reflection limited to one listener's services.
 //! - `pki.rs`: CA, server and agent certificates.
 //! - `certs.rs`: the same certificates as Kubernetes Secrets (`certs kubernetes`).
 //! - `grpc/`: the gRPC adapters (agent stream hub, session/admin services,
@@ -35,5 +38,8 @@ pub mod grpc;
 pub mod k8s;
 pub mod listen;
 pub mod pki;
+pub mod reflection;
 pub mod server;
+pub mod tls;
 pub mod tuning;
+pub mod watch;

@@ -12,7 +12,8 @@
 //!    counted from accept; otherwise the server closes it. After that first
 //!    frame, HTTP/2 keepalive pings take over.
 //!
-//! The TLS handshake is done here (rustls with ring, ALPN `h2`) rather than by
+//! The TLS handshake is done here (rustls with ring, ALPN `h2`; settings from
+//! [`crate::tls`], asked for at every accept) rather than by
 //! tonic so that the deadline covers handshake and preface alike, and the
 //! connection reaches the HTTP/2 server (whose per-connection buffers are the
 //! bulk of a connection's memory) only once the client has started talking:
@@ -26,10 +27,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig};
+use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -59,96 +57,33 @@ impl Default for EdgeLimits {
     }
 }
 
-/// Why the listener's TLS settings could not be built.
-#[derive(Debug, thiserror::Error)]
-pub enum TlsSetupError {
-    #[error("{what}: expected PEM with at least one certificate, found none")]
-    NoCertificate { what: &'static str },
-    #[error("{what}: expected a PEM private key: {source}")]
-    Key {
-        what: &'static str,
-        #[source]
-        source: rustls::pki_types::pem::Error,
-    },
-    #[error("{what}: expected PEM certificates: {source}")]
-    Pem {
-        what: &'static str,
-        #[source]
-        source: rustls::pki_types::pem::Error,
-    },
-    #[error("client certificate verifier: {0}")]
-    Verifier(#[from] rustls::server::VerifierBuilderError),
-    #[error("TLS settings: {0}")]
-    Rustls(#[from] rustls::Error),
-}
-
-fn certs(what: &'static str, pem: &str) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
-    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| TlsSetupError::Pem { what, source })?;
-    if certs.is_empty() {
-        return Err(TlsSetupError::NoCertificate { what });
-    }
-    Ok(certs)
-}
-
-/// Server TLS settings: the server certificate, ALPN `h2`, and — when
-/// `client_ca` is given — a client certificate signed by that CA required.
-pub fn server_tls(
-    cert_pem: &str,
-    key_pem: &str,
-    client_ca: Option<&str>,
-) -> Result<Arc<ServerConfig>, TlsSetupError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()?;
-    let builder = match client_ca {
-        None => builder.with_no_client_auth(),
-        Some(ca) => {
-            let mut roots = RootCertStore::empty();
-            roots.add_parsable_certificates(certs("agent CA", ca)?);
-            let verifier =
-                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build()?;
-            builder.with_client_cert_verifier(verifier)
-        }
-    };
-    let key =
-        PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|source| TlsSetupError::Key {
-            what: "server key",
-            source,
-        })?;
-    let mut config = builder.with_single_cert(certs("server certificate", cert_pem)?, key)?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(Arc::new(config))
-}
-
 /// Accepts on `listener` for as long as the returned stream is held (tonic
 /// drops it on shutdown, which closes the listening socket). `name` labels
-/// the listener in logs.
-pub fn incoming(
+/// the listener in logs. `tls` is asked for the TLS settings at every
+/// accept, so replaced settings apply to new handshakes only.
+pub fn incoming<F>(
     name: &'static str,
     listener: TcpListener,
-    tls: Arc<ServerConfig>,
+    tls: F,
     limits: EdgeLimits,
-) -> ReceiverStream<io::Result<EdgeConn>> {
+) -> ReceiverStream<io::Result<EdgeConn>>
+where
+    F: Fn() -> Arc<ServerConfig> + Send + 'static,
+{
     let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(accept_loop(
-        name,
-        listener,
-        TlsAcceptor::from(tls),
-        limits,
-        tx,
-    ));
+    tokio::spawn(accept_loop(name, listener, tls, limits, tx));
     ReceiverStream::new(rx)
 }
 
-async fn accept_loop(
+async fn accept_loop<F>(
     name: &'static str,
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    tls: F,
     limits: EdgeLimits,
     tx: mpsc::Sender<io::Result<EdgeConn>>,
-) {
+) where
+    F: Fn() -> Arc<ServerConfig>,
+{
     let budget = Arc::new(Semaphore::new(limits.max_connections));
     // Connections closed since the budget ran out; reset when one is accepted.
     let mut refused: u64 = 0;
@@ -188,7 +123,7 @@ async fn accept_loop(
         }
         let _ = tcp.set_nodelay(true);
         let deadline = Instant::now() + limits.first_request_timeout;
-        let (acceptor, tx) = (acceptor.clone(), tx.clone());
+        let (acceptor, tx) = (TlsAcceptor::from(tls()), tx.clone());
         tokio::spawn(async move {
             let start = async {
                 let mut tls = acceptor.accept(tcp).await?;

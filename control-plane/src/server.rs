@@ -1,5 +1,6 @@
 //! Wiring: opens the store, binds the agent listener (mTLS) and the API
-//! listener (TLS + bearer tokens), both with health and reflection, runs the
+//! listener (TLS + bearer tokens), each with health and reflection over its
+//! own services only, runs the
 //! expiry sweeper, and shuts down in order: drain agents, then stop serving.
 //! An optional plaintext health listener for kubelet probes reports SERVING
 //! from when the store is open and both listeners are bound until shutdown
@@ -29,22 +30,18 @@ use crate::grpc::auth::Tokens;
 use crate::grpc::edge_status::EdgeStatusLayer;
 use crate::grpc::session::SessionApi;
 use crate::listen::{self, EdgeLimits};
+use crate::reflection::{Served, health_and_reflection};
 
-/// PEM material for both listeners.
-#[derive(Clone)]
-pub struct TlsMaterial {
-    pub server_cert: String,
-    pub server_key: String,
-    /// CA that signs agent client certificates.
-    pub agent_ca: String,
-}
+pub use crate::tls::{ServerTls, TlsMaterial};
 
 #[derive(Clone)]
 pub struct ServerConfig {
     pub agent_addr: SocketAddr,
     pub api_addr: SocketAddr,
     pub database_url: String,
-    pub tls: TlsMaterial,
+    /// Both listeners' TLS settings, read at every accept (so a replacement,
+    /// e.g. by [`ServerTls::watch_files`], applies to new connections).
+    pub tls: ServerTls,
     pub tokens: Tokens,
     pub hub: HubConfig,
     pub lifecycle: LifecycleConfig,
@@ -67,6 +64,8 @@ pub struct ControlPlane {
     /// The bound plaintext health listener, if one was asked for.
     pub health_addr: Option<SocketAddr>,
     pub lifecycle: Arc<Lifecycle>,
+    /// The listeners' TLS settings (expiry of the material in force).
+    pub tls: ServerTls,
     /// The plaintext health listener, turned NOT_SERVING when shutdown begins.
     probe: Option<HealthEndpoint>,
     drain: CancellationToken,
@@ -77,32 +76,14 @@ pub struct ControlPlane {
 
 const API_MAX_MESSAGE: usize = 1 << 20;
 
-fn health_and_reflection() -> anyhow::Result<(
-    tonic_health::server::HealthReporter,
-    tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
-    tonic_reflection::server::v1::ServerReflectionServer<
-        impl tonic_reflection::server::v1::ServerReflection,
-    >,
-    tonic_reflection::server::v1alpha::ServerReflectionServer<
-        impl tonic_reflection::server::v1alpha::ServerReflection,
-    >,
-)> {
-    let (reporter, health) = tonic_health::server::health_reporter();
-    // Both reflection versions are served (grpcurl 1.8 asks v1alpha, newer
-    // clients v1), and each lists every service, itself and the other included.
-    let builder = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(streamspace::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(
-                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
-            )
-    };
-    let v1 = builder().build_v1()?;
-    let v1alpha = builder().build_v1alpha()?;
-    Ok((reporter, health, v1, v1alpha))
-}
+/// What the agent listener serves (besides health and reflection).
+pub const AGENT_SERVICES: &[&str] = &["streamspace.v1.AgentService"];
+/// What the API listener serves (besides health and reflection).
+pub const API_SERVICES: &[&str] = &[
+    "streamspace.v1.SessionService",
+    "streamspace.v1.TemplateService",
+    "streamspace.v1.AgentAdminService",
+];
 
 impl ControlPlane {
     /// Opens the store, binds both listeners and starts serving.
@@ -140,13 +121,12 @@ impl ControlPlane {
         let keepalive = Some(cfg.hub.heartbeat_interval);
 
         // Agent listener: client certificates required.
-        let agent_tls = listen::server_tls(
-            &cfg.tls.server_cert,
-            &cfg.tls.server_key,
-            Some(&cfg.tls.agent_ca),
-        )
-        .context("agent listener TLS")?;
-        let (reporter, health, v1, v1alpha) = health_and_reflection()?;
+        let Served {
+            reporter,
+            health,
+            v1,
+            v1alpha,
+        } = health_and_reflection(AGENT_SERVICES)?;
         reporter
             .set_serving::<pb::agent_service_server::AgentServiceServer<AgentHub>>()
             .await;
@@ -163,9 +143,10 @@ impl ControlPlane {
             .add_service(v1)
             .add_service(v1alpha)
             .add_service(agent_svc);
-        let s = stop.clone();
+        let (s, agent_tls) = (stop.clone(), cfg.tls.clone());
         tasks.push(tokio::spawn(async move {
-            let incoming = listen::incoming("agent", agent_listener, agent_tls, cfg.edge);
+            let tls = move || agent_tls.agent();
+            let incoming = listen::incoming("agent", agent_listener, tls, cfg.edge);
             if let Err(e) = router
                 .serve_with_incoming_shutdown(incoming, s.cancelled_owned())
                 .await
@@ -175,9 +156,12 @@ impl ControlPlane {
         }));
 
         // API listener: TLS, bearer tokens.
-        let api_tls = listen::server_tls(&cfg.tls.server_cert, &cfg.tls.server_key, None)
-            .context("API listener TLS")?;
-        let (reporter, health, v1, v1alpha) = health_and_reflection()?;
+        let Served {
+            reporter,
+            health,
+            v1,
+            v1alpha,
+        } = health_and_reflection(API_SERVICES)?;
         let tokens = cfg.tokens.clone();
         let limits = crate::grpc::limits::ApiLimits::new(cfg.limits);
         let api_limits = limits.clone();
@@ -223,9 +207,10 @@ impl ControlPlane {
             .add_service(tonic::service::interceptor::InterceptedService::new(
                 templates, auth,
             ));
-        let s = stop.clone();
+        let (s, api_tls) = (stop.clone(), cfg.tls.clone());
         tasks.push(tokio::spawn(async move {
-            let incoming = listen::incoming("API", api_listener, api_tls, cfg.edge);
+            let tls = move || api_tls.api();
+            let incoming = listen::incoming("API", api_listener, tls, cfg.edge);
             if let Err(e) = router
                 .serve_with_incoming_shutdown(incoming, s.cancelled_owned())
                 .await
@@ -270,6 +255,7 @@ impl ControlPlane {
             api_addr,
             health_addr: probe.as_ref().map(HealthEndpoint::local_addr),
             lifecycle,
+            tls: cfg.tls,
             probe,
             drain,
             stop,

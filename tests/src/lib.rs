@@ -24,7 +24,7 @@ use std::time::Duration;
 use streamspace::v1 as pb;
 use streamspace_control_plane::core::Caller;
 use streamspace_control_plane::grpc::auth::Tokens;
-use streamspace_control_plane::server::{ControlPlane, ServerConfig, TlsMaterial};
+use streamspace_control_plane::server::{ControlPlane, ServerConfig, ServerTls, TlsMaterial};
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
@@ -294,11 +294,12 @@ pub fn server_config(pki: &TestPki, database_url: &str, o: &CpOptions) -> Server
         agent_addr: "127.0.0.1:0".parse().unwrap(),
         api_addr: "127.0.0.1:0".parse().unwrap(),
         database_url: database_url.into(),
-        tls: TlsMaterial {
+        tls: ServerTls::new(&TlsMaterial {
             server_cert: pki.server.cert.clone(),
             server_key: pki.server.key.clone(),
             agent_ca: pki.ca.cert.clone(),
-        },
+        })
+        .unwrap(),
         tokens: Tokens::parse(&tokens_csv()).unwrap(),
         hub,
         lifecycle: streamspace_control_plane::core::LifecycleConfig {

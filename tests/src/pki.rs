@@ -77,6 +77,7 @@ impl TestPki {
                 cert: pem.cert,
                 key: pem.key,
                 server_name: Some("localhost".into()),
+                files: None,
             },
             backoff_base: std::time::Duration::from_millis(50),
             backoff_cap: std::time::Duration::from_secs(1),

@@ -174,3 +174,96 @@ async fn grpcurl_against_dev() {
         "the session's process stopped with dev"
     );
 }
+
+/// Each listener lists, describes and serves only its own services: the API
+/// port knows nothing of AgentService, the agent port nothing of the API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_listener_offers_only_its_own_services() {
+    use streamspace::v1 as pb;
+    init();
+    let Some(g) = grpcurl() else {
+        if in_ci() {
+            panic!("grpcurl is required under CI=true (scripts/test.sh installs it)");
+        }
+        eprintln!("SKIPPING each_listener_offers_only_its_own_services: grpcurl not found");
+        return;
+    };
+    let pki = TestPki::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let cp = start_cp(&pki, &database_url(tmp.path()).await, &CpOptions::default()).await;
+    let ca = pki.ca_path();
+    let ca = ca.to_str().unwrap();
+    let (cert, key) = pki.agent("grpcurl");
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let api = cp.api_addr.to_string();
+    let agent = cp.agent_addr.to_string();
+    let common = [
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+    ];
+    let api_only = [
+        "streamspace.v1.SessionService",
+        "streamspace.v1.TemplateService",
+        "streamspace.v1.AgentAdminService",
+    ];
+    let agent_only = ["streamspace.v1.AgentService"];
+
+    let (ok, out) = run(&g, &["-cacert", ca, &api, "list"]);
+    assert!(ok, "grpcurl list on the API port: {out}");
+    let listed: Vec<&str> = out.lines().map(str::trim).collect();
+    for svc in common.iter().chain(&api_only) {
+        assert!(listed.contains(svc), "{svc} missing on the API port: {out}");
+    }
+    for svc in agent_only {
+        assert!(
+            !listed.contains(&svc),
+            "{svc} listed on the API port: {out}"
+        );
+    }
+    let (ok, out) = run(
+        &g,
+        &[
+            "-cacert",
+            ca,
+            &api,
+            "describe",
+            "streamspace.v1.AgentService",
+        ],
+    );
+    assert!(!ok, "AgentService described on the API port: {out}");
+
+    let tls = ["-cacert", ca, "-cert", cert, "-key", key];
+    let (ok, out) = run(&g, &[&tls[..], &[agent.as_str(), "list"]].concat());
+    assert!(ok, "grpcurl list on the agent port: {out}");
+    let listed: Vec<&str> = out.lines().map(str::trim).collect();
+    for svc in common.iter().chain(&agent_only) {
+        assert!(
+            listed.contains(svc),
+            "{svc} missing on the agent port: {out}"
+        );
+    }
+    for svc in api_only {
+        assert!(
+            !listed.contains(&svc),
+            "{svc} listed on the agent port: {out}"
+        );
+    }
+    let (ok, out) = run(
+        &g,
+        &[
+            &tls[..],
+            &[agent.as_str(), "describe", "streamspace.v1.SessionService"],
+        ]
+        .concat(),
+    );
+    assert!(!ok, "SessionService described on the agent port: {out}");
+
+    // Calling AgentService on the API port: UNIMPLEMENTED.
+    let mut c = pb::agent_service_client::AgentServiceClient::new(channel(&pki, cp.api_addr).await);
+    let e = c
+        .attach(tokio_stream::iter(vec![raw::hello("grpcurl")]))
+        .await
+        .expect_err("AgentService on the API port");
+    assert_eq!(e.code(), tonic::Code::Unimplemented, "{e:?}");
+    cp.shutdown().await;
+}

@@ -98,6 +98,7 @@ pub async fn run(a: AgentsArgs) -> anyhow::Result<()> {
                         cert: pem.cert,
                         key: pem.key,
                         server_name: Some("localhost".into()),
+                        files: None,
                     },
                     backoff_base: Duration::from_millis(a.backoff_base_ms),
                     backoff_cap: Duration::from_millis(a.backoff_max_ms),
