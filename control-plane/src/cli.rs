@@ -44,7 +44,7 @@ pub struct ServeArgs {
     /// Agent listener (mTLS).
     #[arg(long, env = "AGENT_ADDR", default_value = "0.0.0.0:7443")]
     pub agent_addr: SocketAddr,
-    /// API listener (TLS + bearer tokens).
+    /// API listener (TLS + bearer tokens, static or OIDC).
     #[arg(long, env = "API_ADDR", default_value = "0.0.0.0:8443")]
     pub api_addr: SocketAddr,
     /// sqlite://PATH (embedded) or postgres://USER@HOST/DB (production).
@@ -66,6 +66,8 @@ pub struct ServeArgs {
     /// store is open and both listeners are bound, NOT_SERVING from shutdown.
     #[arg(long, env = "HEALTH_ADDR", default_value = "", value_parser = streamspace_runtime_util::parse_health_addr)]
     pub health_addr: std::option::Option<SocketAddr>,
+    #[command(flatten)]
+    pub oidc: crate::oidc_flags::OidcArgs,
     #[command(flatten)]
     pub tuning: Tuning,
     #[command(flatten)]
@@ -200,6 +202,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             agent_ca: read(&a.agent_ca, "--agent-ca")?,
         },
         tokens,
+        oidc: a.oidc.config()?,
         hub: a.tuning.hub(),
         lifecycle: a.tuning.lifecycle(),
         kube: a.kube.options(),
@@ -276,6 +279,48 @@ mod tests {
             Some("0.0.0.0:8081".parse().unwrap())
         );
         assert!(health(&["--health-addr=localhost"]).is_err());
+    }
+
+    /// OIDC is off without an issuer (or with an empty one); with one, the
+    /// audience is required and the defaults are preferred_username, groups
+    /// and 60 s of clock skew.
+    #[test]
+    fn oidc_flags() {
+        let cfg = |extra: &[&str]| serve(extra).unwrap().oidc.config();
+        assert!(cfg(&[]).unwrap().is_none());
+        assert!(cfg(&["--oidc-issuer="]).unwrap().is_none());
+        let e = cfg(&["--oidc-issuer=https://idp"]).unwrap_err();
+        assert!(e.to_string().starts_with("--oidc-audience"), "{e}");
+        let c = cfg(&["--oidc-issuer=https://idp", "--oidc-audience=ss"])
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (c.username_claim.as_str(), c.groups_claim.as_str()),
+            ("preferred_username", "groups")
+        );
+        assert_eq!(
+            (c.clock_skew, c.admin_group),
+            (Duration::from_secs(60), None)
+        );
+        let c = cfg(&[
+            "--oidc-issuer=https://idp",
+            "--oidc-audience=ss",
+            "--oidc-username-claim=email",
+            "--admin-group=ops",
+            "--oidc-clock-skew=5s",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(c.username_claim, "email");
+        assert_eq!(c.admin_group.as_deref(), Some("ops"));
+        assert_eq!(c.clock_skew, Duration::from_secs(5));
+        let e = cfg(&[
+            "--oidc-issuer=https://idp",
+            "--oidc-audience=ss",
+            "--oidc-ca=/nonexistent",
+        ])
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("--oidc-ca"), "{e:#}");
     }
 
     async fn certs_in(args: &[&str]) -> anyhow::Result<()> {

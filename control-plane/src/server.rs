@@ -1,5 +1,5 @@
 //! Wiring: opens the store, binds the agent listener (mTLS) and the API
-//! listener (TLS + bearer tokens), both with health and reflection, runs the
+//! listener (TLS + bearer tokens, static or OIDC), both with health and reflection, runs the
 //! expiry sweeper, and shuts down in order: drain agents, then stop serving.
 //! An optional plaintext health listener for kubelet probes reports SERVING
 //! from when the store is open and both listeners are bound until shutdown
@@ -25,8 +25,9 @@ use crate::core::roster::Roster;
 use crate::core::{Lifecycle, LifecycleConfig};
 use crate::grpc::admin::{AdminApi, TemplateApi};
 use crate::grpc::agent::{AgentHub, HubConfig};
-use crate::grpc::auth::Tokens;
+use crate::grpc::auth::{Authenticator, Tokens};
 use crate::grpc::edge_status::EdgeStatusLayer;
+use crate::grpc::oidc::{Oidc, OidcConfig};
 use crate::grpc::session::SessionApi;
 use crate::listen::{self, EdgeLimits};
 
@@ -46,6 +47,8 @@ pub struct ServerConfig {
     pub database_url: String,
     pub tls: TlsMaterial,
     pub tokens: Tokens,
+    /// Users from an OpenID Connect identity provider, besides the tokens.
+    pub oidc: Option<OidcConfig>,
     pub hub: HubConfig,
     pub lifecycle: LifecycleConfig,
     /// Run the embedded Session controller against this cluster.
@@ -174,8 +177,17 @@ impl ControlPlane {
         let api_tls = listen::server_tls(&cfg.tls.server_cert, &cfg.tls.server_key, None)
             .context("API listener TLS")?;
         let (reporter, health, v1, v1alpha) = health_and_reflection()?;
-        let tokens = cfg.tokens.clone();
-        let auth = move |req| tokens.authenticate(req);
+        let oidc = match &cfg.oidc {
+            Some(o) => {
+                let (oidc, task) = Oidc::start(o, stop.clone()).context("OIDC")?;
+                tasks.push(task);
+                info!(issuer = %o.issuer, "OIDC users accepted");
+                Some(oidc)
+            }
+            None => None,
+        };
+        let authenticator = Authenticator::new(cfg.tokens.clone(), oidc);
+        let auth = move |req| authenticator.authenticate(req);
         use pb::agent_admin_service_server::AgentAdminServiceServer as Admin;
         use pb::session_service_server::SessionServiceServer as Sessions;
         use pb::template_service_server::TemplateServiceServer as Templates;

@@ -260,6 +260,8 @@ pub struct CpOptions {
     pub max_in_flight: u32,
     /// Serve the plaintext health listener (on a free loopback port).
     pub health: bool,
+    /// Accept users from this OpenID Connect issuer too.
+    pub oidc: Option<streamspace_control_plane::grpc::oidc::OidcConfig>,
 }
 
 impl Default for CpOptions {
@@ -270,6 +272,7 @@ impl Default for CpOptions {
             kube: None,
             max_in_flight: 64,
             health: false,
+            oidc: None,
         }
     }
 }
@@ -293,6 +296,7 @@ pub fn server_config(pki: &TestPki, database_url: &str, o: &CpOptions) -> Server
             agent_ca: pki.ca.cert.clone(),
         },
         tokens: Tokens::parse(&tokens_csv()).unwrap(),
+        oidc: o.oidc.clone(),
         hub,
         lifecycle: streamspace_control_plane::core::LifecycleConfig {
             command_timeout: o.command_timeout,

@@ -6,4 +6,5 @@ pub mod agent;
 pub mod auth;
 pub mod convert;
 pub mod edge_status;
+pub mod oidc;
 pub mod session;
