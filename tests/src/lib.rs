@@ -1,6 +1,6 @@
 //! Test harness for cross-component tests: a PKI made per test, the control
 //! plane in-process or as a real process, agents as real processes, API
-//! clients with bearer tokens, and waiting on conditions with deadlines.
+//! clients with bearer tokens, a test OpenID Connect issuer, and waiting on conditions with deadlines.
 //!
 //! Store selection: `STREAMSPACE_TEST_STORE=postgres` with
 //! `STREAMSPACE_TEST_POSTGRES_URL=postgres://...` gives every test its own
@@ -13,6 +13,7 @@ pub mod edge;
 pub mod faults;
 pub mod helm;
 pub mod k8s;
+pub mod oidc;
 pub mod pki;
 pub mod pods;
 pub mod procs;
