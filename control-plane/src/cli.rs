@@ -31,7 +31,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the agent and API listeners.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run everything on loopback: SQLite, a dev PKI, the control plane and a local process agent.
     Dev(crate::dev::DevArgs),
     /// Create certificates.
@@ -221,7 +221,7 @@ pub async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     streamspace_runtime_util::init_logging(&cli.log_format);
     match cli.command {
-        Command::Serve(a) => serve(a).await,
+        Command::Serve(a) => serve(*a).await,
         Command::Dev(a) => crate::dev::run(a).await,
         Command::Certs(c) => certs(c).await,
     }
@@ -242,7 +242,7 @@ mod tests {
         ];
         argv.extend(extra);
         match Cli::try_parse_from(argv)?.command {
-            Command::Serve(a) => Ok(a),
+            Command::Serve(a) => Ok(*a),
             other => panic!("parsed as {other:?}"),
         }
     }
