@@ -32,7 +32,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the agent and API listeners.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run everything on loopback: SQLite, a dev PKI, the control plane and a local process agent.
     Dev(crate::dev::DevArgs),
     /// Create certificates.
@@ -45,7 +45,7 @@ pub struct ServeArgs {
     /// Agent listener (mTLS).
     #[arg(long, env = "AGENT_ADDR", default_value = "0.0.0.0:7443")]
     pub agent_addr: SocketAddr,
-    /// API listener (TLS + bearer tokens).
+    /// API listener (TLS + bearer tokens, static or OIDC).
     #[arg(long, env = "API_ADDR", default_value = "0.0.0.0:8443")]
     pub api_addr: SocketAddr,
     /// sqlite://PATH (embedded) or postgres://USER@HOST/DB (production).
@@ -74,6 +74,8 @@ pub struct ServeArgs {
     /// default) = no audit log. Separate from the debug log (stderr).
     #[arg(long, env = "AUDIT_LOG", default_value = "")]
     pub audit_log: String,
+    #[command(flatten)]
+    pub oidc: crate::oidc_flags::OidcArgs,
     #[command(flatten)]
     pub tuning: Tuning,
     #[command(flatten)]
@@ -208,6 +210,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         database_url: a.database_url.clone(),
         tls,
         tokens,
+        oidc: a.oidc.config()?,
         hub: a.tuning.hub(),
         lifecycle: a.tuning.lifecycle(),
         kube: a.kube.options(),
@@ -233,7 +236,7 @@ pub async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     streamspace_runtime_util::init_logging(&cli.log_format);
     match cli.command {
-        Command::Serve(a) => serve(a).await,
+        Command::Serve(a) => serve(*a).await,
         Command::Dev(a) => crate::dev::run(a).await,
         Command::Certs(c) => certs(c).await,
     }
@@ -254,7 +257,7 @@ mod tests {
         ];
         argv.extend(extra);
         match Cli::try_parse_from(argv)?.command {
-            Command::Serve(a) => Ok(a),
+            Command::Serve(a) => Ok(*a),
             other => panic!("parsed as {other:?}"),
         }
     }
@@ -291,6 +294,48 @@ mod tests {
             Some("0.0.0.0:8081".parse().unwrap())
         );
         assert!(health(&["--health-addr=localhost"]).is_err());
+    }
+
+    /// OIDC is off without an issuer (or with an empty one); with one, the
+    /// audience is required and the defaults are preferred_username, groups
+    /// and 60 s of clock skew.
+    #[test]
+    fn oidc_flags() {
+        let cfg = |extra: &[&str]| serve(extra).unwrap().oidc.config();
+        assert!(cfg(&[]).unwrap().is_none());
+        assert!(cfg(&["--oidc-issuer="]).unwrap().is_none());
+        let e = cfg(&["--oidc-issuer=https://idp"]).unwrap_err();
+        assert!(e.to_string().starts_with("--oidc-audience"), "{e}");
+        let c = cfg(&["--oidc-issuer=https://idp", "--oidc-audience=ss"])
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (c.username_claim.as_str(), c.groups_claim.as_str()),
+            ("preferred_username", "groups")
+        );
+        assert_eq!(
+            (c.clock_skew, c.admin_group),
+            (Duration::from_secs(60), None)
+        );
+        let c = cfg(&[
+            "--oidc-issuer=https://idp",
+            "--oidc-audience=ss",
+            "--oidc-username-claim=email",
+            "--admin-group=ops",
+            "--oidc-clock-skew=5s",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(c.username_claim, "email");
+        assert_eq!(c.admin_group.as_deref(), Some("ops"));
+        assert_eq!(c.clock_skew, Duration::from_secs(5));
+        let e = cfg(&[
+            "--oidc-issuer=https://idp",
+            "--oidc-audience=ss",
+            "--oidc-ca=/nonexistent",
+        ])
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("--oidc-ca"), "{e:#}");
     }
 
     async fn certs_in(args: &[&str]) -> anyhow::Result<()> {

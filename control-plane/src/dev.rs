@@ -180,6 +180,7 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
             agent_ca: ca.cert.clone(),
         })?,
         tokens,
+        oidc: None,
         hub: a.tuning.hub(),
         lifecycle: a.tuning.lifecycle(),
         kube: None,

@@ -13,6 +13,7 @@
 //! # Layout
 //! - `audit.rs`: the audit log (one JSON line per state-changing API call).
 //! - `cli.rs`: the binary's flags and subcommands (`serve`, `dev`, `certs`).
+//! - `oidc_flags.rs`: `serve`'s flags for users from an OIDC identity provider.
 //! - `tuning.rs`: flags shared by `serve` and `dev` (timeouts, limits).
 //! - `dev.rs`: the embedded default (`dev`): SQLite, a dev PKI, a local agent.
 //! - `server.rs`: wires store, lifecycle, gRPC services and listeners.
@@ -23,7 +24,7 @@
 //! - `pki.rs`: CA, server and agent certificates.
 //! - `certs.rs`: the same certificates as Kubernetes Secrets (`certs kubernetes`).
 //! - `grpc/`: the gRPC adapters (agent stream hub, session/admin services,
-//!   auth, wire <-> domain conversion).
+//!   auth with static tokens and OIDC, wire <-> domain conversion).
 //! - `k8s/`: the Session/Template CRDs and the embedded controller.
 #![forbid(unsafe_code)]
 
@@ -37,6 +38,7 @@ pub mod dev;
 pub mod grpc;
 pub mod k8s;
 pub mod listen;
+pub mod oidc_flags;
 pub mod pki;
 pub mod reflection;
 pub mod server;

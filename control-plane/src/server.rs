@@ -1,6 +1,6 @@
 //! Wiring: opens the store, binds the agent listener (mTLS) and the API
-//! listener (TLS + bearer tokens), each with health and reflection over its
-//! own services only, runs the
+//! listener (TLS + bearer tokens, static or OIDC), each with health and
+//! reflection over its own services only, runs the
 //! expiry sweeper, and shuts down in order: drain agents, then stop serving.
 //! An optional plaintext health listener for kubelet probes reports SERVING
 //! from when the store is open and both listeners are bound until shutdown
@@ -26,8 +26,9 @@ use crate::core::roster::Roster;
 use crate::core::{Lifecycle, LifecycleConfig};
 use crate::grpc::admin::{AdminApi, TemplateApi};
 use crate::grpc::agent::{AgentHub, HubConfig};
-use crate::grpc::auth::Tokens;
+use crate::grpc::auth::{Authenticator, Tokens};
 use crate::grpc::edge_status::EdgeStatusLayer;
+use crate::grpc::oidc::{Oidc, OidcConfig};
 use crate::grpc::session::SessionApi;
 use crate::listen::{self, EdgeLimits};
 use crate::reflection::{Served, health_and_reflection};
@@ -43,6 +44,8 @@ pub struct ServerConfig {
     /// e.g. by [`ServerTls::watch_files`], applies to new connections).
     pub tls: ServerTls,
     pub tokens: Tokens,
+    /// Users from an OpenID Connect identity provider, besides the tokens.
+    pub oidc: Option<OidcConfig>,
     pub hub: HubConfig,
     pub lifecycle: LifecycleConfig,
     /// Run the embedded Session controller against this cluster.
@@ -162,12 +165,21 @@ impl ControlPlane {
             v1,
             v1alpha,
         } = health_and_reflection(API_SERVICES)?;
-        let tokens = cfg.tokens.clone();
+        let oidc = match &cfg.oidc {
+            Some(o) => {
+                let (oidc, task) = Oidc::start(o, stop.clone()).context("OIDC")?;
+                tasks.push(task);
+                info!(issuer = %o.issuer, "OIDC users accepted");
+                Some(oidc)
+            }
+            None => None,
+        };
+        let authenticator = Authenticator::new(cfg.tokens.clone(), oidc);
         let limits = crate::grpc::limits::ApiLimits::new(cfg.limits);
         let api_limits = limits.clone();
         // Authenticate, then count the request against the caller's rate.
         let auth = move |req| {
-            let req = tokens.authenticate(req)?;
+            let req = authenticator.authenticate(req)?;
             if let Some(who) = req.extensions().get::<crate::core::Caller>() {
                 api_limits.admit(&who.user)?;
             }

@@ -1,6 +1,6 @@
 //! Test harness for cross-component tests: a PKI made per test, the control
 //! plane in-process or as a real process, agents as real processes, API
-//! clients with bearer tokens, and waiting on conditions with deadlines.
+//! clients with bearer tokens, a test OpenID Connect issuer, and waiting on conditions with deadlines.
 //!
 //! Store selection: `STREAMSPACE_TEST_STORE=postgres` with
 //! `STREAMSPACE_TEST_POSTGRES_URL=postgres://...` gives every test its own
@@ -13,6 +13,7 @@ pub mod edge;
 pub mod faults;
 pub mod helm;
 pub mod k8s;
+pub mod oidc;
 pub mod pki;
 pub mod pods;
 pub mod procs;
@@ -262,6 +263,8 @@ pub struct CpOptions {
     pub health: bool,
     /// Per-caller API limits; none by default (tests are one fast caller).
     pub limits: streamspace_control_plane::grpc::limits::LimitConfig,
+    /// Accept users from this OpenID Connect issuer too.
+    pub oidc: Option<streamspace_control_plane::grpc::oidc::OidcConfig>,
 }
 
 impl Default for CpOptions {
@@ -277,6 +280,7 @@ impl Default for CpOptions {
                 burst: 1,
                 max_watches: 0,
             },
+            oidc: None,
         }
     }
 }
@@ -301,6 +305,7 @@ pub fn server_config(pki: &TestPki, database_url: &str, o: &CpOptions) -> Server
         })
         .unwrap(),
         tokens: Tokens::parse(&tokens_csv()).unwrap(),
+        oidc: o.oidc.clone(),
         hub,
         lifecycle: streamspace_control_plane::core::LifecycleConfig {
             command_timeout: o.command_timeout,

@@ -2,6 +2,10 @@
 //! `token,user,role` line per caller (role `admin` or `user`); `#` starts a
 //! comment. The interceptor puts the `Caller` into the request extensions.
 //!
+//! With OIDC on ([`Authenticator`]), a bearer that is not a known static
+//! token and has the shape of a JWT is verified against the identity
+//! provider's keys instead (see [`crate::grpc::oidc`]).
+//!
 //! The file is watched while the server runs, so revoking a token does not
 //! need a restart: a change is applied once two reads a second apart agree
 //! (a file caught half-written is not applied), and a file that no longer
@@ -18,6 +22,8 @@ use tonic::{Request, Status};
 use tracing::{error, info, warn};
 
 use crate::core::Caller;
+use crate::grpc::oidc::Oidc;
+use crate::grpc::oidc::jwt::looks_like_jwt;
 
 type Map = HashMap<String, Caller>;
 
@@ -123,7 +129,30 @@ impl Tokens {
         self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// The interceptor: `authorization: Bearer <token>` -> `Caller`.
+    /// The interceptor for static tokens only.
+    #[allow(clippy::result_large_err)]
+    pub fn authenticate(&self, req: Request<()>) -> Result<Request<()>, Status> {
+        Authenticator::new(self.clone(), None).authenticate(req)
+    }
+
+    fn get(&self, token: &str) -> Option<Caller> {
+        self.current().get(token).cloned()
+    }
+}
+
+/// The API listener's interceptor: static tokens first, then (if on) OIDC.
+#[derive(Clone)]
+pub struct Authenticator {
+    tokens: Tokens,
+    oidc: Option<Oidc>,
+}
+
+impl Authenticator {
+    pub fn new(tokens: Tokens, oidc: Option<Oidc>) -> Self {
+        Self { tokens, oidc }
+    }
+
+    /// `authorization: Bearer <token>` -> `Caller` in the extensions.
     #[allow(clippy::result_large_err)]
     pub fn authenticate(&self, mut req: Request<()>) -> Result<Request<()>, Status> {
         let header = req.metadata().get("authorization").ok_or_else(|| {
@@ -138,12 +167,19 @@ impl Tokens {
                 h.strip_prefix("Bearer ")
                     .or_else(|| h.strip_prefix("bearer "))
             })
-            .ok_or_else(|| Status::unauthenticated("authorization: expected \"Bearer <token>\""))?;
-        let caller = self
-            .current()
-            .get(token.trim())
-            .cloned()
-            .ok_or_else(|| Status::unauthenticated("authorization: unknown bearer token"))?;
+            .ok_or_else(|| Status::unauthenticated("authorization: expected \"Bearer <token>\""))?
+            .trim();
+        let caller = match (self.tokens.get(token), &self.oidc) {
+            (Some(caller), _) => caller,
+            (None, Some(oidc)) if looks_like_jwt(token) => oidc
+                .authenticate(token)
+                .map_err(|e| Status::unauthenticated(format!("authorization: {e}")))?,
+            (None, _) => {
+                return Err(Status::unauthenticated(
+                    "authorization: unknown bearer token",
+                ));
+            }
+        };
         req.extensions_mut().insert(caller);
         Ok(req)
     }

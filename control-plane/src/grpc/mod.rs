@@ -7,4 +7,5 @@ pub mod auth;
 pub mod convert;
 pub mod edge_status;
 pub mod limits;
+pub mod oidc;
 pub mod session;
