@@ -38,18 +38,24 @@ pub fn is_user_name(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || b"._@-".contains(c))
 }
 
-/// `s` as an error message may show it: quoted and escaped, cut to
-/// [`MAX_QUOTE`] bytes of input (on a character boundary) with its full
-/// length when longer, so a 64 KiB name cannot make a 64 KiB error.
+/// `s` as an error message may show it: quoted and escaped, the escaped text
+/// cut to about [`MAX_QUOTE`] bytes (never inside an escape) with the input's
+/// full length when cut, so a 64 KiB name cannot make a 64 KiB error.
 pub fn quote(s: &str) -> String {
-    if s.len() <= MAX_QUOTE {
-        return format!("{s:?}");
+    // The bound is on what is printed: escaping can make one input byte six
+    // ("\u{b}"), so a prefix of MAX_QUOTE input bytes could print 384.
+    let mut out = String::with_capacity(MAX_QUOTE + 24);
+    out.push('"');
+    for c in s.chars() {
+        let start = out.len();
+        out.extend(c.escape_debug());
+        if out.len() > MAX_QUOTE + 1 {
+            out.truncate(start);
+            return format!("{out}\"... ({} bytes)", s.len());
+        }
     }
-    let mut end = MAX_QUOTE;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{:?}... ({} bytes)", &s[..end], s.len())
+    out.push('"');
+    out
 }
 
 #[cfg(test)]
@@ -75,5 +81,11 @@ mod tests {
         assert_eq!(quote("a\0"), "\"a\\0\"");
         let q = quote(&"é".repeat(50_000));
         assert!(q.len() < 100 && q.ends_with("(100000 bytes)"), "{q}");
+        // Found by the quantity_duration fuzz target: control characters
+        // print as six bytes each, and 64 of them made a 400-byte quote.
+        let q = quote(&"\u{b}".repeat(200));
+        assert!(q.len() < 100 && q.ends_with("(200 bytes)"), "{q}");
+        assert!(q.starts_with("\"\\u{b}"), "{q}");
+        assert_eq!(quote(&"a".repeat(64)), format!("\"{}\"", "a".repeat(64)));
     }
 }

@@ -312,11 +312,13 @@ impl AsyncWrite for EdgeConn {
 /// (`500ms`, `2s`, `1m`); a bare number is seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
+    // Echo at most a bounded, quoted prefix of what was given.
+    let shown = crate::core::validate::shown(t);
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let n: u64 = num
         .parse()
-        .map_err(|_| format!("expected a duration like 10s or 500ms, got {t:?}"))?;
+        .map_err(|_| format!("expected a duration like 10s or 500ms, got {shown}"))?;
     let d = match unit {
         "" | "s" => Duration::from_secs(n),
         "ms" => Duration::from_millis(n),
@@ -324,12 +326,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "h" => Duration::from_secs(n.saturating_mul(3600)),
         u => {
             return Err(format!(
-                "expected a duration unit ms, s, m or h, got {u:?} in {t:?}"
+                "expected a duration unit ms, s, m or h, got {} in {shown}",
+                crate::core::validate::shown(u)
             ));
         }
     };
     if d.is_zero() {
-        return Err(format!("expected a duration above zero, got {t:?}"));
+        return Err(format!("expected a duration above zero, got {shown}"));
     }
     Ok(d)
 }

@@ -208,31 +208,14 @@ impl Lifecycle {
         caller: &Caller,
         req: NewSession,
     ) -> Result<Session, LifecycleError> {
-        validate::dns_label("name", &req.name, validate::MAX_SESSION_NAME)?;
-        if req.template.is_empty() {
-            return Err(invalid("template", "is required").into());
-        }
-        validate::dns_label("template", &req.template, validate::MAX_NAME)?;
-        let user = if req.user.is_empty() {
-            caller.user.clone()
-        } else {
-            req.user.clone()
-        };
-        validate::user_name("user", &user)?;
+        let user = validate::new_session(&caller.user, &req)?;
         if !caller.may_act_on(&user) {
             return Err(LifecycleError::PermissionDenied(format!(
                 "user: {} may not create sessions for {user}",
                 caller.user
             )));
         }
-        validate::resources("resources", &req.resources)?;
-        validate::timeouts("timeouts", &req.timeouts)?;
-        validate::short_text("selector.platform", &req.selector.platform)?;
-        validate::short_text("selector.region", &req.selector.region)?;
         let desired = req.desired.unwrap_or(Desired::Running);
-        if desired == Desired::Terminated {
-            return Err(invalid("desired_state", "must be RUNNING or HIBERNATED on create").into());
-        }
         let template = self
             .store
             .get_template(&req.template)

@@ -7,7 +7,8 @@
 //! Kubernetes labels and object names, and URLs, so every name-like rule
 //! here also rules out `.`, `..`, separators and control characters.
 
-use super::model::{Port, Resources, Template, Timeouts};
+use super::NewSession;
+use super::model::{Desired, Port, Resources, Template, Timeouts};
 use super::quantity::{cpu_millis, memory_bytes};
 
 /// A rule broken by one field of a request.
@@ -206,6 +207,34 @@ fn ports(ports: &[Port], streaming: &str) -> Result<(), Invalid> {
 }
 
 /// A template is complete and every field within its rules.
+/// Everything about a new session that needs no store: its name, template
+/// name, user (the caller's when empty), resources, timeouts, selector and
+/// desired state. Returns the user the session is for.
+pub fn new_session(caller: &str, req: &NewSession) -> Result<String, Invalid> {
+    dns_label("name", &req.name, MAX_SESSION_NAME)?;
+    if req.template.is_empty() {
+        return Err(invalid("template", "is required"));
+    }
+    dns_label("template", &req.template, MAX_NAME)?;
+    let user = if req.user.is_empty() {
+        caller.to_string()
+    } else {
+        req.user.clone()
+    };
+    user_name("user", &user)?;
+    resources("resources", &req.resources)?;
+    timeouts("timeouts", &req.timeouts)?;
+    short_text("selector.platform", &req.selector.platform)?;
+    short_text("selector.region", &req.selector.region)?;
+    if req.desired == Some(Desired::Terminated) {
+        return Err(invalid(
+            "desired_state",
+            "must be RUNNING or HIBERNATED on create",
+        ));
+    }
+    Ok(user)
+}
+
 pub fn template(t: &Template) -> Result<(), Invalid> {
     dns_label("template.name", &t.name, MAX_NAME)?;
     text("template.display_name", &t.display_name)?;

@@ -17,7 +17,9 @@ pub fn rfc3339(ms: i64) -> String {
         .unwrap_or_default()
 }
 
-/// "1h30m" -> seconds; None if malformed (the schema already refuses those).
+/// "1h30m" -> seconds; None if malformed (the schema already refuses those)
+/// or too large to count in seconds (the schema allows any number of digits:
+/// "3333333333333333271m" must not wrap around to a short timeout).
 pub fn duration_secs(s: &str) -> Option<u64> {
     let (mut total, mut num) = (0u64, String::new());
     for c in s.chars() {
@@ -27,12 +29,13 @@ pub fn duration_secs(s: &str) -> Option<u64> {
         }
         let n: u64 = num.parse().ok()?;
         num.clear();
-        total += n * match c {
+        let unit = match c {
             'h' => 3600,
             'm' => 60,
             's' => 1,
             _ => return None,
         };
+        total = total.checked_add(n.checked_mul(unit)?)?;
     }
     num.is_empty().then_some(total)
 }
@@ -163,5 +166,16 @@ mod tests {
         assert_eq!(duration_secs("45s"), Some(45));
         assert_eq!(duration_secs("30"), None);
         assert_eq!(duration_secs("3d"), None);
+    }
+
+    /// Found by the crd_session/quantity_duration fuzz targets: digits the
+    /// schema allows overflowed the multiplication (a panic in a debug build,
+    /// a wrapped, much shorter timeout in a release build).
+    #[test]
+    fn durations_too_large_to_count_are_refused_not_wrapped() {
+        assert_eq!(duration_secs("02m3333333333333333271m05m"), None);
+        assert_eq!(duration_secs("18446744073709551615s"), Some(u64::MAX));
+        assert_eq!(duration_secs("18446744073709551615s1s"), None);
+        assert_eq!(duration_secs("5124095576030432h"), None);
     }
 }
