@@ -2,8 +2,8 @@
 # Runs every test: installs or builds what the tests need (PostgreSQL, grpcurl,
 # kubectl, helm, kubeconform, buildah; the Kubernetes test control plane), then
 # runs lint checks (rustfmt, clippy, the Helm chart), builds the image from the
-# test binaries and checks it, and runs the whole suite on SQLite and on
-# PostgreSQL.
+# test binaries and checks it, smoke-runs the fuzz targets, and runs the
+# whole suite on SQLite and on PostgreSQL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 log() { echo "[test.sh] $*"; }
@@ -49,6 +49,9 @@ log "image: build from the test binaries and run them from its root filesystem"
 scripts/tools.sh install buildah # a missing buildah fails the run (never skipped)
 scripts/image.sh build --bin-dir "${CARGO_TARGET_DIR:-target}/debug" --oci-archive "$CACHE/image/streamspace.oci.tar"
 scripts/image.sh check "$CACHE/image/streamspace.oci.tar"
+
+log "fuzz smoke: every cargo fuzz target for 10 s (scripts/fuzz.sh)"
+scripts/fuzz.sh smoke 10
 
 jobs="${STREAMSPACE_TEST_THREADS:-2}"
 log "tests on SQLite"

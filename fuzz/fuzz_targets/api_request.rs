@@ -1,0 +1,65 @@
+//! A CreateSessionRequest as the API reads it: protobuf decoding, the
+//! conversions of the gRPC adapter, then every check that needs no store.
+//! Nothing may panic; every refusal names a field and stays short.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use prost::Message;
+use streamspace::v1 as pb;
+use streamspace_control_plane::core::NewSession;
+use streamspace_control_plane::core::model::Selector;
+use streamspace_control_plane::core::validate;
+use streamspace_control_plane::grpc::convert;
+
+fn bounded(e: &impl std::fmt::Display) {
+    let text = e.to_string();
+    assert!(
+        text.len() <= 512,
+        "refusal of {} bytes: {text:.200}",
+        text.len()
+    );
+    assert!(text.contains(':'), "refusal names no field: {text}");
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(r) = pb::CreateSessionRequest::decode(data) else {
+        return;
+    };
+    let timeouts = match convert::timeouts_from("timeouts", &r.timeouts) {
+        Ok(t) => t,
+        Err(e) => return bounded(&e),
+    };
+    let desired = match convert::desired_from("desired_state", r.desired_state) {
+        Ok(d) => d,
+        Err(e) => return bounded(&e),
+    };
+    let new = NewSession {
+        timeouts,
+        desired,
+        resources: convert::resources_from(&r.resources),
+        selector: r
+            .selector
+            .map(|s| Selector {
+                platform: s.platform,
+                region: s.region,
+            })
+            .unwrap_or_default(),
+        name: r.name,
+        template: r.template,
+        user: r.user,
+        persistent_home: r.persistent_home,
+        external_id: None,
+    };
+    match validate::new_session("alice", &new) {
+        Ok(user) => {
+            // What passed is what the names rules allow everywhere else.
+            assert!(streamspace::names::is_user_name(&user), "{user:?}");
+            assert!(
+                streamspace::names::is_dns_label(&new.name, 63),
+                "{:?}",
+                new.name
+            );
+        }
+        Err(e) => bounded(&e),
+    }
+});
