@@ -16,52 +16,12 @@ use streamspace_tests::helm::Helm;
 use streamspace_tests::init;
 use streamspace_tests::k8s::{TestCluster, cluster, kubectl_ok};
 use streamspace_tests::pods::{PodOptions, PodProcess, finish_pod};
+use streamspace_tests::seeds::{SEED_000_REPRODUCTION, SEED_000_TESTING_PLAN as SEED_000_SESSION};
 
 const NS: &str = "streamspace";
 const RELEASE: &str = "streamspace";
 const AGENT_ID: &str = "k8s-prod-cluster";
 const AGENT_ENDPOINT: &str = "streamspace-agent-endpoint.streamspace.svc";
-
-/// Seed 000, testing plan step 2, verbatim.
-const SEED_000_SESSION: &str = "apiVersion: stream.space/v1alpha1
-kind: Session
-metadata:
-  name: test-controller-firefox
-  namespace: streamspace
-spec:
-  user: admin
-  template: firefox-browser
-  state: running
-  resources:
-    requests:
-      memory: 1Gi
-      cpu: 500m
-    limits:
-      memory: 1Gi
-      cpu: 500m
-  persistentHome: false
-";
-
-/// Seed 000, reproduction step 1, verbatim.
-const SEED_000_REPRODUCTION: &str = "apiVersion: stream.space/v1alpha1
-kind: Session
-metadata:
-  name: test-admin-firefox
-  namespace: streamspace
-spec:
-  user: admin
-  template: firefox-browser
-  state: running
-  resources:
-    requests:
-      memory: 1Gi
-      cpu: 500m
-    limits:
-      memory: 1Gi
-      cpu: 500m
-  persistentHome: false
-  idleTimeout: 30m
-";
 
 /// KWOK leaves the hook Job's pod to the test, which runs it and reports
 /// its exit (without this, KWOK would complete the pod without running it).

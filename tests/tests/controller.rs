@@ -10,44 +10,9 @@ use streamspace_tests::k8s::{TestCluster, cluster};
 use streamspace_tests::procs::{AgentProc, CpProc};
 use streamspace_tests::*;
 
-const SEED_REPRODUCTION: &str = r#"apiVersion: stream.space/v1alpha1
-kind: Session
-metadata:
-  name: test-admin-firefox
-  namespace: streamspace
-spec:
-  user: admin
-  template: firefox-browser
-  state: running
-  resources:
-    requests:
-      memory: 1Gi
-      cpu: 500m
-    limits:
-      memory: 1Gi
-      cpu: 500m
-  persistentHome: false
-  idleTimeout: 30m
-"#;
-
-const SEED_TESTING_PLAN: &str = r#"apiVersion: stream.space/v1alpha1
-kind: Session
-metadata:
-  name: test-controller-firefox
-  namespace: streamspace
-spec:
-  user: admin
-  template: firefox-browser
-  state: running
-  resources:
-    requests:
-      memory: 1Gi
-      cpu: 500m
-    limits:
-      memory: 1Gi
-      cpu: 500m
-  persistentHome: false
-"#;
+use streamspace_tests::seeds::{
+    SEED_000_REPRODUCTION as SEED_REPRODUCTION, SEED_000_TESTING_PLAN as SEED_TESTING_PLAN,
+};
 
 fn session_json(k: &TestCluster, name: &str) -> Option<serde_json::Value> {
     let out = Command::new(std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into()))
