@@ -25,6 +25,26 @@ async fn list_templates(api: &mut Api) -> Result<(), tonic::Status> {
         .map(|_| ())
 }
 
+/// Opens `n` plain TCP connections to `addr` and holds them; returns the
+/// ones still open and how many the server closed at once (read gives EOF).
+async fn agent_listener_flood(
+    addr: std::net::SocketAddr,
+    n: usize,
+) -> (Vec<tokio::net::TcpStream>, usize) {
+    use tokio::io::AsyncReadExt;
+    let mut open = Vec::new();
+    let mut closed = 0;
+    for _ in 0..n {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let mut b = [0u8; 1];
+        match tokio::time::timeout(std::time::Duration::from_millis(200), s.read(&mut b)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => closed += 1,
+            _ => open.push(s),
+        }
+    }
+    (open, closed)
+}
+
 /// Opens `n` idle TLS connections, at most 32 handshakes at a time; the
 /// connections that completed the handshake, and how many the server closed
 /// during it.
@@ -139,6 +159,46 @@ async fn connections_over_the_limit_are_closed_while_open_ones_keep_working() {
     cp.ready().await;
     let mut api = Api::connect(&pki, cp.api_addr, ADMIN_TOKEN).await;
     list_templates(&mut api).await.expect("a first call");
+    // An agent attached before the agent listener is flooded stays attached.
+    let agent = streamspace_tests::procs::AgentProc::spawn(
+        &pki,
+        "edge-a",
+        cp.agent_addr,
+        &tmp.path().join("agent"),
+    );
+    api.wait_agents(1, 30).await;
+    let floods = agent_listener_flood(cp.agent_addr, 60).await;
+    println!(
+        "60 raw connections to the agent listener (limit 50, one agent attached): {} closed at once",
+        floods.1
+    );
+    assert!(
+        floods.1 >= 10,
+        "at least 10 of 60 must be closed; {} were",
+        floods.1
+    );
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let a = api
+        .admin
+        .get_agent(pb::GetAgentRequest {
+            id: "edge-a".into(),
+        })
+        .await
+        .expect("the agent")
+        .into_inner();
+    assert!(
+        a.connected,
+        "the attached agent stays attached at the limit"
+    );
+    assert_eq!(
+        agent
+            .log()
+            .matches("connected to the control plane")
+            .count(),
+        1,
+        "and never had to reconnect"
+    );
+    drop(floods);
 
     let (idle, refused) = open_idle(&pki, cp.api_addr, 60).await;
     println!(
@@ -153,15 +213,16 @@ async fn connections_over_the_limit_are_closed_while_open_ones_keep_working() {
     list_templates(&mut api)
         .await
         .expect("an open connection keeps working at the limit");
-    // The refusals are logged once for the burst, not once per connection.
+    // The refusals are logged once per burst (one on each listener here),
+    // not once per connection.
     let log = wait_for("the limit to be logged", 10, || async {
         let log = cp.log();
-        log.contains("connection limit reached").then_some(log)
+        (log.matches("connection limit reached").count() >= 2).then_some(log)
     })
     .await;
     assert_eq!(
         log.matches("connection limit reached").count(),
-        1,
+        2,
         "one log line per burst"
     );
 
