@@ -6,8 +6,6 @@
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use streamspace::v1 as pb;
-use streamspace_control_plane::core::NewSession;
-use streamspace_control_plane::core::model::Selector;
 use streamspace_control_plane::core::validate;
 use streamspace_control_plane::grpc::convert;
 
@@ -25,30 +23,9 @@ fuzz_target!(|data: &[u8]| {
     let Ok(r) = pb::CreateSessionRequest::decode(data) else {
         return;
     };
-    let timeouts = match convert::timeouts_from("timeouts", &r.timeouts) {
-        Ok(t) => t,
+    let new = match convert::new_session_from(r) {
+        Ok(n) => n,
         Err(e) => return bounded(&e),
-    };
-    let desired = match convert::desired_from("desired_state", r.desired_state) {
-        Ok(d) => d,
-        Err(e) => return bounded(&e),
-    };
-    let new = NewSession {
-        timeouts,
-        desired,
-        resources: convert::resources_from(&r.resources),
-        selector: r
-            .selector
-            .map(|s| Selector {
-                platform: s.platform,
-                region: s.region,
-            })
-            .unwrap_or_default(),
-        name: r.name,
-        template: r.template,
-        user: r.user,
-        persistent_home: r.persistent_home,
-        external_id: None,
     };
     match validate::new_session("alice", &new) {
         Ok(user) => {

@@ -9,7 +9,7 @@ use tonic::Status;
 
 use crate::core::model::*;
 use crate::core::validate::{Invalid, invalid};
-use crate::core::{LifecycleError, SessionEvent};
+use crate::core::{LifecycleError, NewSession, SessionEvent};
 
 pub fn status(e: LifecycleError) -> Status {
     match e {
@@ -65,6 +65,28 @@ pub fn timeouts_from(field: &str, t: &Option<pb::Timeouts>) -> Result<Timeouts, 
             &format!("{field}.max_session_duration"),
             &t.max_session_duration,
         )?,
+    })
+}
+
+/// A CreateSession request as the core's create request (the wire checks
+/// only; the rest is `validate::new_session` and the lifecycle's).
+pub fn new_session_from(r: pb::CreateSessionRequest) -> Result<NewSession, Invalid> {
+    Ok(NewSession {
+        timeouts: timeouts_from("timeouts", &r.timeouts)?,
+        desired: desired_from("desired_state", r.desired_state)?,
+        resources: resources_from(&r.resources),
+        selector: r
+            .selector
+            .map(|s| Selector {
+                platform: s.platform,
+                region: s.region,
+            })
+            .unwrap_or_default(),
+        name: r.name,
+        template: r.template,
+        user: r.user,
+        persistent_home: r.persistent_home,
+        external_id: None,
     })
 }
 

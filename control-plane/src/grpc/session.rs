@@ -11,10 +11,10 @@ use tonic::{Request, Response, Status};
 use super::auth::caller;
 use super::convert::{self, invalid_status, session_pb, status};
 use crate::audit::{AuditLog, method};
+use crate::core::Lifecycle;
 use crate::core::model::Desired;
 use crate::core::store::SessionFilter;
 use crate::core::validate::{self, invalid};
-use crate::core::{Lifecycle, NewSession};
 
 pub struct SessionApi {
     lifecycle: Arc<Lifecycle>,
@@ -122,25 +122,7 @@ impl pb::session_service_server::SessionService for SessionApi {
             async move {
                 let who = caller(&req)?;
                 let r = req.into_inner();
-                let new = NewSession {
-                    timeouts: convert::timeouts_from("timeouts", &r.timeouts)
-                        .map_err(invalid_status)?,
-                    desired: convert::desired_from("desired_state", r.desired_state)
-                        .map_err(invalid_status)?,
-                    resources: convert::resources_from(&r.resources),
-                    selector: r
-                        .selector
-                        .map(|s| crate::core::model::Selector {
-                            platform: s.platform,
-                            region: s.region,
-                        })
-                        .unwrap_or_default(),
-                    name: r.name,
-                    template: r.template,
-                    user: r.user,
-                    persistent_home: r.persistent_home,
-                    external_id: None,
-                };
+                let new = convert::new_session_from(r).map_err(invalid_status)?;
                 let s = self
                     .lifecycle
                     .create_session(&who, new)
