@@ -73,6 +73,11 @@ pub struct AgentArgs {
     /// (/proc/sys/net/ipv4/ip_local_port_range), else the agent warns.
     #[arg(long, env = "SESSION_PORTS", default_value = crate::runtime::ports::DEFAULT_RANGE)]
     pub session_ports: crate::runtime::ports::PortRange,
+    /// Directory of host-wide port locks (process runtime). Agents sharing a
+    /// network namespace must share it, so they never hand out one port
+    /// twice. Default: `<temp dir>/streamspace-ports`.
+    #[arg(long, env = "PORT_LOCK_DIR")]
+    pub port_lock_dir: Option<PathBuf>,
     /// Seconds a session process gets between SIGTERM and SIGKILL.
     #[arg(long, env = "STOP_GRACE_SECONDS", default_value_t = 10)]
     pub stop_grace_seconds: u64,

@@ -49,7 +49,12 @@ pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> anyhow::Result
             sink,
             Duration::from_secs(args.stop_grace_seconds),
             args.stop_sessions_on_exit,
-            args.session_ports,
+            runtime::ports::PortAllocator::with_lock_dir(
+                args.session_ports,
+                args.port_lock_dir
+                    .clone()
+                    .unwrap_or_else(runtime::ports::default_lock_dir),
+            ),
         )?),
         ("kubernetes", Some(k)) => {
             runtime::kubernetes::KubernetesRuntime::start(k.clone(), args.object_config(), sink)

@@ -169,7 +169,7 @@ async fn an_adopted_port_is_not_handed_out_again() {
         StatusSink::new(),
         Duration::from_secs(1),
         false,
-        range,
+        PortAllocator::new(range),
     )
     .unwrap();
     let start = pb::StartSession {
@@ -188,7 +188,7 @@ async fn an_adopted_port_is_not_handed_out_again() {
         StatusSink::new(),
         Duration::from_secs(1),
         false,
-        range,
+        PortAllocator::new(range),
     )
     .unwrap();
     rt.start("b", &start).await.unwrap();

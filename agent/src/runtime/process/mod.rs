@@ -101,7 +101,13 @@ impl ProcessRuntime {
         stop_grace: Duration,
         stop_on_exit: bool,
     ) -> Result<Self, RuntimeError> {
-        Self::open_with_ports(dir, status, stop_grace, stop_on_exit, PortRange::default())
+        Self::open_with_ports(
+            dir,
+            status,
+            stop_grace,
+            stop_on_exit,
+            PortAllocator::new(PortRange::default()),
+        )
     }
 
     /// Opens the state directory and re-adopts every session whose process is
@@ -112,7 +118,7 @@ impl ProcessRuntime {
         status: StatusSink,
         stop_grace: Duration,
         stop_on_exit: bool,
-        ports: PortRange,
+        ports: PortAllocator,
     ) -> Result<Self, RuntimeError> {
         let layout = Layout::new(dir);
         layout.create()?;
@@ -120,7 +126,7 @@ impl ProcessRuntime {
             layout,
             status,
             procs: Arc::new(Mutex::new(HashMap::new())),
-            ports: Arc::new(PortAllocator::new(ports)),
+            ports: Arc::new(ports),
             stop_grace,
             ready_timeout: Duration::from_secs(60),
             stop_on_exit,
@@ -300,10 +306,13 @@ impl ProcessRuntime {
         let home = self.layout.home(session, &start.user, w.persistent_home)?;
         let state_path = self.layout.state_path(session)?;
         let log_path = self.layout.log_path(session)?;
-        let port = self
+        // The claim's host-wide lock becomes the child's stdin (see
+        // `PortAllocator`).
+        let mut claim = self
             .ports
             .allocate()
             .map_err(|e| RuntimeError::new(R::Platform, e.to_string(), true))?;
+        let port = claim.port;
         // From here on, every failure gives the port back.
         let release = |e: RuntimeError| {
             self.ports.release(port);
@@ -367,7 +376,7 @@ impl ProcessRuntime {
             .env("HOME", &home_s)
             .env(SPAWN_ENV, &st.spawn_tag)
             .current_dir(&st.home)
-            .stdin(std::process::Stdio::null())
+            .stdin(claim.stdin())
             .stdout(log)
             .stderr(log2)
             .kill_on_drop(false);
