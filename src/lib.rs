@@ -4,6 +4,9 @@
 #![forbid(unsafe_code)]
 
 pub mod names;
+pub mod version;
+
+pub use version::{PROTOCOL_VERSION, SUPPORTED_PROTOCOL_VERSIONS};
 
 /// Generated types of package `streamspace.v1`.
 #[allow(clippy::all, missing_docs)]
@@ -14,6 +17,3 @@ pub mod v1 {
 /// Encoded `FileDescriptorSet` of every StreamSpace proto, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/streamspace_descriptor.bin"));
-
-/// The protocol version agents and control plane speak.
-pub const PROTOCOL_VERSION: v1::ProtocolVersion = v1::ProtocolVersion::ProtocolVersion1;

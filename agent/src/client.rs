@@ -5,13 +5,13 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use streamspace::v1 as pb;
 use streamspace::v1::agent_frame::Frame as Out;
 use streamspace::v1::control_frame::Frame as In;
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::{Mutex, Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
@@ -218,15 +218,46 @@ impl Client {
             protocol_version: streamspace::PROTOCOL_VERSION as i32,
             fencing_token: self.cfg.fencing_token.load(Ordering::SeqCst),
             inventory,
+            supported_protocol_versions: streamspace::SUPPORTED_PROTOCOL_VERSIONS
+                .iter()
+                .map(|v| *v as i32)
+                .collect(),
         };
         tx.send(frame(Out::Hello(hello))).await?;
-        let mut inbound = client.attach(ReceiverStream::new(rx)).await?.into_inner();
+        // Every frame is cut to Welcome.max_message_bytes once it is known.
+        let max_bytes = Arc::new(AtomicU32::new(0));
+        let limit = max_bytes.clone();
+        let outbound = tokio_stream::StreamExt::map(ReceiverStream::new(rx), move |mut f| {
+            if !crate::frames::fit(&mut f, limit.load(Ordering::Relaxed)) {
+                warn!(
+                    max_message_bytes = limit.load(Ordering::Relaxed),
+                    "a frame is larger than the control plane accepts even with its messages cut"
+                );
+            }
+            f
+        });
+        let mut inbound = client.attach(outbound).await?.into_inner();
         let welcome = match inbound.message().await? {
             Some(pb::ControlFrame {
                 frame: Some(In::Welcome(w)),
             }) => w,
             other => anyhow::bail!("expected Welcome as the first frame, got {other:?}"),
         };
+        if !streamspace::SUPPORTED_PROTOCOL_VERSIONS
+            .iter()
+            .any(|v| *v as i32 == welcome.protocol_version)
+        {
+            anyhow::bail!(
+                "welcome.protocol_version: the control plane picked {}, which this agent does not speak",
+                welcome.protocol_version
+            );
+        }
+        max_bytes.store(welcome.max_message_bytes, Ordering::Relaxed);
+        // At most max_in_flight commands are applied at once (0: no limit).
+        let in_flight = Arc::new(Semaphore::new(match welcome.max_in_flight {
+            0 => Semaphore::MAX_PERMITS,
+            n => n as usize,
+        }));
         let interval = welcome
             .heartbeat_interval
             .and_then(|d| Duration::try_from(d).ok())
@@ -254,7 +285,7 @@ impl Client {
                 }
                 msg = inbound.message() => match msg? {
                     None => anyhow::bail!("the control plane closed the stream"),
-                    Some(pb::ControlFrame { frame: Some(In::Command(c)) }) => self.command(c, &tx).await?,
+                    Some(pb::ControlFrame { frame: Some(In::Command(c)) }) => self.command(c, &tx, &in_flight).await?,
                     Some(pb::ControlFrame { frame: Some(In::Drain(d)) }) => {
                         let after = d.reconnect_after.and_then(|d| Duration::try_from(d).ok()).unwrap_or(Duration::from_secs(1));
                         info!(reason = %d.reason, "drain requested");
@@ -272,6 +303,7 @@ impl Client {
         &self,
         c: pb::Command,
         tx: &mpsc::Sender<pb::AgentFrame>,
+        in_flight: &Arc<Semaphore>,
     ) -> anyhow::Result<()> {
         let id = c.command_id.clone();
         tx.send(frame(Out::Ack(pb::CommandAck {
@@ -298,16 +330,18 @@ impl Client {
             .entry(c.session_id.clone())
             .or_default()
             .clone();
-        let (runtime, admission, dedup, results) = (
+        let (runtime, admission, dedup, results, in_flight) = (
             self.runtime.clone(),
             self.admission.clone(),
             self.dedup.clone(),
             self.results_tx.clone(),
+            in_flight.clone(),
         );
         let span = info_span!("command", command_id = %id, session_id = %c.session_id, generation = c.session_generation);
         tokio::spawn(
             async move {
                 let _guard = lock.lock().await;
+                let _permit = in_flight.acquire().await;
                 let outcome = apply(&*runtime, &admission, &c).await;
                 let result = pb::CommandResult {
                     command_id: id.clone(),

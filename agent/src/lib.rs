@@ -7,6 +7,7 @@ pub mod capacity;
 pub mod client;
 pub mod config;
 pub mod dedup;
+pub mod frames;
 pub mod identity;
 pub mod lease;
 pub mod runtime;

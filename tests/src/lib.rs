@@ -449,6 +449,7 @@ pub mod raw {
                 protocol_version: streamspace::PROTOCOL_VERSION as i32,
                 fencing_token: 0,
                 inventory: vec![],
+                supported_protocol_versions: vec![],
             })),
         }
     }
@@ -456,6 +457,8 @@ pub mod raw {
     pub struct RawStream {
         pub tx: mpsc::Sender<pb::AgentFrame>,
         pub rx: tonic::Streaming<pb::ControlFrame>,
+        /// The control plane's answer to Hello.
+        pub welcome: pb::Welcome,
     }
 
     /// Opens Attach sending `first` frames; Err is the status the server answered with.
@@ -471,8 +474,8 @@ pub mod raw {
         // The server answers Hello with Welcome or ends the stream with a status.
         match tokio::time::timeout(Duration::from_secs(15), rx.message()).await {
             Ok(Ok(Some(pb::ControlFrame {
-                frame: Some(pb::control_frame::Frame::Welcome(_)),
-            }))) => Ok(RawStream { tx, rx }),
+                frame: Some(pb::control_frame::Frame::Welcome(welcome)),
+            }))) => Ok(RawStream { tx, rx, welcome }),
             Ok(Ok(other)) => Err(tonic::Status::unknown(format!(
                 "expected Welcome, got {other:?}"
             ))),

@@ -350,6 +350,11 @@ async fn agent_port_rejects_bad_frames() {
             ..Default::default()
         });
     }
+    let mut future_only = raw::hello("agent-x");
+    if let Some(pb::agent_frame::Frame::Hello(h)) = &mut future_only.frame {
+        h.protocol_version = 7;
+        h.supported_protocol_versions = vec![6, 7];
+    }
     let mut long_platform = raw::hello("agent-x");
     if let Some(pb::agent_frame::Frame::Hello(h)) = &mut long_platform.frame {
         h.platform = "p".repeat(500);
@@ -372,6 +377,12 @@ async fn agent_port_rejects_bad_frames() {
             vec![bad_version],
             Code::FailedPrecondition,
             "hello.protocol_version",
+        ),
+        (
+            "future-only protocol versions",
+            vec![future_only],
+            Code::FailedPrecondition,
+            "no version in common; this control plane speaks 1 (PROTOCOL_VERSION_1), the agent offers [6, 7]",
         ),
         (
             "invalid inventory",
@@ -400,6 +411,35 @@ async fn agent_port_rejects_bad_frames() {
             "{what}: {:?} should contain {want:?}",
             e.message()
         );
+    }
+
+    // A newer agent that also speaks this control plane's version is
+    // welcomed with it; one that predates the version list (raw::hello sends
+    // only protocol_version) too.
+    for (what, newest, also) in [("newer agent", 7, vec![1, 7]), ("older agent", 1, vec![])] {
+        let mut hello = raw::hello("agent-x");
+        if let Some(pb::agent_frame::Frame::Hello(h)) = &mut hello.frame {
+            h.protocol_version = newest;
+            h.supported_protocol_versions = also;
+        }
+        let mut c = raw::connect(&pki.ca.cert, cp.agent_addr, Some(&pem))
+            .await
+            .unwrap();
+        let s = raw::attach(&mut c, vec![hello])
+            .await
+            .unwrap_or_else(|e| panic!("{what}: refused: {e:?}"));
+        assert_eq!(
+            s.welcome.protocol_version,
+            pb::ProtocolVersion::ProtocolVersion1 as i32,
+            "{what}"
+        );
+        drop(s);
+        let roster = cp.lifecycle.roster().clone();
+        wait_for("the stream to be removed", 10, || {
+            let r = roster.clone();
+            async move { r.get("agent-x").is_none().then_some(()) }
+        })
+        .await;
     }
 
     // After Hello: a result for a command that was never sent, and a second Hello.

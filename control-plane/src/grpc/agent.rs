@@ -96,21 +96,16 @@ impl AgentHub {
         &self,
         (cert_id, cert_serial): (&str, &str),
         h: &pb::Hello,
-    ) -> Result<(AgentHello, Vec<Observed>), Status> {
+    ) -> Result<(AgentHello, Vec<Observed>, pb::ProtocolVersion), Status> {
         if h.agent_id != cert_id {
             return Err(Status::permission_denied(format!(
                 "hello.agent_id: {} does not match the client certificate, which names agent {cert_id:?}",
                 validate::shown(&h.agent_id)
             )));
         }
-        if h.protocol_version != streamspace::PROTOCOL_VERSION as i32 {
-            return Err(Status::failed_precondition(format!(
-                "hello.protocol_version: this control plane speaks {} ({}), got {}",
-                streamspace::PROTOCOL_VERSION as i32,
-                streamspace::PROTOCOL_VERSION.as_str_name(),
-                h.protocol_version
-            )));
-        }
+        let version =
+            streamspace::version::negotiate(h.protocol_version, &h.supported_protocol_versions)
+                .map_err(Status::failed_precondition)?;
         validate::short_text("hello.platform", &h.platform).map_err(invalid_status)?;
         validate::short_text("hello.region", &h.region).map_err(invalid_status)?;
         validate::short_text("hello.agent_version", &h.agent_version).map_err(invalid_status)?;
@@ -138,6 +133,7 @@ impl AgentHub {
                 cert_serial: cert_serial.to_string(),
             },
             inventory,
+            version,
         ))
     }
 }
@@ -175,7 +171,7 @@ impl pb::agent_service_server::AgentService for AgentHub {
                 ));
             }
         };
-        let (hello, inventory) = self.check_hello((&cert_id, &cert_serial), &hello)?;
+        let (hello, inventory, version) = self.check_hello((&cert_id, &cert_serial), &hello)?;
         let reg = self.lifecycle.attach(&hello).await.map_err(|e| match e {
             AttachError::Refused(r @ AttachRefused::AlreadyAttached { .. }) => {
                 Status::already_exists(r.to_string())
@@ -196,7 +192,7 @@ impl pb::agent_service_server::AgentService for AgentHub {
             heartbeat_interval: Some(duration_pb(self.cfg.heartbeat_interval)),
             max_in_flight: self.cfg.max_in_flight,
             max_message_bytes: self.cfg.max_message_bytes,
-            protocol_version: streamspace::PROTOCOL_VERSION as i32,
+            protocol_version: version as i32,
             server_version: env!("CARGO_PKG_VERSION").into(),
         };
         let _ = tx.try_send(Ok(pb::ControlFrame {
