@@ -83,6 +83,44 @@ impl AgentProc {
         a
     }
 
+    /// An agent written in another language (the SDK agents), configured
+    /// the way every StreamSpace agent is: by the environment variables the
+    /// Rust agent's flags read (`CONTROL_PLANE_URL`, `AGENT_ID`, ...).
+    pub fn external(
+        pki: &TestPki,
+        program: &Path,
+        id: &str,
+        agent_addr: SocketAddr,
+        data_dir: &Path,
+    ) -> Self {
+        let (cert, key) = pki.agent(id);
+        let env = [
+            ("CONTROL_PLANE_URL", format!("https://{agent_addr}")),
+            ("AGENT_ID", id.to_string()),
+            ("AGENT_TLS_CERT", cert.display().to_string()),
+            ("AGENT_TLS_KEY", key.display().to_string()),
+            ("AGENT_CA_CERT", pki.ca_path().display().to_string()),
+            ("AGENT_TLS_SERVER_NAME", "localhost".into()),
+            ("AGENT_DATA_DIR", data_dir.display().to_string()),
+            ("PLATFORM", "process".into()),
+            ("REGION", "test".into()),
+            ("MAX_SESSIONS", "10".into()),
+            ("STOP_GRACE_SECONDS", "2".into()),
+            ("BACKOFF_BASE_MS", "50".into()),
+            ("BACKOFF_MAX_MS", "1000".into()),
+        ];
+        std::fs::create_dir_all(data_dir).expect("agent data dir");
+        let mut a = Self {
+            id: id.into(),
+            data_dir: data_dir.into(),
+            cmd: vec![program.display().to_string()],
+            env: env.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            child: None,
+        };
+        a.start();
+        a
+    }
+
     pub fn start(&mut self) {
         let (out, err) = log_file(&self.data_dir, "agent.log");
         let child = Command::new(&self.cmd[0])
