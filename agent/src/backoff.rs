@@ -1,5 +1,5 @@
 //! Reconnect delays: exponential backoff with full jitter and a cap, forever
-//! (DESIGN.md 6). Full jitter spreads a reconnect storm evenly over the window.
+//! Full jitter spreads a reconnect storm evenly over the window.
 
 use std::time::Duration;
 
@@ -42,11 +42,41 @@ impl Backoff {
     pub fn reset(&mut self) {
         self.attempt = 0;
     }
+
+    /// Jumps to the cap: for refusals that only an operator can fix, which
+    /// must never be retried in a tight loop.
+    pub fn saturate(&mut self) {
+        self.attempt = 31;
+    }
+}
+
+/// Whether a stream that ended with `code` is refused for a reason a quick
+/// retry cannot fix (identity, revocation, protocol version, a malformed
+/// frame): then the next attempt waits up to the cap.
+pub fn refusal(code: tonic::Code) -> bool {
+    use tonic::Code::*;
+    matches!(
+        code,
+        PermissionDenied | FailedPrecondition | InvalidArgument | Unauthenticated
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusals_wait_up_to_the_cap() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
+        b.saturate();
+        assert_eq!(b.ceiling(), Duration::from_secs(30));
+        b.next_delay();
+        assert_eq!(b.ceiling(), Duration::from_secs(30), "stays at the cap");
+        assert!(refusal(tonic::Code::PermissionDenied));
+        assert!(refusal(tonic::Code::FailedPrecondition));
+        assert!(!refusal(tonic::Code::Unavailable));
+        assert!(!refusal(tonic::Code::AlreadyExists));
+    }
 
     #[test]
     fn grows_to_cap_and_jitters_below_ceiling() {

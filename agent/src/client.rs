@@ -185,6 +185,11 @@ impl Client {
                     after + backoff.next_delay()
                 }
                 Err(e) => {
+                    if let Some(s) = e.downcast_ref::<tonic::Status>()
+                        && crate::backoff::refusal(s.code())
+                    {
+                        backoff.saturate();
+                    }
                     let d = backoff.next_delay();
                     warn!(error = %format!("{e:#}"), retry_in = ?d, "control plane stream ended");
                     d
