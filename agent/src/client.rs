@@ -286,7 +286,7 @@ impl Client {
                 Some((session, r)) = results.recv() => self.send_result(&tx, &session, r).await?,
                 _ = heartbeat.tick() => {
                     seq += 1;
-                    tx.send(frame(Out::Heartbeat(pb::Heartbeat { sequence: seq, in_use: Some(self.runtime.in_use()) }))).await?;
+                    tx.send(frame(Out::Heartbeat(pb::Heartbeat { sequence: seq, in_use: Some(self.runtime.in_use()), active_sessions: self.runtime.active_sessions() }))).await?;
                 }
                 msg = inbound.message() => match msg? {
                     None => anyhow::bail!("the control plane closed the stream"),

@@ -232,7 +232,7 @@ impl ControlPlane {
         }));
 
         // Sweeper: expire overdue commands, close revoked streams (revoked on
-        // another replica), retry placement.
+        // another replica), enforce the session policies, retry placement.
         let lc = lifecycle.clone();
         let s = stop.clone();
         tasks.push(tokio::spawn(async move {
@@ -244,6 +244,7 @@ impl ControlPlane {
                     _ = tick.tick() => {
                         if let Err(e) = lc.expire_overdue().await { warn!(error = %e, "expiring commands"); }
                         if let Err(e) = lc.enforce_revocations().await { warn!(error = %e, "enforcing revocations"); }
+                        if let Err(e) = lc.enforce_policies().await { warn!(error = %e, "enforcing session policies"); }
                         n += 1;
                         if n.is_multiple_of(5) && let Err(e) = lc.place_unplaced().await { warn!(error = %e, "placing sessions"); }
                     }

@@ -52,6 +52,10 @@ pub struct Tuning {
     /// Frames one agent may send at once above --agent-frame-rate.
     #[arg(long, env = "AGENT_FRAME_BURST", default_value_t = 4000)]
     pub agent_frame_burst: u32,
+    /// How long before a session's maximum duration it gets the condition
+    /// Expiring=True (reason MaxDurationSoon), e.g. 5m.
+    #[arg(long, env = "MAX_DURATION_WARNING", default_value = "5m", value_parser = crate::listen::parse_duration)]
+    pub max_duration_warning: Duration,
 }
 
 impl Tuning {
@@ -85,6 +89,7 @@ impl Tuning {
     pub fn lifecycle(&self) -> LifecycleConfig {
         LifecycleConfig {
             command_timeout: Duration::from_secs(self.command_timeout_seconds.max(1)),
+            max_duration_warning: self.max_duration_warning,
         }
     }
 }

@@ -266,6 +266,8 @@ pub struct CpOptions {
     pub limits: streamspace_control_plane::grpc::limits::LimitConfig,
     /// Accept users from this OpenID Connect issuer too.
     pub oidc: Option<streamspace_control_plane::grpc::oidc::OidcConfig>,
+    /// How long before its maximum duration a session is warned.
+    pub max_duration_warning: Duration,
 }
 
 impl Default for CpOptions {
@@ -282,6 +284,7 @@ impl Default for CpOptions {
                 max_watches: 0,
             },
             oidc: None,
+            max_duration_warning: Duration::from_secs(300),
         }
     }
 }
@@ -310,6 +313,7 @@ pub fn server_config(pki: &TestPki, database_url: &str, o: &CpOptions) -> Server
         hub,
         lifecycle: streamspace_control_plane::core::LifecycleConfig {
             command_timeout: o.command_timeout,
+            max_duration_warning: o.max_duration_warning,
         },
         kube: o.kube.clone(),
         edge: Default::default(),

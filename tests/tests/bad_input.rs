@@ -336,6 +336,7 @@ async fn agent_port_rejects_bad_frames() {
         frame: Some(pb::agent_frame::Frame::Heartbeat(pb::Heartbeat {
             sequence: 1,
             in_use: None,
+            active_sessions: vec![],
         })),
     };
     let mut bad_version = raw::hello("agent-x");

@@ -108,6 +108,7 @@ async fn unfinished_command_expires_and_the_session_fails() {
                     frame: Some(pb::agent_frame::Frame::Heartbeat(pb::Heartbeat {
                         sequence: seq,
                         in_use: None,
+                        active_sessions: vec![],
                     })),
                 };
                 if tx.send(f).await.is_err() {

@@ -54,6 +54,12 @@ pub trait Runtime: Send + Sync + 'static {
     async fn wake(&self, session: &str) -> Result<(), RuntimeError>;
     /// What is in use now, for heartbeats.
     fn in_use(&self) -> pb::Capacity;
+    /// Sessions a user is connected to now, where the runtime can see it
+    /// (sent in heartbeats as activity for the idle timeout). None by
+    /// default: the kubernetes runtime cannot see into the pod's network.
+    fn active_sessions(&self) -> Vec<String> {
+        Vec::new()
+    }
     /// Called once when the agent exits.
     async fn shutdown(&self) {}
 }

@@ -24,13 +24,18 @@
 //!   (one stream per agent, fencing tokens, heartbeats).
 //! - `placement.rs`: which agent takes a new session, over plain
 //!   [`placement::Candidate`]s (the roster produces them).
+//! - `policy.rs`: the idle timeout and the maximum duration as pure
+//!   functions of a session and the time; `activity.rs`: the lifecycle's
+//!   side of them (activity from users and agents, the enforcement sweep).
 //! - `validate.rs`: what a template or a request must satisfy.
 //! - `quantity.rs`: Kubernetes-style CPU and memory quantities.
 #![forbid(unsafe_code)]
 
+pub mod activity;
 pub mod lifecycle;
 pub mod model;
 pub mod placement;
+pub mod policy;
 pub mod quantity;
 pub mod revocation;
 pub mod roster;

@@ -102,12 +102,15 @@ pub struct SessionEvent {
 pub struct LifecycleConfig {
     /// How long an agent has to finish a command.
     pub command_timeout: Duration,
+    /// How long before a session's maximum duration it is warned.
+    pub max_duration_warning: Duration,
 }
 
 impl Default for LifecycleConfig {
     fn default() -> Self {
         Self {
             command_timeout: Duration::from_secs(120),
+            max_duration_warning: Duration::from_secs(300),
         }
     }
 }
@@ -143,6 +146,10 @@ impl Lifecycle {
             .with_candidates(|agents| placement::pick(sel, agents, used))
     }
 
+    pub fn config(&self) -> &LifecycleConfig {
+        &self.cfg
+    }
+
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
     }
@@ -156,7 +163,7 @@ impl Lifecycle {
         self.events.subscribe()
     }
 
-    fn step_cfg(&self) -> StepConfig {
+    pub(crate) fn step_cfg(&self) -> StepConfig {
         StepConfig {
             now: now_ms(),
             command_timeout_ms: self.cfg.command_timeout.as_millis() as i64,
@@ -188,12 +195,22 @@ impl Lifecycle {
     }
 
     /// Runs `f` as one transition of session `name` and publishes the result.
+    /// Every session write passes here, so the policy clocks (see
+    /// [`crate::policy::account`]) follow each phase change.
     pub(crate) async fn transition<F>(&self, name: &str, f: F) -> Result<Change, LifecycleError>
     where
         F: FnOnce(Option<Session>, Option<Command>) -> Result<Change, LifecycleError>
             + Send
             + 'static,
     {
+        let f = move |s: Option<Session>, active: Option<Command>| {
+            let before = s.clone();
+            let mut change = f(s, active)?;
+            if let SessionWrite::Upsert(after) = &mut change.session {
+                crate::policy::account(before.as_ref(), after, now_ms());
+            }
+            Ok(change)
+        };
         let t = self.store.transition(name, Box::new(f)).await?;
         if !t.change.is_empty() {
             self.committed(t.before.as_ref(), &t.change);
@@ -272,6 +289,9 @@ impl Lifecycle {
             external_id: req.external_id.clone(),
             created_ms: cfg.now,
             updated_ms: cfg.now,
+            last_activity_ms: cfg.now,
+            running_since_ms: 0,
+            ran_ms: 0,
         };
         let cmd = self.insert_placed(&mut s, cfg).await?;
         info!(session = %s.name, user = %s.user, template = %s.template, agent = ?s.agent_id, "session created");

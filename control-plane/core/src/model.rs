@@ -214,6 +214,12 @@ pub struct Session {
     pub external_id: Option<String>,
     pub created_ms: Millis,
     pub updated_ms: Millis,
+    /// The last activity known (idle timeout); see [`crate::policy`].
+    pub last_activity_ms: Millis,
+    /// When the current RUNNING period began; 0 when not RUNNING.
+    pub running_since_ms: Millis,
+    /// RUNNING time of the periods before the current one.
+    pub ran_ms: Millis,
 }
 
 impl Session {
@@ -239,7 +245,20 @@ impl Session {
             external_id: None,
             created_ms: 0,
             updated_ms: 0,
+            last_activity_ms: 0,
+            running_since_ms: 0,
+            ran_ms: 0,
         }
+    }
+
+    /// Removes the condition of `kind`, if any.
+    pub fn clear_condition(&mut self, kind: &str) {
+        self.conditions.retain(|c| c.kind != kind);
+    }
+
+    /// The condition of `kind`, if set.
+    pub fn condition(&self, kind: &str) -> Option<&Condition> {
+        self.conditions.iter().find(|c| c.kind == kind)
     }
 
     /// Sets (or replaces) the condition of `kind`.

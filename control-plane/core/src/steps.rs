@@ -142,6 +142,10 @@ pub fn set_desired(
     s.desired = desired;
     s.generation += 1;
     s.delete_home = delete_home;
+    if desired == Desired::Running {
+        // Woken: whatever hibernated it for idleness is history.
+        s.clear_condition(crate::policy::IDLE);
+    }
     if s.phase == Phase::Failed && active.is_none() && desired != Desired::Terminated {
         // Retry: Start is "apply", so it repairs whatever is left.
         s.phase = Phase::Pending;

@@ -124,6 +124,14 @@ pub trait Store: Send + Sync + 'static {
     /// an ack changes no session). Returns false if no such delivered
     /// command exists (unknown, another agent's, or already past delivery).
     async fn ack_command(&self, agent: &str, id: &str, now: Millis) -> Result<bool, StoreError>;
+    /// Records activity on sessions `names` at `now` (only those placed on
+    /// `agent`, unless it is empty); returns how many moved forward.
+    async fn touch_sessions(
+        &self,
+        agent: &str,
+        names: &[String],
+        now: Millis,
+    ) -> Result<u64, StoreError>;
     /// Marks `agent`'s pending commands delivered, oldest first, so that at
     /// most `window` are delivered-or-acknowledged at once, and returns them.
     async fn claim_commands(

@@ -25,6 +25,9 @@ use crate::core::streams::AttachError;
 use crate::core::validate::{self, invalid};
 use crate::core::{Lifecycle, LifecycleError};
 
+/// Most sessions one heartbeat may list as active.
+const MAX_ACTIVE_SESSIONS: usize = 100_000;
+
 /// Settings of the agent listener.
 #[derive(Debug, Clone)]
 pub struct HubConfig {
@@ -360,7 +363,15 @@ impl Stream {
                     h.sequence,
                     convert::capacity_from(&h.in_use),
                 );
-                Ok(())
+                if h.active_sessions.len() > MAX_ACTIVE_SESSIONS {
+                    Err(invalid(
+                        "heartbeat.active_sessions",
+                        format!("must list at most {MAX_ACTIVE_SESSIONS} sessions"),
+                    )
+                    .into())
+                } else {
+                    lc.agent_activity(&self.id, &h.active_sessions).await
+                }
             }
             Some(In::Ack(a)) => {
                 let span = info_span!("command", command_id = %a.command_id, agent_id = %self.id);

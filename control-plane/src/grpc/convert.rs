@@ -258,6 +258,9 @@ pub fn session_pb(s: &Session) -> pb::Session {
         workload: s.workload_name.clone(),
         create_time: timestamp(s.created_ms),
         update_time: timestamp(s.updated_ms),
+        last_activity_time: (s.last_activity_ms > 0)
+            .then(|| timestamp(s.last_activity_ms))
+            .flatten(),
     }
 }
 

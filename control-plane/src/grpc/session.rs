@@ -278,6 +278,21 @@ impl pb::session_service_server::SessionService for SessionApi {
         audit.finish(self.set_desired(&req, Desired::Hibernated, false).await)
     }
 
+    /// Not audited: a portal calls it every few seconds while a tab is open,
+    /// and it changes no desired state.
+    async fn touch_session(
+        &self,
+        req: Request<pb::TouchSessionRequest>,
+    ) -> Result<Response<pb::Session>, Status> {
+        let who = caller(&req)?;
+        let s = self
+            .lifecycle
+            .touch(&who, &req.get_ref().name)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(session_pb(&s)))
+    }
+
     async fn wake_session(
         &self,
         req: Request<pb::WakeSessionRequest>,

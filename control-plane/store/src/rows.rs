@@ -25,6 +25,9 @@ pub struct SessionRow {
     pub external_id: Option<String>,
     pub created_ms: i64,
     pub updated_ms: i64,
+    pub last_activity_ms: i64,
+    pub running_since_ms: i64,
+    pub ran_ms: i64,
 }
 
 /// A claimed command with its queue position (RETURNING has no order).
@@ -112,6 +115,9 @@ impl TryFrom<SessionRow> for Session {
             external_id: r.external_id,
             created_ms: r.created_ms,
             updated_ms: r.updated_ms,
+            last_activity_ms: r.last_activity_ms,
+            running_since_ms: r.running_since_ms,
+            ran_ms: r.ran_ms,
         })
     }
 }

@@ -3,14 +3,15 @@
 //! `RETURNING` and partial indexes; the one difference is the row lock
 //! (`FOR UPDATE`), which PostgreSQL needs and SQLite (one writer) does not.
 
-pub const SESSION_COLS: &str = "name, user_name, template, desired, generation, phase, url, agent_id, selector, workload, conditions, failure_reason, message, workload_name, delete_home, external_id, created_ms, updated_ms";
+pub const SESSION_COLS: &str = "name, user_name, template, desired, generation, phase, url, agent_id, selector, workload, conditions, failure_reason, message, workload_name, delete_home, external_id, created_ms, updated_ms, last_activity_ms, running_since_ms, ran_ms";
 pub const COMMAND_COLS: &str = "id, session, agent_id, generation, action, state, deadline_ms, created_ms, updated_ms, failure_reason, message, retryable";
 pub const UPSERT_SESSION: &str = " ON CONFLICT (name) DO UPDATE SET user_name=excluded.user_name, template=excluded.template,
  desired=excluded.desired, generation=excluded.generation, phase=excluded.phase, url=excluded.url,
  agent_id=excluded.agent_id, selector=excluded.selector, workload=excluded.workload,
  conditions=excluded.conditions, failure_reason=excluded.failure_reason, message=excluded.message,
  workload_name=excluded.workload_name, delete_home=excluded.delete_home, external_id=excluded.external_id,
- updated_ms=excluded.updated_ms";
+ updated_ms=excluded.updated_ms, last_activity_ms=excluded.last_activity_ms,
+ running_since_ms=excluded.running_since_ms, ran_ms=excluded.ran_ms";
 pub const ACTIVE: &str = "state IN ('pending', 'delivered', 'acknowledged')";
 
 use std::sync::LazyLock;
@@ -19,7 +20,7 @@ use std::sync::LazyLock;
 /// rusqlite, everything else through sqlx).
 pub static INSERT_SESSION: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "INSERT INTO sessions ({SESSION_COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18)"
+        "INSERT INTO sessions ({SESSION_COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21)"
     )
 });
 pub static UPSERT_SESSION_SQL: LazyLock<String> =
@@ -34,6 +35,10 @@ pub static SELECT_ACTIVE: LazyLock<String> = LazyLock::new(|| {
     format!("SELECT {COMMAND_COLS} FROM commands WHERE session = $1 AND {ACTIVE}")
 });
 pub const DELETE_SESSION: &str = "DELETE FROM sessions WHERE name = $1";
+/// Activity on a session (its agent's, when $3 is not empty); never moves
+/// the time back.
+pub const TOUCH_SESSION: &str = "UPDATE sessions SET last_activity_ms = $1
+     WHERE name = $2 AND ($3 = '' OR agent_id = $3) AND last_activity_ms < $1";
 /// One statement (atomic on both stores; only the agent's own stream claims
 /// its commands): the room left in the window is computed in the LIMIT.
 pub static CLAIM: LazyLock<String> = LazyLock::new(|| {
@@ -116,6 +121,9 @@ macro_rules! sql_store {
             .bind(&s.external_id)
             .bind(s.created_ms)
             .bind(s.updated_ms)
+            .bind(s.last_activity_ms)
+            .bind(s.running_since_ms)
+            .bind(s.ran_ms)
             .execute(&mut *c)
             .await
             .map_err(db_err)?;
@@ -353,6 +361,21 @@ macro_rules! sql_store {
                 .await
                 .map_err(db_err)?;
                 Ok(r.rows_affected() > 0)
+            }
+
+            async fn touch_sessions(&self, agent: &str, names: &[String], now: Millis) -> Result<u64, StoreError> {
+                let mut n = 0;
+                for name in names {
+                    let r = sqlx::query(TOUCH_SESSION)
+                    .bind(now)
+                    .bind(name)
+                    .bind(agent)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                    n += r.rows_affected();
+                }
+                Ok(n)
             }
 
             async fn requeue_commands(&self, agent: &str) -> Result<u64, StoreError> {

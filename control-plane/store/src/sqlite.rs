@@ -178,6 +178,9 @@ fn session_row(r: &Row) -> rusqlite::Result<SessionRow> {
         external_id: r.get(15)?,
         created_ms: r.get(16)?,
         updated_ms: r.get(17)?,
+        last_activity_ms: r.get(18)?,
+        running_since_ms: r.get(19)?,
+        ran_ms: r.get(20)?,
     })
 }
 
@@ -234,6 +237,9 @@ fn write_session(c: &Connection, s: &Session, upsert: bool) -> Result<(), StoreE
                 s.external_id,
                 s.created_ms,
                 s.updated_ms,
+                s.last_activity_ms,
+                s.running_since_ms,
+                s.ran_ms,
             ])
         })
         .map_err(db)?;
@@ -415,6 +421,25 @@ impl Store for SqliteStore {
                     .and_then(|mut st| st.execute(params![now, id, agent]))
                     .map_err(db)?;
                 Ok(n > 0)
+            })
+            .await
+    }
+
+    async fn touch_sessions(
+        &self,
+        agent: &str,
+        names: &[String],
+        now: Millis,
+    ) -> Result<u64, StoreError> {
+        let (agent, names) = (agent.to_string(), names.to_vec());
+        self.writer
+            .run(move |c| {
+                let mut st = c.prepare_cached(TOUCH_SESSION).map_err(db)?;
+                let mut n = 0;
+                for name in &names {
+                    n += st.execute(params![now, name, agent]).map_err(db)? as u64;
+                }
+                Ok(n)
             })
             .await
     }

@@ -581,6 +581,23 @@ impl Runtime for ProcessRuntime {
         }
     }
 
+    /// Sessions with an established TCP connection to their port (a user,
+    /// or anything else that talks to the session).
+    fn active_sessions(&self) -> Vec<String> {
+        let Ok(procs) = self.procs.try_lock() else {
+            return Vec::new();
+        };
+        if procs.is_empty() {
+            return Vec::new();
+        }
+        let ports = procfs::established_local_ports();
+        procs
+            .iter()
+            .filter(|(_, p)| !p.state.hibernated && ports.contains(&p.state.port))
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
     async fn shutdown(&self) {
         if !self.stop_on_exit {
             return;

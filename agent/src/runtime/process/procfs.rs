@@ -9,6 +9,35 @@ use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 
+/// Local ports of established TCP connections (IPv4 and IPv6), from
+/// /proc/net/tcp and /proc/net/tcp6 of the agent's network namespace.
+pub fn established_local_ports() -> std::collections::HashSet<u16> {
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .flat_map(|t| parse_established(&t))
+        .collect()
+}
+
+/// The local ports of the ESTABLISHED (state 01) rows of a /proc/net/tcp
+/// table; malformed rows are skipped.
+pub fn parse_established(table: &str) -> Vec<u16> {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let mut f = line.split_whitespace();
+            let local = f.nth(1)?;
+            let state = f.nth(1)?;
+            if state != "01" {
+                return None;
+            }
+            let (_, port) = local.rsplit_once(':')?;
+            u16::from_str_radix(port, 16).ok()
+        })
+        .collect()
+}
+
 /// The environment variable carrying a spawn's unique tag.
 pub const SPAWN_ENV: &str = "STREAMSPACE_SPAWN";
 
@@ -81,6 +110,35 @@ pub fn signal_group(pid: i32, sig: Signal) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    const TABLE: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:4E20 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 3153198 1 0 100 0 0 10 0
+   1: 0100007F:4E20 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0        0 3153200 1 0 20 4 30 10 -1
+   2: 0100007F:9C40 0100007F:4E20 01 00000000:00000000 00:00000000 00000000     0        0 3153201 1 0 20 4 30 10 -1
+   3: 0100007F:4E21 0100007F:9C41 06 00000000:00000000 00:00000000 00000000     0        0 0 1 0 20 4 30 10 -1
+";
+
+    /// The listening row (0A) and TIME_WAIT (06) do not count; both ends of
+    /// a loopback connection do (the session's port 20000 and the client's).
+    #[test]
+    fn established_rows_give_their_local_ports() {
+        assert_eq!(parse_established(TABLE), vec![20000, 40000]);
+        let v6 = "  sl  local_address                         remote_address                        st
+   0: 00000000000000000000000001000000:4E22 00000000000000000000000001000000:A000 01 0:0 0:0 0 0 0 1";
+        assert_eq!(parse_established(v6), vec![20002]);
+    }
+
+    proptest! {
+        /// Whatever the kernel (or a bug) puts there, parsing never panics
+        /// and only ESTABLISHED rows give ports.
+        #[test]
+        fn any_table_parses(lines in proptest::collection::vec("\\PC{0,80}", 0..20)) {
+            let table = lines.join("\n");
+            let ports = parse_established(&table);
+            prop_assert!(ports.len() <= lines.len());
+        }
+    }
 
     /// A process that has not made itself a group leader yet (as a session
     /// process is for a moment after spawning) still gets the signal.
