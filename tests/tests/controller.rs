@@ -259,6 +259,49 @@ async fn session_objects_are_reconciled() {
     ]);
     wait_status(&k, "test-admin-firefox", "Running", 60).await;
 
+    // Seed 000's manifest with its idleTimeout shortened: nobody touches it
+    // (the kubernetes runtime reports no activity), so the control plane
+    // hibernates it, says why in a condition and an Event, and writes the
+    // new state to the object's spec.
+    let idle = SEED_REPRODUCTION
+        .replace("test-admin-firefox", "idle-firefox")
+        .replace("idleTimeout: 30m", "idleTimeout: 4s");
+    streamspace_tests::k8s::kubectl_ok(&k.admin_kubeconfig, &["apply", "-f", "-"], Some(&idle));
+    wait_status(&k, "idle-firefox", "Running", 60).await;
+    let v = wait_status(&k, "idle-firefox", "Hibernated", 60).await;
+    let idle_condition = v["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Idle")
+        .cloned()
+        .unwrap_or_else(|| panic!("an Idle condition: {v}"));
+    assert_eq!(idle_condition["status"], "True", "{v}");
+    assert_eq!(idle_condition["reason"], "IdleTimeout", "{v}");
+    wait_for("the policy's hibernate to reach spec.state", 30, || async {
+        session_json(&k, "idle-firefox").filter(|v| v["spec"]["state"] == "hibernated")
+    })
+    .await;
+    let table = k.kubectl(&["get", "sessions", "-n", ns]);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("idle-firefox") && l.contains("Hibernated")),
+        "{table}"
+    );
+    let events = k.kubectl(&[
+        "get",
+        "events",
+        "-n",
+        ns,
+        "--field-selector",
+        "involvedObject.name=idle-firefox",
+    ]);
+    assert!(
+        events.contains("IdleTimeout"),
+        "an IdleTimeout Event: {events}"
+    );
+
     // Invalid objects: refused by the schema, or a clear condition.
     let bad_quantity = SEED_TESTING_PLAN
         .replace("test-controller-firefox", "bad-quantity")
@@ -382,6 +425,7 @@ async fn session_objects_are_reconciled() {
     assert!(!left.contains("test-controller-firefox"), "{left}");
     for s in [
         "test-admin-firefox",
+        "idle-firefox",
         "from-grpc",
         "unknown-template",
         "mid-0",

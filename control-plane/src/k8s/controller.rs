@@ -25,6 +25,7 @@ use tracing::{info, instrument, warn};
 use super::convert;
 use super::crd::{Condition, Session, SessionState, SessionStatus};
 use crate::core::model::{Desired, Phase, Session as Stored};
+use crate::core::policy;
 use crate::core::{Caller, Lifecycle, LifecycleError};
 
 pub const FINALIZER: &str = "stream.space/session-cleanup";
@@ -100,7 +101,11 @@ fn status_of(obj: &Session, s: &Stored, extra: Option<Condition>) -> SessionStat
         agent: s.agent_id.clone(),
         conditions,
         observed_generation: obj.metadata.generation,
-        last_activity: Some(convert::rfc3339(s.updated_ms)),
+        last_activity: Some(convert::rfc3339(if s.last_activity_ms > 0 {
+            s.last_activity_ms
+        } else {
+            s.updated_ms
+        })),
     }
 }
 
@@ -168,6 +173,33 @@ impl Ctx {
                     ))
                 }),
                 action: "Reconcile".into(),
+                secondary: None,
+            };
+            if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
+                warn!(error = %e, "publishing event");
+            }
+        }
+        // A session policy acted (or warns): an Event with the policy's reason.
+        for kind in [policy::IDLE, policy::EXPIRING] {
+            let now = status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == kind && c.status == "True");
+            let before = old.conditions.iter().find(|c| c.type_ == kind);
+            let Some(c) =
+                now.filter(|c| before.is_none_or(|b| b.status != "True" || b.reason != c.reason))
+            else {
+                continue;
+            };
+            let ev = KubeEvent {
+                type_: if c.reason == policy::MAX_DURATION_SOON {
+                    EventType::Warning
+                } else {
+                    EventType::Normal
+                },
+                reason: c.reason.clone(),
+                note: Some(c.message.clone()),
+                action: "EnforcePolicy".into(),
                 secondary: None,
             };
             if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
