@@ -145,8 +145,7 @@ cmd_check() {
   tmp="$(mktemp -d)"
   trap 'rm -rf "$tmp"' RETURN
   generate_into "$tmp/gen"
-  find "$GEN" -name __pycache__ -prune -exec rm -rf {} + 2>/dev/null || true
-  if ! out="$(diff -r "$tmp/gen" "$GEN" 2>&1)"; then
+  if ! out="$(diff -r -x __pycache__ "$tmp/gen" "$GEN" 2>&1)"; then
     echo "$out" | sed -e "s#$tmp/gen#<regenerated>#g" -e "s#$ROOT/##g" | head -40 >&2
     die "generated code in ${GEN#"$ROOT"/} differs from proto/ (the files named above): run scripts/sdk-python.sh generate and commit, never edit generated files by hand"
   fi

@@ -23,6 +23,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import time
@@ -57,10 +58,9 @@ class RuntimeError_(Exception):
 
 
 def substitute(arg: str, variables: Mapping[str, str]) -> str:
-    """Replaces every "${NAME}" of `variables` in `arg` (nothing else: no shell, no $NAME)."""
-    for k, v in variables.items():
-        arg = arg.replace("${" + k + "}", v)
-    return arg
+    """Replaces every "${NAME}" of `variables` in `arg`, in one pass (a value is never
+    substituted again); nothing else is expanded: no shell, no $NAME."""
+    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", lambda m: variables.get(m.group(1), m.group(0)), arg)
 
 
 def proc_stat(pid: int) -> tuple[str, int] | None:
@@ -282,6 +282,8 @@ class ProcessRuntime:
         async def wait_exit() -> str:
             if child is not None:
                 code = await child.wait()
+                if code < 0:
+                    return f"the process was killed by signal {-code}"
                 return f"the process exited (status {code})"
             while alive(st.pid, st.start_time):
                 await asyncio.sleep(0.25)
