@@ -381,7 +381,7 @@ class Agent:
             else:
                 raise RuntimeError_(R.FAILURE_REASON_INVALID, "command has no action (start, stop, hibernate or wake)")
         except RuntimeError_ as e:
-            log.warning("command %s %s %s failed: %s", c.command_id, action, s, e.message)
+            log.warning("command %s %s %s failed: %s", c.command_id, action, s, cut(e.message, 500))
             return pb.CommandResult(
                 command_id=c.command_id,
                 failed=pb.CommandFailed(reason=e.reason, message=e.message, retryable=e.retryable),
