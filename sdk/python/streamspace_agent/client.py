@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -60,6 +61,8 @@ DEFAULT_MAX_IN_FLIGHT = 64
 DEFAULT_HEARTBEAT = 10.0
 # How long a drained stream waits for commands in flight before it closes.
 DRAIN_FINISH_TIMEOUT = 30.0
+# How long the control plane has to answer Hello.
+WELCOME_TIMEOUT = 30.0
 # A stream that lived this long resets the backoff.
 STABLE_AFTER = 10.0
 
@@ -167,7 +170,7 @@ class Agent:
         while not shutdown.is_set():
             started = time.monotonic()
             try:
-                end = await self._attach_once(shutdown)
+                end = await self._until_shutdown(self._attach_once(shutdown), shutdown)
             except StreamError as e:
                 if time.monotonic() - started > STABLE_AFTER:
                     backoff.reset()
@@ -198,6 +201,23 @@ class Agent:
             t.cancel()
         self.runtime.close()
         log.info("agent stopped")
+
+    @staticmethod
+    async def _until_shutdown(work, shutdown: asyncio.Event):
+        """`work`'s result, or None as soon as `shutdown` is set (a connect or a
+        Welcome that hangs does not delay the exit)."""
+        task = asyncio.ensure_future(work)
+        stop = asyncio.ensure_future(shutdown.wait())
+        try:
+            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if task.done():
+                return task.result()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+            return None
+        finally:
+            stop.cancel()
 
     def _credentials(self) -> grpc.ChannelCredentials:
         # Re-read at every connect: a rotated certificate is used without a restart.
@@ -256,7 +276,10 @@ class Agent:
     async def _converse(self, call: grpc.aio.StreamStreamCall, hello: pb.Hello,
                         shutdown: asyncio.Event) -> _Drained | None:
         await call.write(fit(pb.AgentFrame(hello=hello), self.max_message_bytes))
-        first = await call.read()
+        try:
+            first = await asyncio.wait_for(call.read(), WELCOME_TIMEOUT)
+        except asyncio.TimeoutError:
+            raise RuntimeError(f"no Welcome within {WELCOME_TIMEOUT:.0f}s of Hello") from None
         if first is grpc.aio.EOF:
             raise StreamError(await call.code(), await call.details() or "closed before Welcome")
         if first.WhichOneof("frame") != "welcome":

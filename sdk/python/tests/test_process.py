@@ -124,6 +124,31 @@ class ProcessRuntimeTest(unittest.IsolatedAsyncioTestCase):
         st = await self.phase("s3", P.SESSION_PHASE_FAILED)
         self.assertEqual(st.reason, cpb.FAILURE_REASON_CRASH_LOOP)
 
+    async def test_an_interrupted_start_is_adopted_not_repeated(self):
+        # An agent killed after spawning but before recording the pid: the record holds
+        # only the intent and the tag the process carries in its environment.
+        tag = "test-" + os.urandom(8).hex()
+        import json
+        import subprocess
+
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                                 env={**os.environ, "STREAMSPACE_SPAWN": tag}, start_new_session=True)
+        self.pids.append(child.pid)
+        with open(os.path.join(self.dir, "sessions", "s5.json"), "w") as f:
+            json.dump({"session": "s5", "user": "alice", "pid": 0, "spawn_tag": tag, "start_time": 0,
+                       "port": 42999, "hibernated": False, "home": os.path.join(self.dir, "scratch", "s5"),
+                       "persistent_home": False}, f)
+        with open(os.path.join(self.dir, "sessions", "s6.json"), "w") as f:
+            json.dump({"session": "s6", "user": "alice", "pid": 0, "spawn_tag": "never-spawned",
+                       "start_time": 0, "port": 42998, "hibernated": False,
+                       "home": os.path.join(self.dir, "scratch", "s6"), "persistent_home": False}, f)
+        self.rt.close()
+        self.rt = await self.open()
+        self.assertEqual([(s.session_id, s.workload) for s in self.rt.inventory()], [("s5", f"pid {child.pid}")])
+        self.assertEqual(sorted(os.listdir(os.path.join(self.dir, "sessions"))), ["s5.json"])
+        await self.rt.stop("s5", False)
+        self.assertEqual(child.wait(5), -signal.SIGTERM)
+
     async def test_refusals(self):
         cases = [
             ("Bad_Id", start_cmd(), cpb.FAILURE_REASON_INVALID),
