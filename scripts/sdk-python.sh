@@ -158,8 +158,17 @@ cmd_test() {
   (cd "$SDK" && "$py" -m unittest discover -s tests -t . -v) || die "unit tests failed"
 }
 
+# Parallel callers (test processes installing the agent at once) take turns on the venv.
+lock_venv() {
+  mkdir -p "$CACHE"
+  command -v flock >/dev/null 2>&1 || return 0
+  exec 9>"$CACHE/.venv-sdk-python.lock"
+  flock 9
+}
+
 cmd="${1:-}"
 shift || true
+[[ "$cmd" =~ ^(install|generate|check|test)$ ]] && lock_venv
 case "$cmd" in
   install) cmd_install ;;
   generate) cmd_generate ;;
