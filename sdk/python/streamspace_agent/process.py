@@ -448,22 +448,25 @@ class ProcessRuntime:
                 self.status.report(session, P.SESSION_PHASE_STOPPED, message="not running")
                 return
             p.stopping = True
-            st = p.state
-            signal_group(st.pid, signal.SIGTERM)
-            signal_group(st.pid, signal.SIGCONT)
-            if not await _gone_within(st, self.stop_grace):
-                log.warning("session %s: pid %d ignored SIGTERM; sending SIGKILL", session, st.pid)
-                signal_group(st.pid, signal.SIGKILL)
-                await _gone_within(st, 5.0)
+        # Outside the table's lock: a process taking its grace period to exit does not hold
+        # up other sessions (this session's next command waits in the stream's order).
+        st = p.state
+        signal_group(st.pid, signal.SIGTERM)
+        signal_group(st.pid, signal.SIGCONT)
+        if not await _gone_within(st, self.stop_grace):
+            log.warning("session %s: pid %d ignored SIGTERM; sending SIGKILL", session, st.pid)
             signal_group(st.pid, signal.SIGKILL)
-            if p.monitor is not None:
-                p.monitor.cancel()
-            self.ports.release(st.port)
-            self._forget(session)
-            if not st.persistent_home or delete_home:
-                self._remove_home(st.home)
-            log.info("session %s: pid %d stopped", session, st.pid)
-            self._report(st, P.SESSION_PHASE_STOPPED)
+            await _gone_within(st, 5.0)
+        # What is left of the group (children that outlived the leader) goes too.
+        signal_group(st.pid, signal.SIGKILL)
+        if p.monitor is not None:
+            p.monitor.cancel()
+        self.ports.release(st.port)
+        self._forget(session)
+        if not st.persistent_home or delete_home:
+            self._remove_home(st.home)
+        log.info("session %s: pid %d stopped", session, st.pid)
+        self._report(st, P.SESSION_PHASE_STOPPED)
 
     async def hibernate(self, session: str) -> None:
         _check(session, None)

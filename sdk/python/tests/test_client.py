@@ -183,8 +183,9 @@ class StreamTest(unittest.IsolatedAsyncioTestCase):
         for i in range(6):
             self.call.push(command=start(f"c{i}", f"s{i}"))
         await until(lambda: len(self.call.of("ack")) == 6)
+        await until(lambda: self.rt.active == 2)
         await asyncio.sleep(0.1)
-        self.assertEqual(self.rt.active, 2)
+        self.assertEqual(self.rt.active, 2, "the others wait for a slot")
         self.rt.release.set()
         await until(lambda: len(self.call.of("result")) == 6)
         self.assertEqual(self.rt.most_active, 2)

@@ -14,7 +14,7 @@ import urllib.request
 from streamspace_agent._gen.streamspace.v1 import agent_pb2 as pb
 from streamspace_agent._gen.streamspace.v1 import common_pb2 as cpb
 from streamspace_agent.ports import PortAllocator, PortRange
-from streamspace_agent.process import ProcessRuntime, RuntimeError_, proc_stat
+from streamspace_agent.process import ProcessRuntime, RuntimeError_, find_tagged, proc_stat
 from streamspace_agent.status import StatusSink
 
 P = cpb.SessionPhase
@@ -134,6 +134,11 @@ class ProcessRuntimeTest(unittest.IsolatedAsyncioTestCase):
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
                                  env={**os.environ, "STREAMSPACE_SPAWN": tag}, start_new_session=True)
         self.pids.append(child.pid)
+        # /proc/<pid>/environ reads empty for a moment while exec completes.
+        for _ in range(200):
+            if find_tagged(tag) is not None:
+                break
+            await asyncio.sleep(0.01)
         with open(os.path.join(self.dir, "sessions", "s5.json"), "w") as f:
             json.dump({"session": "s5", "user": "alice", "pid": 0, "spawn_tag": tag, "start_time": 0,
                        "port": 42999, "hibernated": False, "home": os.path.join(self.dir, "scratch", "s5"),
