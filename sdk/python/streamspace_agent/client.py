@@ -234,7 +234,7 @@ class Agent:
     async def _attach_once(self, shutdown: asyncio.Event) -> _Drained | None:
         """One stream, from Hello to its end: None on shutdown, _Drained on Drain;
         raises StreamError (or another exception) when it breaks."""
-        options = [
+        options: list[tuple[str, int | str]] = [
             ("grpc.keepalive_time_ms", 10_000),
             ("grpc.keepalive_timeout_ms", 20_000),
             ("grpc.keepalive_permit_without_calls", 1),
@@ -364,6 +364,7 @@ class Agent:
             log.info("command %s for %s: duplicate delivery, still being applied", c.command_id, c.session_id)
             return
         if seen is Seen.DONE:
+            assert result is not None
             log.info("command %s for %s: duplicate delivery, result sent again", c.command_id, c.session_id)
             self._push_result(c.session_id, result)
             return

@@ -50,7 +50,7 @@ READY_TIMEOUT = 60.0
 class RuntimeError_(Exception):
     """A failed action, with a typed FailureReason and whether a retry can help."""
 
-    def __init__(self, reason: int, message: str, retryable: bool = False) -> None:
+    def __init__(self, reason: cpb.FailureReason, message: str, retryable: bool = False) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
@@ -251,11 +251,12 @@ class ProcessRuntime:
 
     # -- observation -----------------------------------------------------------------
 
-    def _report(self, st: ProcState, phase: int, reason: int = 0, message: str = "") -> None:
+    def _report(self, st: ProcState, phase: cpb.SessionPhase,
+                reason: cpb.FailureReason = R.FAILURE_REASON_UNSPECIFIED, message: str = "") -> None:
         url = st.url() if phase == P.SESSION_PHASE_RUNNING else ""
         self.status.report(st.session, phase, url, reason, message, st.workload())
 
-    def _phase(self, p: _Proc) -> int:
+    def _phase(self, p: _Proc) -> cpb.SessionPhase:
         if p.state.hibernated:
             return P.SESSION_PHASE_HIBERNATED
         return P.SESSION_PHASE_RUNNING if p.ready else P.SESSION_PHASE_PROVISIONING

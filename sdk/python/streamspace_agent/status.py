@@ -22,9 +22,9 @@ R = cpb.FailureReason
 
 def make_status(
     session: str,
-    phase: int,
+    phase: cpb.SessionPhase,
     url: str = "",
-    reason: int = R.FAILURE_REASON_UNSPECIFIED,
+    reason: cpb.FailureReason = R.FAILURE_REASON_UNSPECIFIED,
     message: str = "",
     workload: str = "",
 ) -> pb.SessionStatus:
@@ -54,7 +54,8 @@ class StatusSink:
         self._latest[s.session_id] = s
         self._changed.set()
 
-    def report(self, session: str, phase: int, url: str = "", reason: int = 0,
+    def report(self, session: str, phase: cpb.SessionPhase, url: str = "",
+               reason: cpb.FailureReason = R.FAILURE_REASON_UNSPECIFIED,
                message: str = "", workload: str = "") -> None:
         self.put(make_status(session, phase, url, reason, message, workload))
 
