@@ -41,11 +41,12 @@ class ProcessRuntimeTest(unittest.IsolatedAsyncioTestCase):
 
     async def asyncTearDown(self):
         for pid in self.pids:
-            for sig in (signal.SIGCONT, signal.SIGKILL):
-                try:
-                    os.killpg(pid, sig)
-                except OSError:
-                    pass
+            for kill in (os.killpg, os.kill):
+                for sig in (signal.SIGCONT, signal.SIGKILL):
+                    try:
+                        kill(pid, sig)
+                    except OSError:
+                        pass
         self.rt.close()
         shutil.rmtree(self.dir, ignore_errors=True)
         shutil.rmtree(self.locks, ignore_errors=True)
