@@ -311,8 +311,14 @@ class Agent:
                 return None
             if reader in done and reader.exception() is None:
                 drained = reader.result()
-                await self._finish_in_flight(send, shutdown)
-                await asyncio.wait_for(call.done_writing(), 5)
+                await self._finish_in_flight(shutdown, watch=(pump, beat))
+                # The control plane closes a drained stream after its own grace period;
+                # whatever could not be sent by then goes on the next stream.
+                try:
+                    await self._flush(send)
+                    await asyncio.wait_for(call.done_writing(), 5)
+                except Exception as e:  # noqa: BLE001
+                    log.info("drained stream closed before everything was sent (%s)", e or type(e).__name__)
                 return drained
             for t in done:
                 t.result()  # raises what ended the stream
@@ -321,8 +327,10 @@ class Agent:
             for t in all_:
                 t.cancel()
 
-    async def _finish_in_flight(self, send, shutdown: asyncio.Event) -> None:
-        """After a Drain: wait (bounded) for the commands being applied, send their results."""
+    async def _finish_in_flight(self, shutdown: asyncio.Event, watch: tuple[asyncio.Future, ...]) -> None:
+        """After a Drain: wait (bounded) for the commands being applied; the sender keeps
+        sending their results meanwhile. Stops waiting when the stream breaks (a task in
+        `watch` ends) or on shutdown."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + DRAIN_FINISH_TIMEOUT
         pending = [t for t in self._tasks if not t.done()]
@@ -330,13 +338,12 @@ class Agent:
             log.info("drain: finishing %d commands in flight", len(pending))
         stop = asyncio.ensure_future(shutdown.wait())
         try:
-            while pending and not shutdown.is_set() and loop.time() < deadline:
-                await asyncio.wait([*pending, stop], timeout=deadline - loop.time(),
+            while pending and not stop.done() and not any(t.done() for t in watch) and loop.time() < deadline:
+                await asyncio.wait([*pending, stop, *watch], timeout=deadline - loop.time(),
                                    return_when=asyncio.FIRST_COMPLETED)
                 pending = [t for t in pending if not t.done()]
         finally:
             stop.cancel()
-        await self._flush(send)
 
     # -- inbound ------------------------------------------------------------------------
 

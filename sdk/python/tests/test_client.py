@@ -70,6 +70,8 @@ class FakeCall:
         self.closed = False
 
     async def write(self, f):
+        if self.closed:
+            raise RuntimeError("the stream is closed")
         self.sent.append(f)
         self.sent_event.set()
 
@@ -231,6 +233,21 @@ class StreamTest(unittest.IsolatedAsyncioTestCase):
         self.assertEqual(end, _Drained(1.5))
         self.assertTrue(self.call.closed)
         self.assertIn("result:c1:succeeded", self.call.kinds())
+
+    async def test_a_drained_stream_closed_by_the_control_plane_ends_the_wait(self):
+        # The control plane reads a drained stream only for its own grace period.
+        t = self.converse()
+        self.call.push(command=start("c1", "s1"))
+        await until(lambda: len(self.call.of("ack")) == 1)
+        d = pb.Drain(reason="bye")
+        d.reconnect_after.FromSeconds(1)
+        self.call.push(drain=d)
+        await asyncio.sleep(0.1)
+        self.call.closed = True
+        end = await asyncio.wait_for(t, 2)  # not the 30 s a command in flight may take
+        self.assertEqual(end, _Drained(1.0))
+        self.rt.release.set()
+        await until(lambda: len(self.agent._results) == 1)  # kept for the next stream
 
     async def test_a_closed_stream_is_an_error(self):
         t = self.converse()
