@@ -248,9 +248,14 @@ impl Client {
             }) => w,
             other => anyhow::bail!("expected Welcome as the first frame, got {other:?}"),
         };
+        // 0: a control plane that predates negotiation, which speaks 1.
+        let picked = match welcome.protocol_version {
+            0 => pb::ProtocolVersion::ProtocolVersion1 as i32,
+            v => v,
+        };
         if !streamspace::SUPPORTED_PROTOCOL_VERSIONS
             .iter()
-            .any(|v| *v as i32 == welcome.protocol_version)
+            .any(|v| *v as i32 == picked)
         {
             anyhow::bail!(
                 "welcome.protocol_version: the control plane picked {}, which this agent does not speak",

@@ -56,12 +56,14 @@ class Hello(_message.Message):
     def __init__(self, agent_id: _Optional[str] = ..., platform: _Optional[str] = ..., region: _Optional[str] = ..., capacity: _Optional[_Union[_common_pb2.Capacity, _Mapping]] = ..., agent_version: _Optional[str] = ..., protocol_version: _Optional[_Union[ProtocolVersion, str]] = ..., fencing_token: _Optional[int] = ..., inventory: _Optional[_Iterable[_Union[SessionStatus, _Mapping]]] = ..., supported_protocol_versions: _Optional[_Iterable[_Union[ProtocolVersion, str]]] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ("sequence", "in_use")
+    __slots__ = ("sequence", "in_use", "active_sessions")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     IN_USE_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_SESSIONS_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     in_use: _common_pb2.Capacity
-    def __init__(self, sequence: _Optional[int] = ..., in_use: _Optional[_Union[_common_pb2.Capacity, _Mapping]] = ...) -> None: ...
+    active_sessions: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, sequence: _Optional[int] = ..., in_use: _Optional[_Union[_common_pb2.Capacity, _Mapping]] = ..., active_sessions: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CommandAck(_message.Message):
     __slots__ = ("command_id",)

@@ -47,12 +47,37 @@ class AgentServiceServicer:
     """
 
     def Attach(self, request_iterator, context):
-        """Opens the command stream. Errors:
-        PERMISSION_DENIED  Hello names another agent than the certificate, or the
-        fencing token is lower than one already seen.
-        ALREADY_EXISTS     a healthy stream for this agent id is attached.
-        INVALID_ARGUMENT   the first frame is not Hello, or a frame is malformed.
-        FAILED_PRECONDITION protocol version not supported.
+        """Opens the command stream. The stream ends with one of these codes; the
+        second column says what the agent should do.
+
+        UNAVAILABLE         retry with backoff. The control plane is shutting
+        down (after a Drain), an operator drained the agent,
+        or no heartbeat arrived for three intervals.
+        ABORTED             retry with backoff. A newer stream of the same agent
+        (a higher fencing token) replaced this one.
+        ALREADY_EXISTS      retry with backoff. A healthy stream for this agent id
+        is attached (e.g. the previous connection of this very
+        agent has not timed out yet).
+        DEADLINE_EXCEEDED   retry with backoff. Hello did not arrive in time.
+        UNAUTHENTICATED     do not retry quickly: no client certificate.
+        PERMISSION_DENIED   do not retry quickly: Hello names another agent than
+        the certificate, the fencing token is lower than one
+        already seen, or the agent is revoked (the message
+        says which). Operator action is needed.
+        FAILED_PRECONDITION do not retry quickly: no protocol version in common
+        (the message names both sides' versions).
+        INVALID_ARGUMENT    do not retry quickly: the first frame is not Hello, a
+        frame is malformed, or a result names a command that
+        was never sent; the message names the field. It is a
+        bug in the agent.
+        Any other code, and a transport error: retry with backoff.
+
+        "Retry with backoff": wait a random time between 0 and min(cap, base *
+        2^attempt) (full jitter; the Rust agent uses base 250 ms, cap 30 s) and
+        reset the attempt count once a stream has stayed up a while (the Rust
+        agent: 10 s). "Do not retry quickly": the same with the attempt count at
+        the cap — never a tight loop, so a thousand misconfigured agents cannot
+        flood the control plane.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from streamspace_agent._gen.streamspace.v1 import common_pb2 as streamspace_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cstreamspace/v1/session.proto\x12\x0estreamspace.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bstreamspace/v1/common.proto\"1\n\rAgentSelector\x12\x10\n\x08platform\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\"\xdb\x04\n\x07Session\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\x10\n\x08template\x18\x03 \x01(\t\x12\x33\n\rdesired_state\x18\x04 \x01(\x0e\x32\x1c.streamspace.v1.DesiredState\x12+\n\x05phase\x18\x05 \x01(\x0e\x32\x1c.streamspace.v1.SessionPhase\x12\x0b\n\x03url\x18\x06 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x07 \x01(\t\x12\x12\n\ngeneration\x18\x08 \x01(\x04\x12,\n\tresources\x18\t \x01(\x0b\x32\x19.streamspace.v1.Resources\x12\x17\n\x0fpersistent_home\x18\n \x01(\x08\x12*\n\x08timeouts\x18\x0b \x01(\x0b\x32\x18.streamspace.v1.Timeouts\x12/\n\x08selector\x18\x0c \x01(\x0b\x32\x1d.streamspace.v1.AgentSelector\x12-\n\nconditions\x18\r \x03(\x0b\x32\x19.streamspace.v1.Condition\x12\x35\n\x0e\x66\x61ilure_reason\x18\x0e \x01(\x0e\x32\x1d.streamspace.v1.FailureReason\x12\x0f\n\x07message\x18\x0f \x01(\t\x12\x10\n\x08workload\x18\x10 \x01(\t\x12/\n\x0b\x63reate_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb6\x02\n\x14\x43reateSessionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08template\x18\x02 \x01(\t\x12\x0c\n\x04user\x18\x03 \x01(\t\x12,\n\tresources\x18\x04 \x01(\x0b\x32\x19.streamspace.v1.Resources\x12\x1c\n\x0fpersistent_home\x18\x05 \x01(\x08H\x00\x88\x01\x01\x12*\n\x08timeouts\x18\x06 \x01(\x0b\x32\x18.streamspace.v1.Timeouts\x12/\n\x08selector\x18\x07 \x01(\x0b\x32\x1d.streamspace.v1.AgentSelector\x12\x33\n\rdesired_state\x18\x08 \x01(\x0e\x32\x1c.streamspace.v1.DesiredStateB\x12\n\x10_persistent_home\"!\n\x11GetSessionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"w\n\x13ListSessionsRequest\x12\x0c\n\x04user\x18\x01 \x01(\t\x12+\n\x05phase\x18\x02 \x01(\x0e\x32\x1c.streamspace.v1.SessionPhase\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\"Z\n\x14ListSessionsResponse\x12)\n\x08sessions\x18\x01 \x03(\x0b\x32\x17.streamspace.v1.Session\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\":\n\x14WatchSessionsRequest\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x14\n\x0csend_initial\x18\x02 \x01(\x08\"\xbc\x01\n\x0cSessionEvent\x12/\n\x04type\x18\x01 \x01(\x0e\x32!.streamspace.v1.SessionEvent.Type\x12(\n\x07session\x18\x02 \x01(\x0b\x32\x17.streamspace.v1.Session\"Q\n\x04Type\x12\x14\n\x10TYPE_UNSPECIFIED\x10\x00\x12\x0e\n\nTYPE_ADDED\x10\x01\x12\x11\n\rTYPE_MODIFIED\x10\x02\x12\x10\n\x0cTYPE_DELETED\x10\x03\"\'\n\x17HibernateSessionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\"\n\x12WakeSessionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"9\n\x14\x44\x65leteSessionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65lete_home\x18\x02 \x01(\x08\x32\xce\x04\n\x0eSessionService\x12N\n\rCreateSession\x12$.streamspace.v1.CreateSessionRequest\x1a\x17.streamspace.v1.Session\x12H\n\nGetSession\x12!.streamspace.v1.GetSessionRequest\x1a\x17.streamspace.v1.Session\x12Y\n\x0cListSessions\x12#.streamspace.v1.ListSessionsRequest\x1a$.streamspace.v1.ListSessionsResponse\x12U\n\rWatchSessions\x12$.streamspace.v1.WatchSessionsRequest\x1a\x1c.streamspace.v1.SessionEvent0\x01\x12T\n\x10HibernateSession\x12\'.streamspace.v1.HibernateSessionRequest\x1a\x17.streamspace.v1.Session\x12J\n\x0bWakeSession\x12\".streamspace.v1.WakeSessionRequest\x1a\x17.streamspace.v1.Session\x12N\n\rDeleteSession\x12$.streamspace.v1.DeleteSessionRequest\x1a\x17.streamspace.v1.SessionBw\n\x12\x64\x65v.streamspace.v1P\x01ZNgithub.com/streamspace-dev/streamspace/sdk/go/gen/streamspace/v1;streamspacev1\xaa\x02\x0eStreamSpace.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cstreamspace/v1/session.proto\x12\x0estreamspace.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bstreamspace/v1/common.proto\"1\n\rAgentSelector\x12\x10\n\x08platform\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\"\x93\x05\n\x07Session\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\x10\n\x08template\x18\x03 \x01(\t\x12\x33\n\rdesired_state\x18\x04 \x01(\x0e\x32\x1c.streamspace.v1.DesiredState\x12+\n\x05phase\x18\x05 \x01(\x0e\x32\x1c.streamspace.v1.SessionPhase\x12\x0b\n\x03url\x18\x06 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x07 \x01(\t\x12\x12\n\ngeneration\x18\x08 \x01(\x04\x12,\n\tresources\x18\t \x01(\x0b\x32\x19.streamspace.v1.Resources\x12\x17\n\x0fpersistent_home\x18\n \x01(\x08\x12*\n\x08timeouts\x18\x0b \x01(\x0b\x32\x18.streamspace.v1.Timeouts\x12/\n\x08selector\x18\x0c \x01(\x0b\x32\x1d.streamspace.v1.AgentSelector\x12-\n\nconditions\x18\r \x03(\x0b\x32\x19.streamspace.v1.Condition\x12\x35\n\x0e\x66\x61ilure_reason\x18\x0e \x01(\x0e\x32\x1d.streamspace.v1.FailureReason\x12\x0f\n\x07message\x18\x0f \x01(\t\x12\x10\n\x08workload\x18\x10 \x01(\t\x12/\n\x0b\x63reate_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x12last_activity_time\x18\x13 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb6\x02\n\x14\x43reateSessionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08template\x18\x02 \x01(\t\x12\x0c\n\x04user\x18\x03 \x01(\t\x12,\n\tresources\x18\x04 \x01(\x0b\x32\x19.streamspace.v1.Resources\x12\x1c\n\x0fpersistent_home\x18\x05 \x01(\x08H\x00\x88\x01\x01\x12*\n\x08timeouts\x18\x06 \x01(\x0b\x32\x18.streamspace.v1.Timeouts\x12/\n\x08selector\x18\x07 \x01(\x0b\x32\x1d.streamspace.v1.AgentSelector\x12\x33\n\rdesired_state\x18\x08 \x01(\x0e\x32\x1c.streamspace.v1.DesiredStateB\x12\n\x10_persistent_home\"!\n\x11GetSessionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"w\n\x13ListSessionsRequest\x12\x0c\n\x04user\x18\x01 \x01(\t\x12+\n\x05phase\x18\x02 \x01(\x0e\x32\x1c.streamspace.v1.SessionPhase\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\"Z\n\x14ListSessionsResponse\x12)\n\x08sessions\x18\x01 \x03(\x0b\x32\x17.streamspace.v1.Session\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\":\n\x14WatchSessionsRequest\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x14\n\x0csend_initial\x18\x02 \x01(\x08\"\xbc\x01\n\x0cSessionEvent\x12/\n\x04type\x18\x01 \x01(\x0e\x32!.streamspace.v1.SessionEvent.Type\x12(\n\x07session\x18\x02 \x01(\x0b\x32\x17.streamspace.v1.Session\"Q\n\x04Type\x12\x14\n\x10TYPE_UNSPECIFIED\x10\x00\x12\x0e\n\nTYPE_ADDED\x10\x01\x12\x11\n\rTYPE_MODIFIED\x10\x02\x12\x10\n\x0cTYPE_DELETED\x10\x03\"\'\n\x17HibernateSessionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\"\n\x12WakeSessionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"#\n\x13TouchSessionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"9\n\x14\x44\x65leteSessionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65lete_home\x18\x02 \x01(\x08\x32\x9c\x05\n\x0eSessionService\x12N\n\rCreateSession\x12$.streamspace.v1.CreateSessionRequest\x1a\x17.streamspace.v1.Session\x12H\n\nGetSession\x12!.streamspace.v1.GetSessionRequest\x1a\x17.streamspace.v1.Session\x12Y\n\x0cListSessions\x12#.streamspace.v1.ListSessionsRequest\x1a$.streamspace.v1.ListSessionsResponse\x12U\n\rWatchSessions\x12$.streamspace.v1.WatchSessionsRequest\x1a\x1c.streamspace.v1.SessionEvent0\x01\x12T\n\x10HibernateSession\x12\'.streamspace.v1.HibernateSessionRequest\x1a\x17.streamspace.v1.Session\x12J\n\x0bWakeSession\x12\".streamspace.v1.WakeSessionRequest\x1a\x17.streamspace.v1.Session\x12N\n\rDeleteSession\x12$.streamspace.v1.DeleteSessionRequest\x1a\x17.streamspace.v1.Session\x12L\n\x0cTouchSession\x12#.streamspace.v1.TouchSessionRequest\x1a\x17.streamspace.v1.SessionBw\n\x12\x64\x65v.streamspace.v1P\x01ZNgithub.com/streamspace-dev/streamspace/sdk/go/gen/streamspace/v1;streamspacev1\xaa\x02\x0eStreamSpace.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,27 +37,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AGENTSELECTOR']._serialized_start=110
   _globals['_AGENTSELECTOR']._serialized_end=159
   _globals['_SESSION']._serialized_start=162
-  _globals['_SESSION']._serialized_end=765
-  _globals['_CREATESESSIONREQUEST']._serialized_start=768
-  _globals['_CREATESESSIONREQUEST']._serialized_end=1078
-  _globals['_GETSESSIONREQUEST']._serialized_start=1080
-  _globals['_GETSESSIONREQUEST']._serialized_end=1113
-  _globals['_LISTSESSIONSREQUEST']._serialized_start=1115
-  _globals['_LISTSESSIONSREQUEST']._serialized_end=1234
-  _globals['_LISTSESSIONSRESPONSE']._serialized_start=1236
-  _globals['_LISTSESSIONSRESPONSE']._serialized_end=1326
-  _globals['_WATCHSESSIONSREQUEST']._serialized_start=1328
-  _globals['_WATCHSESSIONSREQUEST']._serialized_end=1386
-  _globals['_SESSIONEVENT']._serialized_start=1389
-  _globals['_SESSIONEVENT']._serialized_end=1577
-  _globals['_SESSIONEVENT_TYPE']._serialized_start=1496
-  _globals['_SESSIONEVENT_TYPE']._serialized_end=1577
-  _globals['_HIBERNATESESSIONREQUEST']._serialized_start=1579
-  _globals['_HIBERNATESESSIONREQUEST']._serialized_end=1618
-  _globals['_WAKESESSIONREQUEST']._serialized_start=1620
-  _globals['_WAKESESSIONREQUEST']._serialized_end=1654
-  _globals['_DELETESESSIONREQUEST']._serialized_start=1656
-  _globals['_DELETESESSIONREQUEST']._serialized_end=1713
-  _globals['_SESSIONSERVICE']._serialized_start=1716
-  _globals['_SESSIONSERVICE']._serialized_end=2306
+  _globals['_SESSION']._serialized_end=821
+  _globals['_CREATESESSIONREQUEST']._serialized_start=824
+  _globals['_CREATESESSIONREQUEST']._serialized_end=1134
+  _globals['_GETSESSIONREQUEST']._serialized_start=1136
+  _globals['_GETSESSIONREQUEST']._serialized_end=1169
+  _globals['_LISTSESSIONSREQUEST']._serialized_start=1171
+  _globals['_LISTSESSIONSREQUEST']._serialized_end=1290
+  _globals['_LISTSESSIONSRESPONSE']._serialized_start=1292
+  _globals['_LISTSESSIONSRESPONSE']._serialized_end=1382
+  _globals['_WATCHSESSIONSREQUEST']._serialized_start=1384
+  _globals['_WATCHSESSIONSREQUEST']._serialized_end=1442
+  _globals['_SESSIONEVENT']._serialized_start=1445
+  _globals['_SESSIONEVENT']._serialized_end=1633
+  _globals['_SESSIONEVENT_TYPE']._serialized_start=1552
+  _globals['_SESSIONEVENT_TYPE']._serialized_end=1633
+  _globals['_HIBERNATESESSIONREQUEST']._serialized_start=1635
+  _globals['_HIBERNATESESSIONREQUEST']._serialized_end=1674
+  _globals['_WAKESESSIONREQUEST']._serialized_start=1676
+  _globals['_WAKESESSIONREQUEST']._serialized_end=1710
+  _globals['_TOUCHSESSIONREQUEST']._serialized_start=1712
+  _globals['_TOUCHSESSIONREQUEST']._serialized_end=1747
+  _globals['_DELETESESSIONREQUEST']._serialized_start=1749
+  _globals['_DELETESESSIONREQUEST']._serialized_end=1806
+  _globals['_SESSIONSERVICE']._serialized_start=1809
+  _globals['_SESSIONSERVICE']._serialized_end=2477
 # @@protoc_insertion_point(module_scope)

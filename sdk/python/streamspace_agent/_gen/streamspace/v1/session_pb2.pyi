@@ -20,7 +20,7 @@ class AgentSelector(_message.Message):
     def __init__(self, platform: _Optional[str] = ..., region: _Optional[str] = ...) -> None: ...
 
 class Session(_message.Message):
-    __slots__ = ("name", "user", "template", "desired_state", "phase", "url", "agent_id", "generation", "resources", "persistent_home", "timeouts", "selector", "conditions", "failure_reason", "message", "workload", "create_time", "update_time")
+    __slots__ = ("name", "user", "template", "desired_state", "phase", "url", "agent_id", "generation", "resources", "persistent_home", "timeouts", "selector", "conditions", "failure_reason", "message", "workload", "create_time", "update_time", "last_activity_time")
     NAME_FIELD_NUMBER: _ClassVar[int]
     USER_FIELD_NUMBER: _ClassVar[int]
     TEMPLATE_FIELD_NUMBER: _ClassVar[int]
@@ -39,6 +39,7 @@ class Session(_message.Message):
     WORKLOAD_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    LAST_ACTIVITY_TIME_FIELD_NUMBER: _ClassVar[int]
     name: str
     user: str
     template: str
@@ -57,7 +58,8 @@ class Session(_message.Message):
     workload: str
     create_time: _timestamp_pb2.Timestamp
     update_time: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., user: _Optional[str] = ..., template: _Optional[str] = ..., desired_state: _Optional[_Union[_common_pb2.DesiredState, str]] = ..., phase: _Optional[_Union[_common_pb2.SessionPhase, str]] = ..., url: _Optional[str] = ..., agent_id: _Optional[str] = ..., generation: _Optional[int] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., persistent_home: _Optional[bool] = ..., timeouts: _Optional[_Union[_common_pb2.Timeouts, _Mapping]] = ..., selector: _Optional[_Union[AgentSelector, _Mapping]] = ..., conditions: _Optional[_Iterable[_Union[_common_pb2.Condition, _Mapping]]] = ..., failure_reason: _Optional[_Union[_common_pb2.FailureReason, str]] = ..., message: _Optional[str] = ..., workload: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    last_activity_time: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., user: _Optional[str] = ..., template: _Optional[str] = ..., desired_state: _Optional[_Union[_common_pb2.DesiredState, str]] = ..., phase: _Optional[_Union[_common_pb2.SessionPhase, str]] = ..., url: _Optional[str] = ..., agent_id: _Optional[str] = ..., generation: _Optional[int] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., persistent_home: _Optional[bool] = ..., timeouts: _Optional[_Union[_common_pb2.Timeouts, _Mapping]] = ..., selector: _Optional[_Union[AgentSelector, _Mapping]] = ..., conditions: _Optional[_Iterable[_Union[_common_pb2.Condition, _Mapping]]] = ..., failure_reason: _Optional[_Union[_common_pb2.FailureReason, str]] = ..., message: _Optional[str] = ..., workload: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_activity_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class CreateSessionRequest(_message.Message):
     __slots__ = ("name", "template", "user", "resources", "persistent_home", "timeouts", "selector", "desired_state")
@@ -138,6 +140,12 @@ class HibernateSessionRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class WakeSessionRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class TouchSessionRequest(_message.Message):
     __slots__ = ("name",)
     NAME_FIELD_NUMBER: _ClassVar[int]
     name: str

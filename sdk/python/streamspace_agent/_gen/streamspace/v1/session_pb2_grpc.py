@@ -69,6 +69,11 @@ class SessionServiceStub:
                 request_serializer=streamspace_dot_v1_dot_session__pb2.DeleteSessionRequest.SerializeToString,
                 response_deserializer=streamspace_dot_v1_dot_session__pb2.Session.FromString,
                 _registered_method=True)
+        self.TouchSession = channel.unary_unary(
+                '/streamspace.v1.SessionService/TouchSession',
+                request_serializer=streamspace_dot_v1_dot_session__pb2.TouchSessionRequest.SerializeToString,
+                response_deserializer=streamspace_dot_v1_dot_session__pb2.Session.FromString,
+                _registered_method=True)
 
 
 class SessionServiceServicer:
@@ -131,6 +136,15 @@ class SessionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TouchSession(self, request, context):
+        """Records activity on the session now (what a portal calls while the
+        user's tab is open): its idle timeout starts again. Activity is not a
+        change WatchSessions reports.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SessionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -167,6 +181,11 @@ def add_SessionServiceServicer_to_server(servicer, server):
             'DeleteSession': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteSession,
                     request_deserializer=streamspace_dot_v1_dot_session__pb2.DeleteSessionRequest.FromString,
+                    response_serializer=streamspace_dot_v1_dot_session__pb2.Session.SerializeToString,
+            ),
+            'TouchSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.TouchSession,
+                    request_deserializer=streamspace_dot_v1_dot_session__pb2.TouchSessionRequest.FromString,
                     response_serializer=streamspace_dot_v1_dot_session__pb2.Session.SerializeToString,
             ),
     }
@@ -358,6 +377,33 @@ class SessionService:
             target,
             '/streamspace.v1.SessionService/DeleteSession',
             streamspace_dot_v1_dot_session__pb2.DeleteSessionRequest.SerializeToString,
+            streamspace_dot_v1_dot_session__pb2.Session.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TouchSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/streamspace.v1.SessionService/TouchSession',
+            streamspace_dot_v1_dot_session__pb2.TouchSessionRequest.SerializeToString,
             streamspace_dot_v1_dot_session__pb2.Session.FromString,
             options,
             channel_credentials,
