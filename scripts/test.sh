@@ -45,6 +45,12 @@ cargo clippy --workspace --all-targets -- -D warnings
 log "building binaries"
 cargo build --workspace --bins
 
+log "SDK agents (sdk/): generated code matches proto/, unit tests, install"
+scripts/sdk-python.sh check
+scripts/sdk-python.sh test
+STREAMSPACE_PYTHON_AGENT="$(scripts/sdk-python.sh install | tail -n 1)"
+export STREAMSPACE_PYTHON_AGENT
+
 log "image: build from the test binaries and run them from its root filesystem"
 scripts/tools.sh install buildah # a missing buildah fails the run (never skipped)
 scripts/image.sh build --bin-dir "${CARGO_TARGET_DIR:-target}/debug" --oci-archive "$CACHE/image/streamspace.oci.tar"
