@@ -37,6 +37,8 @@ pub mod method {
     pub const DRAIN_AGENT: &str = "/streamspace.v1.AgentAdminService/DrainAgent";
     pub const REVOKE_AGENT: &str = "/streamspace.v1.AgentAdminService/RevokeAgent";
     pub const UNREVOKE_AGENT: &str = "/streamspace.v1.AgentAdminService/UnrevokeAgent";
+    pub const RETRY_COMMAND: &str = "/streamspace.v1.AgentAdminService/RetryCommand";
+    pub const CANCEL_COMMAND: &str = "/streamspace.v1.AgentAdminService/CancelCommand";
 }
 
 /// Longest error message kept in a line.

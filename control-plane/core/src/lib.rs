@@ -27,6 +27,8 @@
 //! - `policy.rs`: the idle timeout and the maximum duration as pure
 //!   functions of a session and the time; `activity.rs`: the lifecycle's
 //!   side of them (activity from users and agents, the enforcement sweep).
+//! - `outbox.rs`: the operators' outbox tools (list, read, retry, cancel
+//!   commands).
 //! - `validate.rs`: what a template or a request must satisfy.
 //! - `quantity.rs`: Kubernetes-style CPU and memory quantities.
 #![forbid(unsafe_code)]
@@ -34,6 +36,7 @@
 pub mod activity;
 pub mod lifecycle;
 pub mod model;
+pub mod outbox;
 pub mod placement;
 pub mod policy;
 pub mod quantity;

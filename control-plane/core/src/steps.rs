@@ -233,6 +233,102 @@ pub fn finished(
     }
 }
 
+/// An operator retries command `cmd_id` of a FAILED session: allowed only
+/// for the session's latest command, when it failed or expired and nothing
+/// is active. The session is planned again from PENDING (a start is
+/// "apply", so it repairs whatever is left), which writes a new command.
+pub fn retry(
+    session: Option<Session>,
+    active: Option<Command>,
+    latest: Option<&Command>,
+    cmd_id: &str,
+    by: &str,
+    cfg: StepConfig,
+) -> Result<Change, String> {
+    let Some(mut s) = session else {
+        return Err(format!("command {cmd_id}: its session no longer exists"));
+    };
+    if let Some(a) = active {
+        return Err(format!(
+            "command {cmd_id}: session {} has an active command ({} {}, {})",
+            s.name,
+            a.action.name(),
+            a.id,
+            a.state.as_str()
+        ));
+    }
+    match latest {
+        Some(c)
+            if c.id == cmd_id
+                && matches!(c.state, CommandState::Failed | CommandState::Expired) => {}
+        Some(c) if c.id == cmd_id => {
+            return Err(format!(
+                "command {cmd_id}: only a failed or expired command can be retried, it is {}",
+                c.state.as_str()
+            ));
+        }
+        _ => {
+            return Err(format!(
+                "command {cmd_id}: only the session's latest command can be retried"
+            ));
+        }
+    }
+    if s.phase != Phase::Failed {
+        return Err(format!(
+            "command {cmd_id}: session {} is {}, not failed: nothing to retry",
+            s.name,
+            s.phase.as_str()
+        ));
+    }
+    s.phase = Phase::Pending;
+    s.failure_reason = FailureReason::None;
+    s.message = format!("command {cmd_id} retried by {by}");
+    Ok(plan(s, None, cfg))
+}
+
+/// An operator cancels command `cmd_id`, which must be the session's active
+/// command and not sent yet (pending). It fails with reason INVALID and the
+/// session is FAILED, saying who cancelled it; a later wake, hibernate or
+/// delete plans afresh.
+pub fn cancel(
+    session: Option<Session>,
+    active: Option<Command>,
+    cmd_id: &str,
+    by: &str,
+    cfg: StepConfig,
+) -> Result<Change, String> {
+    let Some(mut cmd) = active.filter(|c| c.id == cmd_id) else {
+        return Err(format!(
+            "command {cmd_id}: only its session's active command can be cancelled"
+        ));
+    };
+    if cmd.state != CommandState::Pending {
+        return Err(format!(
+            "command {cmd_id}: only a pending command can be cancelled; it is {} (the agent has it)",
+            cmd.state.as_str()
+        ));
+    }
+    let message = format!("cancelled by {by}");
+    cmd.state = CommandState::Failed;
+    cmd.failure_reason = FailureReason::Invalid;
+    cmd.message = message.clone();
+    cmd.updated_ms = cfg.now;
+    let mut change = Change {
+        update_command: Some(cmd.clone()),
+        ..Change::default()
+    };
+    if let Some(mut s) = session {
+        fail(
+            &mut s,
+            FailureReason::Invalid,
+            &format!("{} command {} {message}", cmd.action.name(), cmd.id),
+            cfg.now,
+        );
+        change.session = SessionWrite::Upsert(s);
+    }
+    Ok(change)
+}
+
 fn fail(s: &mut Session, reason: FailureReason, message: &str, now: Millis) {
     s.phase = Phase::Failed;
     s.failure_reason = reason;
@@ -549,6 +645,73 @@ mod tests {
             (None, None, a) => a,
         };
         (s, active)
+    }
+
+    /// Retry takes only the latest failed or expired command of a failed
+    /// session with nothing active, and writes a new start; cancel takes only
+    /// a pending active command and fails the session saying who.
+    #[test]
+    fn operators_retry_and_cancel_only_what_the_rules_allow() {
+        let (_, first) = apply(Some(session()), None, plan(session(), None, cfg()));
+        let mut first = first.unwrap();
+        // Cancel while pending: the command and the session fail.
+        let c = cancel(
+            Some(session()),
+            Some(first.clone()),
+            &first.id,
+            "root",
+            cfg(),
+        )
+        .unwrap();
+        let SessionWrite::Upsert(failed) = &c.session else {
+            panic!("the session is written")
+        };
+        assert_eq!(failed.phase, Phase::Failed);
+        assert!(
+            failed.message.contains("cancelled by root"),
+            "{}",
+            failed.message
+        );
+        assert_eq!(
+            c.update_command.as_ref().unwrap().state,
+            CommandState::Failed
+        );
+        // Delivered: no cancel.
+        first.state = CommandState::Delivered;
+        let e = cancel(
+            Some(session()),
+            Some(first.clone()),
+            &first.id,
+            "root",
+            cfg(),
+        )
+        .unwrap_err();
+        assert!(e.contains("only a pending command"), "{e}");
+        // Retry: refused while active, for another id, for a succeeded one.
+        let mut s = session();
+        s.phase = Phase::Failed;
+        let e = retry(
+            Some(s.clone()),
+            Some(first.clone()),
+            Some(&first),
+            &first.id,
+            "root",
+            cfg(),
+        )
+        .unwrap_err();
+        assert!(e.contains("has an active command"), "{e}");
+        first.state = CommandState::Expired;
+        let e = retry(Some(s.clone()), None, Some(&first), "other", "root", cfg()).unwrap_err();
+        assert!(e.contains("latest command"), "{e}");
+        let mut done = first.clone();
+        done.state = CommandState::Succeeded;
+        let e = retry(Some(s.clone()), None, Some(&done), &done.id, "root", cfg()).unwrap_err();
+        assert!(e.contains("failed or expired"), "{e}");
+        // Allowed: the session is planned again with a new command.
+        let c = retry(Some(s), None, Some(&first), &first.id, "root", cfg()).unwrap();
+        let new = c.new_command.expect("a new command");
+        assert_ne!(new.id, first.id);
+        assert_eq!(new.action.name(), "start");
     }
 
     /// The start's result and a status observed while it ran give the same

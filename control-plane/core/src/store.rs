@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 
 use super::model::{
-    AgentRecord, Command, Millis, Phase, Revocation, RevokedTarget, Session, Template,
+    AgentRecord, Command, CommandState, Millis, Phase, Revocation, RevokedTarget, Session, Template,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +95,17 @@ pub struct SessionFilter {
     pub limit: u32,
 }
 
+/// Filters for listing commands (the outbox tools); newest first.
+#[derive(Debug, Clone, Default)]
+pub struct CommandFilter {
+    pub session: Option<String>,
+    pub agent: Option<String>,
+    pub state: Option<CommandState>,
+    /// Only commands last updated before this time.
+    pub updated_before: Option<Millis>,
+    pub limit: u32,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     async fn get_session(&self, name: &str) -> Result<Option<Session>, StoreError>;
@@ -120,6 +131,7 @@ pub trait Store: Send + Sync + 'static {
     async fn sessions_per_agent(&self) -> Result<HashMap<String, u32>, StoreError>;
 
     async fn get_command(&self, id: &str) -> Result<Option<Command>, StoreError>;
+    async fn list_commands(&self, filter: &CommandFilter) -> Result<Vec<Command>, StoreError>;
     /// Marks `agent`'s delivered command `id` acknowledged (one statement:
     /// an ack changes no session). Returns false if no such delivered
     /// command exists (unknown, another agent's, or already past delivery).

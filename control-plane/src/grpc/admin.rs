@@ -11,8 +11,10 @@ use super::auth::caller;
 use super::convert::{self, duration_pb, invalid_status, status, template_pb};
 use crate::audit::{AuditLog, method};
 use crate::core::model::AgentRecord;
+use crate::core::model::now_ms;
 use crate::core::model::{Revocation, RevokedTarget};
 use crate::core::revocation;
+use crate::core::store::CommandFilter;
 use crate::core::validate::{self, invalid};
 use crate::core::{Caller, Lifecycle, LifecycleError};
 
@@ -215,6 +217,92 @@ impl pb::agent_admin_service_server::AgentAdminService for AdminApi {
         Ok(Response::new(pb::ListRevocationsResponse {
             revocations: list.iter().map(revocation_pb).collect(),
         }))
+    }
+
+    async fn list_commands(
+        &self,
+        req: Request<pb::ListCommandsRequest>,
+    ) -> Result<Response<pb::ListCommandsResponse>, Status> {
+        admin(&req)?;
+        let r = req.into_inner();
+        let state = match pb::CommandState::try_from(r.state) {
+            Ok(pb::CommandState::Unspecified) => None,
+            Ok(s) => Some(convert::command_state_from(s)),
+            Err(_) => {
+                return Err(invalid_status(invalid(
+                    "state",
+                    format!("unknown command state {}", r.state),
+                )));
+            }
+        };
+        let older = convert::duration_from("older_than", &r.older_than).map_err(invalid_status)?;
+        let filter = CommandFilter {
+            session: Some(r.session).filter(|s| !s.is_empty()),
+            agent: Some(r.agent_id).filter(|a| !a.is_empty()),
+            state,
+            updated_before: (older > 0).then(|| now_ms() - older),
+            limit: r.page_size,
+        };
+        let list = self.lifecycle.list_commands(filter).await.map_err(status)?;
+        Ok(Response::new(pb::ListCommandsResponse {
+            commands: list.iter().map(convert::outbox_command_pb).collect(),
+        }))
+    }
+
+    async fn get_command(
+        &self,
+        req: Request<pb::GetCommandRequest>,
+    ) -> Result<Response<pb::OutboxCommand>, Status> {
+        admin(&req)?;
+        let c = self
+            .lifecycle
+            .get_command(&req.get_ref().id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(convert::outbox_command_pb(&c)))
+    }
+
+    async fn retry_command(
+        &self,
+        req: Request<pb::RetryCommandRequest>,
+    ) -> Result<Response<pb::RetryCommandResponse>, Status> {
+        let audit = self
+            .audit
+            .start(&req, method::RETRY_COMMAND, &req.get_ref().id);
+        let r = async {
+            let who = admin(&req)?;
+            let (s, c) = self
+                .lifecycle
+                .retry_command(&req.get_ref().id, &who.user)
+                .await
+                .map_err(status)?;
+            Ok(Response::new(pb::RetryCommandResponse {
+                session: Some(convert::session_pb(&s)),
+                command: c.as_ref().map(convert::outbox_command_pb),
+            }))
+        }
+        .await;
+        audit.finish(r)
+    }
+
+    async fn cancel_command(
+        &self,
+        req: Request<pb::CancelCommandRequest>,
+    ) -> Result<Response<pb::OutboxCommand>, Status> {
+        let audit = self
+            .audit
+            .start(&req, method::CANCEL_COMMAND, &req.get_ref().id);
+        let r = async {
+            let who = admin(&req)?;
+            let c = self
+                .lifecycle
+                .cancel_command(&req.get_ref().id, &who.user)
+                .await
+                .map_err(status)?;
+            Ok(Response::new(convert::outbox_command_pb(&c)))
+        }
+        .await;
+        audit.finish(r)
     }
 }
 

@@ -363,6 +363,62 @@ pub fn command_pb(c: &Command) -> pb::Command {
     }
 }
 
+/// A command as the outbox tools show it.
+pub fn outbox_command_pb(c: &Command) -> pb::OutboxCommand {
+    use crate::core::model::CommandState as S;
+    use pb::CommandState as P;
+    let state = match c.state {
+        S::Pending => P::Pending,
+        S::Delivered => P::Delivered,
+        S::Acknowledged => P::Acknowledged,
+        S::Succeeded => P::Succeeded,
+        S::Failed => P::Failed,
+        S::Expired => P::Expired,
+        S::Superseded => P::Superseded,
+    };
+    pb::OutboxCommand {
+        id: c.id.clone(),
+        session: c.session.clone(),
+        agent_id: c.agent_id.clone(),
+        session_generation: c.generation.max(0) as u64,
+        action: c.action.name().into(),
+        state: state as i32,
+        deadline: timestamp(c.deadline_ms),
+        create_time: timestamp(c.created_ms),
+        update_time: timestamp(c.updated_ms),
+        failure_reason: reason_pb(c.failure_reason) as i32,
+        message: c.message.clone(),
+        retryable: c.retryable,
+    }
+}
+
+/// A wire command state (not UNSPECIFIED) as the core's.
+pub fn command_state_from(s: pb::CommandState) -> crate::core::model::CommandState {
+    use crate::core::model::CommandState as S;
+    use pb::CommandState as P;
+    match s {
+        P::Unspecified | P::Pending => S::Pending,
+        P::Delivered => S::Delivered,
+        P::Acknowledged => S::Acknowledged,
+        P::Succeeded => S::Succeeded,
+        P::Failed => S::Failed,
+        P::Expired => S::Expired,
+        P::Superseded => S::Superseded,
+    }
+}
+
+/// A non-negative duration in milliseconds (0 when unset).
+pub fn duration_from(field: &str, d: &Option<prost_types::Duration>) -> Result<Millis, Invalid> {
+    match d {
+        None => Ok(0),
+        Some(d) if d.seconds < 0 || d.nanos < 0 => Err(invalid(field, "must not be negative")),
+        Some(d) => Ok(d
+            .seconds
+            .saturating_mul(1000)
+            .saturating_add(i64::from(d.nanos / 1_000_000))),
+    }
+}
+
 /// A status frame or inventory entry from an agent.
 pub fn observed_from(field: &str, s: &pb::SessionStatus) -> Result<Observed, Invalid> {
     crate::core::validate::dns_label(

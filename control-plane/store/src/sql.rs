@@ -87,7 +87,7 @@ macro_rules! sql_store {
         use sqlx::Row;
 
         use streamspace_core::model::*;
-        use streamspace_core::store::{SessionFilter, SessionWrite, Slot, Store, StoreError, TransitionFn, Transitioned};
+        use streamspace_core::store::{CommandFilter, SessionFilter, SessionWrite, Slot, Store, StoreError, TransitionFn, Transitioned};
         use crate::rows::*;
         use crate::sql::*;
         use crate::db_err;
@@ -338,6 +338,43 @@ macro_rules! sql_store {
                     .map_err(db_err)?
                     .map(Command::try_from)
                     .transpose()
+            }
+
+            async fn list_commands(&self, f: &CommandFilter) -> Result<Vec<Command>, StoreError> {
+                let mut sql = format!("SELECT {COMMAND_COLS} FROM commands WHERE 1=1");
+                let mut n = 0;
+                let mut next = || {
+                    n += 1;
+                    format!("${n}")
+                };
+                if f.session.is_some() {
+                    sql += &format!(" AND session = {}", next());
+                }
+                if f.agent.is_some() {
+                    sql += &format!(" AND agent_id = {}", next());
+                }
+                if f.state.is_some() {
+                    sql += &format!(" AND state = {}", next());
+                }
+                if f.updated_before.is_some() {
+                    sql += &format!(" AND updated_ms < {}", next());
+                }
+                sql += &format!(" ORDER BY seq DESC LIMIT {}", next());
+                let mut q = sqlx::query_as::<_, CommandRow>(sqlx::AssertSqlSafe(sql));
+                if let Some(s) = &f.session {
+                    q = q.bind(s.clone());
+                }
+                if let Some(a) = &f.agent {
+                    q = q.bind(a.clone());
+                }
+                if let Some(s) = f.state {
+                    q = q.bind(s.as_str());
+                }
+                if let Some(t) = f.updated_before {
+                    q = q.bind(t);
+                }
+                let rows = q.bind(i64::from(f.limit)).fetch_all(&self.pool).await.map_err(db_err)?;
+                commands(rows)
             }
 
             async fn claim_commands(&self, agent: &str, window: u32, now: Millis) -> Result<Vec<Command>, StoreError> {

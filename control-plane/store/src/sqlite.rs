@@ -26,7 +26,7 @@ use super::rows::*;
 use super::sql::*;
 use streamspace_core::model::*;
 use streamspace_core::store::{
-    SessionFilter, SessionWrite, Slot, Store, StoreError, TransitionFn, Transitioned,
+    CommandFilter, SessionFilter, SessionWrite, Slot, Store, StoreError, TransitionFn, Transitioned,
 };
 
 /// Most jobs in one commit.
@@ -410,6 +410,10 @@ impl Store for SqliteStore {
 
     async fn get_command(&self, id: &str) -> Result<Option<Command>, StoreError> {
         self.reads.get_command(id).await
+    }
+
+    async fn list_commands(&self, filter: &CommandFilter) -> Result<Vec<Command>, StoreError> {
+        self.reads.list_commands(filter).await
     }
 
     async fn ack_command(&self, agent: &str, id: &str, now: Millis) -> Result<bool, StoreError> {

@@ -64,6 +64,26 @@ class AgentAdminServiceStub:
                 request_serializer=streamspace_dot_v1_dot_admin__pb2.ListRevocationsRequest.SerializeToString,
                 response_deserializer=streamspace_dot_v1_dot_admin__pb2.ListRevocationsResponse.FromString,
                 _registered_method=True)
+        self.ListCommands = channel.unary_unary(
+                '/streamspace.v1.AgentAdminService/ListCommands',
+                request_serializer=streamspace_dot_v1_dot_admin__pb2.ListCommandsRequest.SerializeToString,
+                response_deserializer=streamspace_dot_v1_dot_admin__pb2.ListCommandsResponse.FromString,
+                _registered_method=True)
+        self.GetCommand = channel.unary_unary(
+                '/streamspace.v1.AgentAdminService/GetCommand',
+                request_serializer=streamspace_dot_v1_dot_admin__pb2.GetCommandRequest.SerializeToString,
+                response_deserializer=streamspace_dot_v1_dot_admin__pb2.OutboxCommand.FromString,
+                _registered_method=True)
+        self.RetryCommand = channel.unary_unary(
+                '/streamspace.v1.AgentAdminService/RetryCommand',
+                request_serializer=streamspace_dot_v1_dot_admin__pb2.RetryCommandRequest.SerializeToString,
+                response_deserializer=streamspace_dot_v1_dot_admin__pb2.RetryCommandResponse.FromString,
+                _registered_method=True)
+        self.CancelCommand = channel.unary_unary(
+                '/streamspace.v1.AgentAdminService/CancelCommand',
+                request_serializer=streamspace_dot_v1_dot_admin__pb2.CancelCommandRequest.SerializeToString,
+                response_deserializer=streamspace_dot_v1_dot_admin__pb2.OutboxCommand.FromString,
+                _registered_method=True)
 
 
 class AgentAdminServiceServicer:
@@ -142,6 +162,43 @@ class AgentAdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListCommands(self, request, context):
+        """The outbox: durable commands, newest first, filtered by session, agent,
+        state and age. Admin role only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCommand(self, request, context):
+        """One command by id; NOT_FOUND if there is none. Admin role only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetryCommand(self, request, context):
+        """Plans the command's session again after a FAILED or EXPIRED command:
+        only the session's latest command, only when its session is FAILED and
+        nothing is active (FAILED_PRECONDITION says which rule). The session goes
+        back to PENDING and gets a new command for its desired state. Audited.
+        Admin role only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelCommand(self, request, context):
+        """Cancels a command not sent yet (PENDING, its session's active command):
+        it becomes FAILED (reason INVALID, "cancelled by <admin>") and so does its
+        session; the next desired-state change plans afresh. A command already
+        delivered cannot be taken back (FAILED_PRECONDITION). Audited. Admin
+        role only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentAdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -174,6 +231,26 @@ def add_AgentAdminServiceServicer_to_server(servicer, server):
                     servicer.ListRevocations,
                     request_deserializer=streamspace_dot_v1_dot_admin__pb2.ListRevocationsRequest.FromString,
                     response_serializer=streamspace_dot_v1_dot_admin__pb2.ListRevocationsResponse.SerializeToString,
+            ),
+            'ListCommands': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCommands,
+                    request_deserializer=streamspace_dot_v1_dot_admin__pb2.ListCommandsRequest.FromString,
+                    response_serializer=streamspace_dot_v1_dot_admin__pb2.ListCommandsResponse.SerializeToString,
+            ),
+            'GetCommand': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCommand,
+                    request_deserializer=streamspace_dot_v1_dot_admin__pb2.GetCommandRequest.FromString,
+                    response_serializer=streamspace_dot_v1_dot_admin__pb2.OutboxCommand.SerializeToString,
+            ),
+            'RetryCommand': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryCommand,
+                    request_deserializer=streamspace_dot_v1_dot_admin__pb2.RetryCommandRequest.FromString,
+                    response_serializer=streamspace_dot_v1_dot_admin__pb2.RetryCommandResponse.SerializeToString,
+            ),
+            'CancelCommand': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelCommand,
+                    request_deserializer=streamspace_dot_v1_dot_admin__pb2.CancelCommandRequest.FromString,
+                    response_serializer=streamspace_dot_v1_dot_admin__pb2.OutboxCommand.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -338,6 +415,114 @@ class AgentAdminService:
             '/streamspace.v1.AgentAdminService/ListRevocations',
             streamspace_dot_v1_dot_admin__pb2.ListRevocationsRequest.SerializeToString,
             streamspace_dot_v1_dot_admin__pb2.ListRevocationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCommands(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/streamspace.v1.AgentAdminService/ListCommands',
+            streamspace_dot_v1_dot_admin__pb2.ListCommandsRequest.SerializeToString,
+            streamspace_dot_v1_dot_admin__pb2.ListCommandsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCommand(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/streamspace.v1.AgentAdminService/GetCommand',
+            streamspace_dot_v1_dot_admin__pb2.GetCommandRequest.SerializeToString,
+            streamspace_dot_v1_dot_admin__pb2.OutboxCommand.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryCommand(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/streamspace.v1.AgentAdminService/RetryCommand',
+            streamspace_dot_v1_dot_admin__pb2.RetryCommandRequest.SerializeToString,
+            streamspace_dot_v1_dot_admin__pb2.RetryCommandResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelCommand(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/streamspace.v1.AgentAdminService/CancelCommand',
+            streamspace_dot_v1_dot_admin__pb2.CancelCommandRequest.SerializeToString,
+            streamspace_dot_v1_dot_admin__pb2.OutboxCommand.FromString,
             options,
             channel_credentials,
             insecure,

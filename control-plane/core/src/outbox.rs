@@ -1,0 +1,100 @@
+//! The outbox tools for operators: list and read durable commands, retry a
+//! failed or expired one, cancel one not sent yet. Retry and cancel run as
+//! transitions of the command's session, decided on the stored state by
+//! [`steps::retry`] and [`steps::cancel`].
+
+use crate::lifecycle::{Lifecycle, LifecycleError};
+use crate::model::{Command, Session};
+use crate::steps;
+use crate::store::{CommandFilter, SessionWrite};
+use crate::validate;
+
+/// Most commands one list returns.
+pub const MAX_PAGE: u32 = 1000;
+
+impl Lifecycle {
+    /// Commands matching `filter`, newest first (at most [`MAX_PAGE`]).
+    pub async fn list_commands(
+        &self,
+        mut filter: CommandFilter,
+    ) -> Result<Vec<Command>, LifecycleError> {
+        if let Some(s) = &filter.session {
+            validate::dns_label("session", s, validate::MAX_SESSION_NAME)?;
+        }
+        if let Some(a) = &filter.agent {
+            validate::dns_label("agent_id", a, validate::MAX_NAME)?;
+        }
+        filter.limit = match filter.limit {
+            0 => 100,
+            n => n.min(MAX_PAGE),
+        };
+        Ok(self.store().list_commands(&filter).await?)
+    }
+
+    pub async fn get_command(&self, id: &str) -> Result<Command, LifecycleError> {
+        check_id(id)?;
+        self.store()
+            .get_command(id)
+            .await?
+            .ok_or_else(|| LifecycleError::NotFound(format!("command {id} not found")))
+    }
+
+    /// Retries command `id` (see [`steps::retry`]); the session as written,
+    /// and the new command unless the session waits for an agent.
+    pub async fn retry_command(
+        &self,
+        id: &str,
+        by: &str,
+    ) -> Result<(Session, Option<Command>), LifecycleError> {
+        let cmd = self.get_command(id).await?;
+        let latest = self
+            .store()
+            .list_commands(&CommandFilter {
+                session: Some(cmd.session.clone()),
+                limit: 1,
+                ..CommandFilter::default()
+            })
+            .await?
+            .into_iter()
+            .next();
+        let (cfg, id, by) = (self.step_cfg(), id.to_string(), by.to_string());
+        let change = self
+            .transition(&cmd.session, move |s, active| {
+                steps::retry(s, active, latest.as_ref(), &id, &by, cfg)
+                    .map_err(LifecycleError::FailedPrecondition)
+            })
+            .await?;
+        match change.session {
+            SessionWrite::Upsert(s) => Ok((s, change.new_command)),
+            _ => Err(LifecycleError::FailedPrecondition(format!(
+                "command {}: its session no longer exists",
+                cmd.id
+            ))),
+        }
+    }
+
+    /// Cancels command `id` (see [`steps::cancel`]); the command as written.
+    pub async fn cancel_command(&self, id: &str, by: &str) -> Result<Command, LifecycleError> {
+        let cmd = self.get_command(id).await?;
+        let (cfg, id, by) = (self.step_cfg(), id.to_string(), by.to_string());
+        let change = self
+            .transition(&cmd.session, move |s, active| {
+                steps::cancel(s, active, &id, &by, cfg).map_err(LifecycleError::FailedPrecondition)
+            })
+            .await?;
+        Ok(change.update_command.unwrap_or(cmd))
+    }
+}
+
+/// Command ids are UUIDs; anything else is refused before it reaches the store.
+fn check_id(id: &str) -> Result<(), LifecycleError> {
+    if id.len() == 36 && id.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+        Ok(())
+    } else {
+        Err(validate::invalid(
+            "id",
+            format!("must be a command id (a UUID), got {}", validate::shown(id)),
+        )
+        .into())
+    }
+}
