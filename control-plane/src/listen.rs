@@ -324,9 +324,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "ms" => Duration::from_millis(n),
         "m" => Duration::from_secs(n.saturating_mul(60)),
         "h" => Duration::from_secs(n.saturating_mul(3600)),
+        "d" => Duration::from_secs(n.saturating_mul(86_400)),
         u => {
             return Err(format!(
-                "expected a duration unit ms, s, m or h, got {} in {shown}",
+                "expected a duration unit ms, s, m, h or d, got {} in {shown}",
                 crate::core::validate::shown(u)
             ));
         }

@@ -245,6 +245,13 @@ impl ControlPlane {
                         if let Err(e) = lc.expire_overdue().await { warn!(error = %e, "expiring commands"); }
                         if let Err(e) = lc.enforce_revocations().await { warn!(error = %e, "enforcing revocations"); }
                         if let Err(e) = lc.enforce_policies().await { warn!(error = %e, "enforcing session policies"); }
+                        if n.is_multiple_of(60) {
+                            match lc.prune_commands(lc.config().retention).await {
+                                Ok(0) => {}
+                                Ok(pruned) => info!(pruned, "finished commands past the retention pruned"),
+                                Err(e) => warn!(error = %e, "pruning commands"),
+                            }
+                        }
                         n += 1;
                         if n.is_multiple_of(5) && let Err(e) = lc.place_unplaced().await { warn!(error = %e, "placing sessions"); }
                     }

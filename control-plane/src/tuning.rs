@@ -56,6 +56,10 @@ pub struct Tuning {
     /// Expiring=True (reason MaxDurationSoon), e.g. 5m.
     #[arg(long, env = "MAX_DURATION_WARNING", default_value = "5m", value_parser = crate::listen::parse_duration)]
     pub max_duration_warning: Duration,
+    /// Finished commands (and so the outbox's history) are kept this long,
+    /// then pruned in small batches, e.g. 7d, 1h. Active commands never are.
+    #[arg(long, env = "RETENTION", default_value = "7d", value_parser = crate::listen::parse_duration)]
+    pub retention: Duration,
 }
 
 impl Tuning {
@@ -90,6 +94,7 @@ impl Tuning {
         LifecycleConfig {
             command_timeout: Duration::from_secs(self.command_timeout_seconds.max(1)),
             max_duration_warning: self.max_duration_warning,
+            retention: self.retention,
         }
     }
 }

@@ -314,6 +314,7 @@ pub fn server_config(pki: &TestPki, database_url: &str, o: &CpOptions) -> Server
         lifecycle: streamspace_control_plane::core::LifecycleConfig {
             command_timeout: o.command_timeout,
             max_duration_warning: o.max_duration_warning,
+            retention: std::time::Duration::from_secs(7 * 86_400),
         },
         kube: o.kube.clone(),
         edge: Default::default(),

@@ -256,3 +256,68 @@ async fn slots_hold_under_concurrent_inserts_and_placements() {
         store.insert_session(&s, None, Some(&free)).await.unwrap();
     }
 }
+
+/// Retention: only finished commands older than the cut are pruned, oldest
+/// first, at most a batch at a time; active ones never, however old.
+#[tokio::test]
+async fn retention_prunes_old_finished_commands_only() {
+    let (_tmp, store) = open_store().await;
+    for i in 0..6 {
+        add(&*store, &format!("r-{i}"), "agent-r").await;
+    }
+    let claimed = claim(&*store, "agent-r", 10).await;
+    assert_eq!(claimed.len(), 6);
+    let day = 86_400_000;
+    // r-0..r-3 finished 10 days ago (r-0 first), r-4 finished now, r-5 stays active.
+    for (i, c) in claimed.iter().enumerate().take(5) {
+        let mut done = c.clone();
+        done.state = if i % 2 == 0 {
+            CommandState::Succeeded
+        } else {
+            CommandState::Failed
+        };
+        done.updated_ms = if i < 4 {
+            now_ms() - 10 * day + i as i64
+        } else {
+            now_ms()
+        };
+        store
+            .transition(
+                &c.session,
+                Box::new(move |_, _| {
+                    Ok(Change {
+                        update_command: Some(done),
+                        ..Change::default()
+                    })
+                }),
+            )
+            .await
+            .unwrap();
+    }
+    let cut = now_ms() - day;
+    assert_eq!(store.prune_commands(cut, 3).await.unwrap(), 3, "one batch");
+    assert!(
+        store.get_command(&claimed[0].id).await.unwrap().is_none(),
+        "oldest first"
+    );
+    assert!(store.get_command(&claimed[3].id).await.unwrap().is_some());
+    assert_eq!(store.prune_commands(cut, 3).await.unwrap(), 1);
+    assert_eq!(store.prune_commands(cut, 3).await.unwrap(), 0);
+    assert!(
+        store.get_command(&claimed[4].id).await.unwrap().is_some(),
+        "recent kept"
+    );
+    assert_eq!(
+        store
+            .get_command(&claimed[5].id)
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
+        CommandState::Delivered,
+        "active kept"
+    );
+    // Even the active one, however old, survives a cut in the future.
+    assert_eq!(store.prune_commands(now_ms() + day, 100).await.unwrap(), 1);
+    assert!(store.get_command(&claimed[5].id).await.unwrap().is_some());
+}

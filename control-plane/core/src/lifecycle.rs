@@ -104,6 +104,8 @@ pub struct LifecycleConfig {
     pub command_timeout: Duration,
     /// How long before a session's maximum duration it is warned.
     pub max_duration_warning: Duration,
+    /// How long finished commands are kept.
+    pub retention: Duration,
 }
 
 impl Default for LifecycleConfig {
@@ -111,6 +113,7 @@ impl Default for LifecycleConfig {
         Self {
             command_timeout: Duration::from_secs(120),
             max_duration_warning: Duration::from_secs(300),
+            retention: Duration::from_secs(7 * 86_400),
         }
     }
 }

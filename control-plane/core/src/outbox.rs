@@ -86,6 +86,34 @@ impl Lifecycle {
     }
 }
 
+/// Finished commands pruned per store transaction: small, so the store's
+/// writer (one on SQLite) is never held for long.
+pub const PRUNE_BATCH: u32 = 500;
+/// Batches one retention pass runs at most (the next pass goes on).
+pub const PRUNE_BATCHES: u32 = 200;
+
+impl Lifecycle {
+    /// Deletes finished commands older than `retention`, in batches of
+    /// [`PRUNE_BATCH`] with a pause between them; returns how many. Active
+    /// commands are never pruned, so nothing accepted is lost.
+    pub async fn prune_commands(
+        &self,
+        retention: std::time::Duration,
+    ) -> Result<u64, LifecycleError> {
+        let before = crate::model::now_ms() - retention.as_millis() as i64;
+        let mut total = 0;
+        for _ in 0..PRUNE_BATCHES {
+            let n = self.store().prune_commands(before, PRUNE_BATCH).await?;
+            total += n;
+            if n < u64::from(PRUNE_BATCH) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        Ok(total)
+    }
+}
+
 /// Command ids are UUIDs; anything else is refused before it reaches the store.
 fn check_id(id: &str) -> Result<(), LifecycleError> {
     if id.len() == 36 && id.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {

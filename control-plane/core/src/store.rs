@@ -132,6 +132,9 @@ pub trait Store: Send + Sync + 'static {
 
     async fn get_command(&self, id: &str) -> Result<Option<Command>, StoreError>;
     async fn list_commands(&self, filter: &CommandFilter) -> Result<Vec<Command>, StoreError>;
+    /// Deletes at most `limit` finished commands last updated before
+    /// `before`, oldest first; returns how many. Never an active one.
+    async fn prune_commands(&self, before: Millis, limit: u32) -> Result<u64, StoreError>;
     /// Marks `agent`'s delivered command `id` acknowledged (one statement:
     /// an ack changes no session). Returns false if no such delivered
     /// command exists (unknown, another agent's, or already past delivery).

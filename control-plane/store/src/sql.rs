@@ -13,6 +13,11 @@ pub const UPSERT_SESSION: &str = " ON CONFLICT (name) DO UPDATE SET user_name=ex
  updated_ms=excluded.updated_ms, last_activity_ms=excluded.last_activity_ms,
  running_since_ms=excluded.running_since_ms, ran_ms=excluded.ran_ms";
 pub const ACTIVE: &str = "state IN ('pending', 'delivered', 'acknowledged')";
+/// One batch of retention: finished commands last updated before $1, oldest
+/// first, at most $2 (active commands are never pruned).
+pub const PRUNE_COMMANDS: &str = "DELETE FROM commands WHERE seq IN (SELECT seq FROM commands
+     WHERE state IN ('succeeded', 'failed', 'expired', 'superseded') AND updated_ms < $1
+     ORDER BY updated_ms LIMIT $2)";
 
 use std::sync::LazyLock;
 
@@ -338,6 +343,16 @@ macro_rules! sql_store {
                     .map_err(db_err)?
                     .map(Command::try_from)
                     .transpose()
+            }
+
+            async fn prune_commands(&self, before: Millis, limit: u32) -> Result<u64, StoreError> {
+                let r = sqlx::query(PRUNE_COMMANDS)
+                .bind(before)
+                .bind(i64::from(limit))
+                .execute(&self.pool)
+                .await
+                .map_err(db_err)?;
+                Ok(r.rows_affected())
             }
 
             async fn list_commands(&self, f: &CommandFilter) -> Result<Vec<Command>, StoreError> {

@@ -416,6 +416,18 @@ impl Store for SqliteStore {
         self.reads.list_commands(filter).await
     }
 
+    async fn prune_commands(&self, before: Millis, limit: u32) -> Result<u64, StoreError> {
+        self.writer
+            .run(move |c| {
+                let n = c
+                    .prepare_cached(PRUNE_COMMANDS)
+                    .and_then(|mut st| st.execute(params![before, i64::from(limit)]))
+                    .map_err(db)?;
+                Ok(n as u64)
+            })
+            .await
+    }
+
     async fn ack_command(&self, agent: &str, id: &str, now: Millis) -> Result<bool, StoreError> {
         let (agent, id) = (agent.to_string(), id.to_string());
         self.writer
