@@ -245,6 +245,7 @@ impl ControlPlane {
                         if let Err(e) = lc.expire_overdue().await { warn!(error = %e, "expiring commands"); }
                         if let Err(e) = lc.enforce_revocations().await { warn!(error = %e, "enforcing revocations"); }
                         if let Err(e) = lc.enforce_policies().await { warn!(error = %e, "enforcing session policies"); }
+                        if let Err(e) = lc.ring_due().await { warn!(error = %e, "waking agents with due retries"); }
                         if n.is_multiple_of(60) {
                             match lc.prune_commands(lc.config().retention).await {
                                 Ok(0) => {}

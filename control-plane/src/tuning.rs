@@ -60,6 +60,13 @@ pub struct Tuning {
     /// then pruned in small batches, e.g. 7d, 1h. Active commands never are.
     #[arg(long, env = "RETENTION", default_value = "7d", value_parser = crate::listen::parse_duration)]
     pub retention: Duration,
+    /// Times a command that failed with `retryable` is sent again (after a
+    /// backoff) before its session is FAILED; 0 turns automatic retry off.
+    #[arg(long, env = "COMMAND_RETRIES", default_value_t = 3)]
+    pub command_retries: u32,
+    /// Delay before the first automatic retry; it doubles per retry.
+    #[arg(long, env = "RETRY_BACKOFF", default_value = "1s", value_parser = crate::listen::parse_duration)]
+    pub retry_backoff: Duration,
 }
 
 impl Tuning {
@@ -95,6 +102,8 @@ impl Tuning {
             command_timeout: Duration::from_secs(self.command_timeout_seconds.max(1)),
             max_duration_warning: self.max_duration_warning,
             retention: self.retention,
+            command_retries: self.command_retries,
+            retry_backoff: self.retry_backoff,
         }
     }
 }

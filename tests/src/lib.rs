@@ -268,6 +268,8 @@ pub struct CpOptions {
     pub oidc: Option<streamspace_control_plane::grpc::oidc::OidcConfig>,
     /// How long before its maximum duration a session is warned.
     pub max_duration_warning: Duration,
+    /// Automatic retries of a retryable failure.
+    pub command_retries: u32,
 }
 
 impl Default for CpOptions {
@@ -285,6 +287,7 @@ impl Default for CpOptions {
             },
             oidc: None,
             max_duration_warning: Duration::from_secs(300),
+            command_retries: 3,
         }
     }
 }
@@ -315,6 +318,8 @@ pub fn server_config(pki: &TestPki, database_url: &str, o: &CpOptions) -> Server
             command_timeout: o.command_timeout,
             max_duration_warning: o.max_duration_warning,
             retention: std::time::Duration::from_secs(7 * 86_400),
+            command_retries: o.command_retries,
+            retry_backoff: Duration::from_millis(200),
         },
         kube: o.kube.clone(),
         edge: Default::default(),

@@ -11,10 +11,7 @@ use streamspace_control_plane::core::store::{Change, Slot, Store, StoreError};
 use streamspace_tests::*;
 
 fn cfg() -> StepConfig {
-    StepConfig {
-        now: now_ms(),
-        command_timeout_ms: 60_000,
-    }
+    StepConfig::at(now_ms(), 60_000)
 }
 
 /// A fresh store on the backend the run asks for (the directory holds SQLite's file).

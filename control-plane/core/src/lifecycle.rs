@@ -106,6 +106,10 @@ pub struct LifecycleConfig {
     pub max_duration_warning: Duration,
     /// How long finished commands are kept.
     pub retention: Duration,
+    /// Automatic retries of a command that failed with `retryable`.
+    pub command_retries: u32,
+    /// Delay before the first automatic retry; doubles per retry.
+    pub retry_backoff: Duration,
 }
 
 impl Default for LifecycleConfig {
@@ -114,6 +118,8 @@ impl Default for LifecycleConfig {
             command_timeout: Duration::from_secs(120),
             max_duration_warning: Duration::from_secs(300),
             retention: Duration::from_secs(7 * 86_400),
+            command_retries: 3,
+            retry_backoff: Duration::from_secs(1),
         }
     }
 }
@@ -170,6 +176,8 @@ impl Lifecycle {
         StepConfig {
             now: now_ms(),
             command_timeout_ms: self.cfg.command_timeout.as_millis() as i64,
+            max_retries: self.cfg.command_retries,
+            retry_backoff_ms: self.cfg.retry_backoff.as_millis() as i64,
         }
     }
 

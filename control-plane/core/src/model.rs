@@ -318,6 +318,10 @@ pub struct Command {
     pub failure_reason: FailureReason,
     pub message: String,
     pub retryable: bool,
+    /// 1 for the first attempt of a step, then one more per automatic retry.
+    pub attempt: i64,
+    /// Not sent before this time (a retry's backoff); 0: at once.
+    pub not_before_ms: Millis,
 }
 
 /// What an agent may hold (0 = no limit declared).

@@ -93,6 +93,19 @@ pub const PRUNE_BATCH: u32 = 500;
 pub const PRUNE_BATCHES: u32 = 200;
 
 impl Lifecycle {
+    /// Wakes the streams of agents whose delayed (retry) commands are due:
+    /// writing them rang no bell, since they could not be sent yet.
+    pub async fn ring_due(&self) -> Result<(), LifecycleError> {
+        for agent in self
+            .store()
+            .agents_with_due_commands(crate::model::now_ms())
+            .await?
+        {
+            self.roster().ring(&agent);
+        }
+        Ok(())
+    }
+
     /// Deletes finished commands older than `retention`, in batches of
     /// [`PRUNE_BATCH`] with a pause between them; returns how many. Active
     /// commands are never pruned, so nothing accepted is lost.

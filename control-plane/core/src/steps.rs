@@ -68,6 +68,22 @@ pub struct StepConfig {
     pub now: Millis,
     /// How long an agent has to finish a command before it expires.
     pub command_timeout_ms: Millis,
+    /// Automatic retries of a command that failed with `retryable` (0: none).
+    pub max_retries: u32,
+    /// Delay before the first retry; each further one doubles it.
+    pub retry_backoff_ms: Millis,
+}
+
+impl StepConfig {
+    /// Settings at `now` with the given command timeout and no retries.
+    pub fn at(now: Millis, command_timeout_ms: Millis) -> Self {
+        Self {
+            now,
+            command_timeout_ms,
+            max_retries: 0,
+            retry_backoff_ms: 0,
+        }
+    }
 }
 
 fn new_command(s: &Session, agent: &str, action: Action, cfg: StepConfig) -> Command {
@@ -84,6 +100,8 @@ fn new_command(s: &Session, agent: &str, action: Action, cfg: StepConfig) -> Com
         failure_reason: FailureReason::None,
         message: String::new(),
         retryable: false,
+        attempt: 1,
+        not_before_ms: 0,
     }
 }
 
@@ -218,12 +236,20 @@ pub fn finished(
             cmd.failure_reason = *reason;
             cmd.message = message.clone();
             cmd.retryable = *retryable;
-            fail(
-                &mut s,
-                *reason,
-                &format!("{} failed: {message}", cmd.action.name()),
-                cfg.now,
-            );
+            let total = i64::from(cfg.max_retries) + 1;
+            if *retryable && cmd.attempt < total {
+                return retried(s, cmd, message, total, cfg);
+            }
+            let what = if cmd.attempt > 1 {
+                format!(
+                    "{} failed after {} attempts",
+                    cmd.action.name(),
+                    cmd.attempt
+                )
+            } else {
+                format!("{} failed", cmd.action.name())
+            };
+            fail(&mut s, *reason, &format!("{what}: {message}"), cfg.now);
             Change {
                 session: SessionWrite::Upsert(s),
                 update_command: Some(cmd),
@@ -327,6 +353,38 @@ pub fn cancel(
         change.session = SessionWrite::Upsert(s);
     }
     Ok(change)
+}
+
+/// `cmd` failed with a retryable reason and has attempts left: the session
+/// is planned again as if the failed step had not been tried, and the new
+/// command for the same step is the next attempt, sent after a backoff that
+/// doubles per attempt. The session says so in its message (not FAILED).
+fn retried(mut s: Session, cmd: Command, message: &str, total: i64, cfg: StepConfig) -> Change {
+    let exp = u32::try_from(cmd.attempt - 1).unwrap_or(u32::MAX).min(20);
+    let delay = cfg.retry_backoff_ms.saturating_mul(1 << exp);
+    if matches!(cmd.action, Action::Start { .. }) && s.phase != Phase::Running {
+        // Nothing runs that the start made: start it again (apply).
+        s.phase = Phase::Pending;
+    }
+    s.failure_reason = FailureReason::None;
+    s.message = format!(
+        "{} failed (attempt {} of {total}): {message}; retrying in {}",
+        cmd.action.name(),
+        cmd.attempt,
+        crate::policy::shown(delay.max(1000))
+    );
+    let mut change = plan(s, None, cfg);
+    if let Some(next) = change
+        .new_command
+        .as_mut()
+        .filter(|n| n.action.name() == cmd.action.name())
+    {
+        next.attempt = cmd.attempt + 1;
+        next.not_before_ms = cfg.now + delay;
+        next.deadline_ms = next.not_before_ms + cfg.command_timeout_ms;
+    }
+    change.update_command = Some(cmd);
+    change
 }
 
 fn fail(s: &mut Session, reason: FailureReason, message: &str, now: Millis) {
@@ -598,10 +656,7 @@ mod tests {
     use crate::model::Observed;
 
     fn cfg() -> StepConfig {
-        StepConfig {
-            now: 1_000,
-            command_timeout_ms: 60_000,
-        }
+        StepConfig::at(1_000, 60_000)
     }
 
     /// A session placed on `agent-a`, wanted running, not yet observed.
@@ -645,6 +700,71 @@ mod tests {
             (None, None, a) => a,
         };
         (s, active)
+    }
+
+    /// A retryable failure is tried again after a doubling backoff until
+    /// the attempts run out, then the session fails naming them; a failure
+    /// that is not retryable fails the session at once.
+    #[test]
+    fn retryable_failures_are_retried_with_backoff_then_fail() {
+        let mut c = cfg();
+        c.max_retries = 2;
+        c.retry_backoff_ms = 1_000;
+        let (s, active) = apply(Some(session()), None, plan(session(), None, c));
+        let (mut s, mut active) = (s.unwrap(), active.unwrap());
+        let fail = |retryable| Outcome::Failed {
+            reason: FailureReason::Capacity,
+            message: "no room".into(),
+            retryable,
+        };
+        for (attempt, delay) in [(2, 1_000), (3, 2_000)] {
+            let change = finished(
+                Some(s.clone()),
+                Some(active.clone()),
+                &active.id,
+                &fail(true),
+                c,
+            );
+            let next = change.new_command.clone().expect("a retry");
+            assert_eq!(next.attempt, attempt);
+            assert_eq!(next.not_before_ms, c.now + delay);
+            assert_eq!(next.deadline_ms, next.not_before_ms + c.command_timeout_ms);
+            assert_eq!(next.action.name(), "start");
+            let (s2, a2) = apply(Some(s), Some(active), change);
+            s = s2.unwrap();
+            assert_ne!(s.phase, Phase::Failed);
+            assert!(
+                s.message.contains(&format!("attempt {} of 3", attempt - 1)),
+                "{}",
+                s.message
+            );
+            active = a2.unwrap();
+        }
+        let change = finished(
+            Some(s.clone()),
+            Some(active.clone()),
+            &active.id,
+            &fail(true),
+            c,
+        );
+        assert!(change.new_command.is_none(), "attempts exhausted");
+        let (s3, _) = apply(Some(s.clone()), Some(active.clone()), change);
+        let s3 = s3.unwrap();
+        assert_eq!(s3.phase, Phase::Failed);
+        assert!(
+            s3.message.contains("failed after 3 attempts"),
+            "{}",
+            s3.message
+        );
+        // Not retryable: failed at once.
+        let (s, active) = apply(Some(session()), None, plan(session(), None, c));
+        let active = active.unwrap();
+        let change = finished(s, Some(active.clone()), &active.id, &fail(false), c);
+        assert!(change.new_command.is_none());
+        let SessionWrite::Upsert(s) = change.session else {
+            panic!("written")
+        };
+        assert_eq!(s.phase, Phase::Failed);
     }
 
     /// Retry takes only the latest failed or expired command of a failed

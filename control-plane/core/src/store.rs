@@ -135,6 +135,8 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes at most `limit` finished commands last updated before
     /// `before`, oldest first; returns how many. Never an active one.
     async fn prune_commands(&self, before: Millis, limit: u32) -> Result<u64, StoreError>;
+    /// Agents with a delayed (retry) command whose time has come, not sent yet.
+    async fn agents_with_due_commands(&self, now: Millis) -> Result<Vec<String>, StoreError>;
     /// Marks `agent`'s delivered command `id` acknowledged (one statement:
     /// an ack changes no session). Returns false if no such delivered
     /// command exists (unknown, another agent's, or already past delivery).

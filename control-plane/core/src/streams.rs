@@ -188,6 +188,8 @@ mod tests {
             failure_reason: FailureReason::None,
             message: String::new(),
             retryable: false,
+            attempt: 1,
+            not_before_ms: 0,
         }
     }
 

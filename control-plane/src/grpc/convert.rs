@@ -389,6 +389,10 @@ pub fn outbox_command_pb(c: &Command) -> pb::OutboxCommand {
         failure_reason: reason_pb(c.failure_reason) as i32,
         message: c.message.clone(),
         retryable: c.retryable,
+        attempt: c.attempt.max(1) as u32,
+        not_before: (c.not_before_ms > 0)
+            .then(|| timestamp(c.not_before_ms))
+            .flatten(),
     }
 }
 

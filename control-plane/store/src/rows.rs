@@ -52,6 +52,8 @@ pub struct CommandRow {
     pub failure_reason: String,
     pub message: String,
     pub retryable: bool,
+    pub attempt: i64,
+    pub not_before_ms: i64,
 }
 
 #[derive(sqlx::FromRow)]
@@ -140,6 +142,8 @@ impl TryFrom<CommandRow> for Command {
             updated_ms: r.updated_ms,
             message: r.message,
             retryable: r.retryable,
+            attempt: r.attempt,
+            not_before_ms: r.not_before_ms,
         })
     }
 }

@@ -4,7 +4,7 @@
 //! (`FOR UPDATE`), which PostgreSQL needs and SQLite (one writer) does not.
 
 pub const SESSION_COLS: &str = "name, user_name, template, desired, generation, phase, url, agent_id, selector, workload, conditions, failure_reason, message, workload_name, delete_home, external_id, created_ms, updated_ms, last_activity_ms, running_since_ms, ran_ms";
-pub const COMMAND_COLS: &str = "id, session, agent_id, generation, action, state, deadline_ms, created_ms, updated_ms, failure_reason, message, retryable";
+pub const COMMAND_COLS: &str = "id, session, agent_id, generation, action, state, deadline_ms, created_ms, updated_ms, failure_reason, message, retryable, attempt, not_before_ms";
 pub const UPSERT_SESSION: &str = " ON CONFLICT (name) DO UPDATE SET user_name=excluded.user_name, template=excluded.template,
  desired=excluded.desired, generation=excluded.generation, phase=excluded.phase, url=excluded.url,
  agent_id=excluded.agent_id, selector=excluded.selector, workload=excluded.workload,
@@ -31,7 +31,9 @@ pub static INSERT_SESSION: LazyLock<String> = LazyLock::new(|| {
 pub static UPSERT_SESSION_SQL: LazyLock<String> =
     LazyLock::new(|| format!("{}{UPSERT_SESSION}", *INSERT_SESSION));
 pub static INSERT_COMMAND: LazyLock<String> = LazyLock::new(|| {
-    format!("INSERT INTO commands ({COMMAND_COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12)")
+    format!(
+        "INSERT INTO commands ({COMMAND_COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14)"
+    )
 });
 pub const UPDATE_COMMAND: &str = "UPDATE commands SET state=$1, updated_ms=$2, failure_reason=$3, message=$4, retryable=$5 WHERE id=$6";
 pub static SELECT_SESSION: LazyLock<String> =
@@ -49,7 +51,7 @@ pub const TOUCH_SESSION: &str = "UPDATE sessions SET last_activity_ms = $1
 pub static CLAIM: LazyLock<String> = LazyLock::new(|| {
     format!(
         "UPDATE commands SET state = 'delivered', updated_ms = $1
-         WHERE seq IN (SELECT seq FROM commands WHERE agent_id = $2 AND state = 'pending' ORDER BY seq
+         WHERE seq IN (SELECT seq FROM commands WHERE agent_id = $2 AND state = 'pending' AND not_before_ms <= $1 ORDER BY seq
            LIMIT (SELECT CASE WHEN $3 - COUNT(*) > 0 THEN $3 - COUNT(*) ELSE 0 END FROM commands
                   WHERE agent_id = $2 AND state IN ('delivered', 'acknowledged')))
          RETURNING seq, {COMMAND_COLS}"
@@ -149,6 +151,8 @@ macro_rules! sql_store {
             .bind(cmd.failure_reason.as_str())
             .bind(&cmd.message)
             .bind(cmd.retryable)
+            .bind(cmd.attempt)
+            .bind(cmd.not_before_ms)
             .execute(&mut *c)
             .await
             .map_err(db_err)?;
@@ -353,6 +357,17 @@ macro_rules! sql_store {
                 .await
                 .map_err(db_err)?;
                 Ok(r.rows_affected())
+            }
+
+            async fn agents_with_due_commands(&self, now: Millis) -> Result<Vec<String>, StoreError> {
+                let rows: Vec<(String,)> = sqlx::query_as(
+                    "SELECT DISTINCT agent_id FROM commands WHERE state = 'pending' AND not_before_ms > 0 AND not_before_ms <= $1",
+                )
+                .bind(now)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_err)?;
+                Ok(rows.into_iter().map(|(a,)| a).collect())
             }
 
             async fn list_commands(&self, f: &CommandFilter) -> Result<Vec<Command>, StoreError> {

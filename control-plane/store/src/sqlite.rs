@@ -199,6 +199,8 @@ fn command_row(r: &Row, at: usize) -> rusqlite::Result<CommandRow> {
         failure_reason: r.get(at + 9)?,
         message: r.get(at + 10)?,
         retryable: r.get(at + 11)?,
+        attempt: r.get(at + 12)?,
+        not_before_ms: r.get(at + 13)?,
     })
 }
 
@@ -262,6 +264,8 @@ fn insert_command(c: &Connection, cmd: &Command) -> Result<(), StoreError> {
                 cmd.failure_reason.as_str(),
                 cmd.message,
                 cmd.retryable,
+                cmd.attempt,
+                cmd.not_before_ms,
             ])
         })
         .map_err(db)?;
@@ -414,6 +418,10 @@ impl Store for SqliteStore {
 
     async fn list_commands(&self, filter: &CommandFilter) -> Result<Vec<Command>, StoreError> {
         self.reads.list_commands(filter).await
+    }
+
+    async fn agents_with_due_commands(&self, now: Millis) -> Result<Vec<String>, StoreError> {
+        self.reads.agents_with_due_commands(now).await
     }
 
     async fn prune_commands(&self, before: Millis, limit: u32) -> Result<u64, StoreError> {

@@ -28,7 +28,7 @@ from streamspace_agent._gen.streamspace.v1 import common_pb2 as streamspace_dot_
 from streamspace_agent._gen.streamspace.v1 import session_pb2 as streamspace_dot_v1_dot_session__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1astreamspace/v1/admin.proto\x12\x0estreamspace.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bstreamspace/v1/common.proto\x1a\x1cstreamspace/v1/session.proto\"\x82\x03\n\rOutboxCommand\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07session\x18\x02 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\t\x12\x1a\n\x12session_generation\x18\x04 \x01(\x04\x12\x0e\n\x06\x61\x63tion\x18\x05 \x01(\t\x12+\n\x05state\x18\x06 \x01(\x0e\x32\x1c.streamspace.v1.CommandState\x12,\n\x08\x64\x65\x61\x64line\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x0e\x66\x61ilure_reason\x18\n \x01(\x0e\x32\x1d.streamspace.v1.FailureReason\x12\x0f\n\x07message\x18\x0b \x01(\t\x12\x11\n\tretryable\x18\x0c \x01(\x08\"\xa7\x01\n\x13ListCommandsRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12+\n\x05state\x18\x03 \x01(\x0e\x32\x1c.streamspace.v1.CommandState\x12-\n\nolder_than\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x11\n\tpage_size\x18\x05 \x01(\r\"G\n\x14ListCommandsResponse\x12/\n\x08\x63ommands\x18\x01 \x03(\x0b\x32\x1d.streamspace.v1.OutboxCommand\"\x1f\n\x11GetCommandRequest\x12\n\n\x02id\x18\x01 \x01(\t\"!\n\x13RetryCommandRequest\x12\n\n\x02id\x18\x01 \x01(\t\"p\n\x14RetryCommandResponse\x12(\n\x07session\x18\x01 \x01(\x0b\x32\x17.streamspace.v1.Session\x12.\n\x07\x63ommand\x18\x02 \x01(\x0b\x32\x1d.streamspace.v1.OutboxCommand\"\"\n\x14\x43\x61ncelCommandRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\xc3\x02\n\x05\x41gent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08platform\x18\x02 \x01(\t\x12\x0e\n\x06region\x18\x03 \x01(\t\x12\x11\n\tconnected\x18\x04 \x01(\x08\x12\x30\n\rheartbeat_age\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12*\n\x08\x63\x61pacity\x18\x06 \x01(\x0b\x32\x18.streamspace.v1.Capacity\x12\x10\n\x08sessions\x18\x07 \x01(\r\x12\x1a\n\x12\x63ommands_in_flight\x18\x08 \x01(\r\x12\x15\n\ragent_version\x18\t \x01(\t\x12\x15\n\rfencing_token\x18\n \x01(\x04\x12-\n\tlast_seen\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x64raining\x18\x0c \x01(\x08\"\x13\n\x11ListAgentsRequest\";\n\x12ListAgentsResponse\x12%\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x15.streamspace.v1.Agent\"\x1d\n\x0fGetAgentRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x1f\n\x11\x44rainAgentRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\xb7\x01\n\nRevocation\x12\x12\n\x08\x61gent_id\x18\x01 \x01(\tH\x00\x12\x1c\n\x12\x63\x65rtificate_serial\x18\x02 \x01(\tH\x00\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x12\n\nrevoked_by\x18\x04 \x01(\t\x12.\n\nrevoked_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11sessions_released\x18\x06 \x01(\rB\x08\n\x06target\"`\n\x12RevokeAgentRequest\x12\x12\n\x08\x61gent_id\x18\x01 \x01(\tH\x00\x12\x1c\n\x12\x63\x65rtificate_serial\x18\x02 \x01(\tH\x00\x12\x0e\n\x06reason\x18\x03 \x01(\tB\x08\n\x06target\"R\n\x14UnrevokeAgentRequest\x12\x12\n\x08\x61gent_id\x18\x01 \x01(\tH\x00\x12\x1c\n\x12\x63\x65rtificate_serial\x18\x02 \x01(\tH\x00\x42\x08\n\x06target\"C\n\x15UnrevokeAgentResponse\x12*\n\x06lifted\x18\x01 \x01(\x0b\x32\x1a.streamspace.v1.Revocation\"\x18\n\x16ListRevocationsRequest\"J\n\x17ListRevocationsResponse\x12/\n\x0brevocations\x18\x01 \x03(\x0b\x32\x1a.streamspace.v1.Revocation*\xf5\x01\n\x0c\x43ommandState\x12\x1d\n\x19\x43OMMAND_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43OMMAND_STATE_PENDING\x10\x01\x12\x1b\n\x17\x43OMMAND_STATE_DELIVERED\x10\x02\x12\x1e\n\x1a\x43OMMAND_STATE_ACKNOWLEDGED\x10\x03\x12\x1b\n\x17\x43OMMAND_STATE_SUCCEEDED\x10\x04\x12\x18\n\x14\x43OMMAND_STATE_FAILED\x10\x05\x12\x19\n\x15\x43OMMAND_STATE_EXPIRED\x10\x06\x12\x1c\n\x18\x43OMMAND_STATE_SUPERSEDED\x10\x07\x32\xe1\x06\n\x11\x41gentAdminService\x12S\n\nListAgents\x12!.streamspace.v1.ListAgentsRequest\x1a\".streamspace.v1.ListAgentsResponse\x12\x42\n\x08GetAgent\x12\x1f.streamspace.v1.GetAgentRequest\x1a\x15.streamspace.v1.Agent\x12\x46\n\nDrainAgent\x12!.streamspace.v1.DrainAgentRequest\x1a\x15.streamspace.v1.Agent\x12M\n\x0bRevokeAgent\x12\".streamspace.v1.RevokeAgentRequest\x1a\x1a.streamspace.v1.Revocation\x12\\\n\rUnrevokeAgent\x12$.streamspace.v1.UnrevokeAgentRequest\x1a%.streamspace.v1.UnrevokeAgentResponse\x12\x62\n\x0fListRevocations\x12&.streamspace.v1.ListRevocationsRequest\x1a\'.streamspace.v1.ListRevocationsResponse\x12Y\n\x0cListCommands\x12#.streamspace.v1.ListCommandsRequest\x1a$.streamspace.v1.ListCommandsResponse\x12N\n\nGetCommand\x12!.streamspace.v1.GetCommandRequest\x1a\x1d.streamspace.v1.OutboxCommand\x12Y\n\x0cRetryCommand\x12#.streamspace.v1.RetryCommandRequest\x1a$.streamspace.v1.RetryCommandResponse\x12T\n\rCancelCommand\x12$.streamspace.v1.CancelCommandRequest\x1a\x1d.streamspace.v1.OutboxCommandBw\n\x12\x64\x65v.streamspace.v1P\x01ZNgithub.com/streamspace-dev/streamspace/sdk/go/gen/streamspace/v1;streamspacev1\xaa\x02\x0eStreamSpace.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1astreamspace/v1/admin.proto\x12\x0estreamspace.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bstreamspace/v1/common.proto\x1a\x1cstreamspace/v1/session.proto\"\xc3\x03\n\rOutboxCommand\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07session\x18\x02 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\t\x12\x1a\n\x12session_generation\x18\x04 \x01(\x04\x12\x0e\n\x06\x61\x63tion\x18\x05 \x01(\t\x12+\n\x05state\x18\x06 \x01(\x0e\x32\x1c.streamspace.v1.CommandState\x12,\n\x08\x64\x65\x61\x64line\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x0e\x66\x61ilure_reason\x18\n \x01(\x0e\x32\x1d.streamspace.v1.FailureReason\x12\x0f\n\x07message\x18\x0b \x01(\t\x12\x11\n\tretryable\x18\x0c \x01(\x08\x12\x0f\n\x07\x61ttempt\x18\r \x01(\r\x12.\n\nnot_before\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa7\x01\n\x13ListCommandsRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12+\n\x05state\x18\x03 \x01(\x0e\x32\x1c.streamspace.v1.CommandState\x12-\n\nolder_than\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x11\n\tpage_size\x18\x05 \x01(\r\"G\n\x14ListCommandsResponse\x12/\n\x08\x63ommands\x18\x01 \x03(\x0b\x32\x1d.streamspace.v1.OutboxCommand\"\x1f\n\x11GetCommandRequest\x12\n\n\x02id\x18\x01 \x01(\t\"!\n\x13RetryCommandRequest\x12\n\n\x02id\x18\x01 \x01(\t\"p\n\x14RetryCommandResponse\x12(\n\x07session\x18\x01 \x01(\x0b\x32\x17.streamspace.v1.Session\x12.\n\x07\x63ommand\x18\x02 \x01(\x0b\x32\x1d.streamspace.v1.OutboxCommand\"\"\n\x14\x43\x61ncelCommandRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\xc3\x02\n\x05\x41gent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08platform\x18\x02 \x01(\t\x12\x0e\n\x06region\x18\x03 \x01(\t\x12\x11\n\tconnected\x18\x04 \x01(\x08\x12\x30\n\rheartbeat_age\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12*\n\x08\x63\x61pacity\x18\x06 \x01(\x0b\x32\x18.streamspace.v1.Capacity\x12\x10\n\x08sessions\x18\x07 \x01(\r\x12\x1a\n\x12\x63ommands_in_flight\x18\x08 \x01(\r\x12\x15\n\ragent_version\x18\t \x01(\t\x12\x15\n\rfencing_token\x18\n \x01(\x04\x12-\n\tlast_seen\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x64raining\x18\x0c \x01(\x08\"\x13\n\x11ListAgentsRequest\";\n\x12ListAgentsResponse\x12%\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x15.streamspace.v1.Agent\"\x1d\n\x0fGetAgentRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x1f\n\x11\x44rainAgentRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\xb7\x01\n\nRevocation\x12\x12\n\x08\x61gent_id\x18\x01 \x01(\tH\x00\x12\x1c\n\x12\x63\x65rtificate_serial\x18\x02 \x01(\tH\x00\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x12\n\nrevoked_by\x18\x04 \x01(\t\x12.\n\nrevoked_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11sessions_released\x18\x06 \x01(\rB\x08\n\x06target\"`\n\x12RevokeAgentRequest\x12\x12\n\x08\x61gent_id\x18\x01 \x01(\tH\x00\x12\x1c\n\x12\x63\x65rtificate_serial\x18\x02 \x01(\tH\x00\x12\x0e\n\x06reason\x18\x03 \x01(\tB\x08\n\x06target\"R\n\x14UnrevokeAgentRequest\x12\x12\n\x08\x61gent_id\x18\x01 \x01(\tH\x00\x12\x1c\n\x12\x63\x65rtificate_serial\x18\x02 \x01(\tH\x00\x42\x08\n\x06target\"C\n\x15UnrevokeAgentResponse\x12*\n\x06lifted\x18\x01 \x01(\x0b\x32\x1a.streamspace.v1.Revocation\"\x18\n\x16ListRevocationsRequest\"J\n\x17ListRevocationsResponse\x12/\n\x0brevocations\x18\x01 \x03(\x0b\x32\x1a.streamspace.v1.Revocation*\xf5\x01\n\x0c\x43ommandState\x12\x1d\n\x19\x43OMMAND_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43OMMAND_STATE_PENDING\x10\x01\x12\x1b\n\x17\x43OMMAND_STATE_DELIVERED\x10\x02\x12\x1e\n\x1a\x43OMMAND_STATE_ACKNOWLEDGED\x10\x03\x12\x1b\n\x17\x43OMMAND_STATE_SUCCEEDED\x10\x04\x12\x18\n\x14\x43OMMAND_STATE_FAILED\x10\x05\x12\x19\n\x15\x43OMMAND_STATE_EXPIRED\x10\x06\x12\x1c\n\x18\x43OMMAND_STATE_SUPERSEDED\x10\x07\x32\xe1\x06\n\x11\x41gentAdminService\x12S\n\nListAgents\x12!.streamspace.v1.ListAgentsRequest\x1a\".streamspace.v1.ListAgentsResponse\x12\x42\n\x08GetAgent\x12\x1f.streamspace.v1.GetAgentRequest\x1a\x15.streamspace.v1.Agent\x12\x46\n\nDrainAgent\x12!.streamspace.v1.DrainAgentRequest\x1a\x15.streamspace.v1.Agent\x12M\n\x0bRevokeAgent\x12\".streamspace.v1.RevokeAgentRequest\x1a\x1a.streamspace.v1.Revocation\x12\\\n\rUnrevokeAgent\x12$.streamspace.v1.UnrevokeAgentRequest\x1a%.streamspace.v1.UnrevokeAgentResponse\x12\x62\n\x0fListRevocations\x12&.streamspace.v1.ListRevocationsRequest\x1a\'.streamspace.v1.ListRevocationsResponse\x12Y\n\x0cListCommands\x12#.streamspace.v1.ListCommandsRequest\x1a$.streamspace.v1.ListCommandsResponse\x12N\n\nGetCommand\x12!.streamspace.v1.GetCommandRequest\x1a\x1d.streamspace.v1.OutboxCommand\x12Y\n\x0cRetryCommand\x12#.streamspace.v1.RetryCommandRequest\x1a$.streamspace.v1.RetryCommandResponse\x12T\n\rCancelCommand\x12$.streamspace.v1.CancelCommandRequest\x1a\x1d.streamspace.v1.OutboxCommandBw\n\x12\x64\x65v.streamspace.v1P\x01ZNgithub.com/streamspace-dev/streamspace/sdk/go/gen/streamspace/v1;streamspacev1\xaa\x02\x0eStreamSpace.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,44 +36,44 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'streamspace.v1.admin_pb2', 
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\022dev.streamspace.v1P\001ZNgithub.com/streamspace-dev/streamspace/sdk/go/gen/streamspace/v1;streamspacev1\252\002\016StreamSpace.V1'
-  _globals['_COMMANDSTATE']._serialized_start=2032
-  _globals['_COMMANDSTATE']._serialized_end=2277
+  _globals['_COMMANDSTATE']._serialized_start=2097
+  _globals['_COMMANDSTATE']._serialized_end=2342
   _globals['_OUTBOXCOMMAND']._serialized_start=171
-  _globals['_OUTBOXCOMMAND']._serialized_end=557
-  _globals['_LISTCOMMANDSREQUEST']._serialized_start=560
-  _globals['_LISTCOMMANDSREQUEST']._serialized_end=727
-  _globals['_LISTCOMMANDSRESPONSE']._serialized_start=729
-  _globals['_LISTCOMMANDSRESPONSE']._serialized_end=800
-  _globals['_GETCOMMANDREQUEST']._serialized_start=802
-  _globals['_GETCOMMANDREQUEST']._serialized_end=833
-  _globals['_RETRYCOMMANDREQUEST']._serialized_start=835
-  _globals['_RETRYCOMMANDREQUEST']._serialized_end=868
-  _globals['_RETRYCOMMANDRESPONSE']._serialized_start=870
-  _globals['_RETRYCOMMANDRESPONSE']._serialized_end=982
-  _globals['_CANCELCOMMANDREQUEST']._serialized_start=984
-  _globals['_CANCELCOMMANDREQUEST']._serialized_end=1018
-  _globals['_AGENT']._serialized_start=1021
-  _globals['_AGENT']._serialized_end=1344
-  _globals['_LISTAGENTSREQUEST']._serialized_start=1346
-  _globals['_LISTAGENTSREQUEST']._serialized_end=1365
-  _globals['_LISTAGENTSRESPONSE']._serialized_start=1367
-  _globals['_LISTAGENTSRESPONSE']._serialized_end=1426
-  _globals['_GETAGENTREQUEST']._serialized_start=1428
-  _globals['_GETAGENTREQUEST']._serialized_end=1457
-  _globals['_DRAINAGENTREQUEST']._serialized_start=1459
-  _globals['_DRAINAGENTREQUEST']._serialized_end=1490
-  _globals['_REVOCATION']._serialized_start=1493
-  _globals['_REVOCATION']._serialized_end=1676
-  _globals['_REVOKEAGENTREQUEST']._serialized_start=1678
-  _globals['_REVOKEAGENTREQUEST']._serialized_end=1774
-  _globals['_UNREVOKEAGENTREQUEST']._serialized_start=1776
-  _globals['_UNREVOKEAGENTREQUEST']._serialized_end=1858
-  _globals['_UNREVOKEAGENTRESPONSE']._serialized_start=1860
-  _globals['_UNREVOKEAGENTRESPONSE']._serialized_end=1927
-  _globals['_LISTREVOCATIONSREQUEST']._serialized_start=1929
-  _globals['_LISTREVOCATIONSREQUEST']._serialized_end=1953
-  _globals['_LISTREVOCATIONSRESPONSE']._serialized_start=1955
-  _globals['_LISTREVOCATIONSRESPONSE']._serialized_end=2029
-  _globals['_AGENTADMINSERVICE']._serialized_start=2280
-  _globals['_AGENTADMINSERVICE']._serialized_end=3145
+  _globals['_OUTBOXCOMMAND']._serialized_end=622
+  _globals['_LISTCOMMANDSREQUEST']._serialized_start=625
+  _globals['_LISTCOMMANDSREQUEST']._serialized_end=792
+  _globals['_LISTCOMMANDSRESPONSE']._serialized_start=794
+  _globals['_LISTCOMMANDSRESPONSE']._serialized_end=865
+  _globals['_GETCOMMANDREQUEST']._serialized_start=867
+  _globals['_GETCOMMANDREQUEST']._serialized_end=898
+  _globals['_RETRYCOMMANDREQUEST']._serialized_start=900
+  _globals['_RETRYCOMMANDREQUEST']._serialized_end=933
+  _globals['_RETRYCOMMANDRESPONSE']._serialized_start=935
+  _globals['_RETRYCOMMANDRESPONSE']._serialized_end=1047
+  _globals['_CANCELCOMMANDREQUEST']._serialized_start=1049
+  _globals['_CANCELCOMMANDREQUEST']._serialized_end=1083
+  _globals['_AGENT']._serialized_start=1086
+  _globals['_AGENT']._serialized_end=1409
+  _globals['_LISTAGENTSREQUEST']._serialized_start=1411
+  _globals['_LISTAGENTSREQUEST']._serialized_end=1430
+  _globals['_LISTAGENTSRESPONSE']._serialized_start=1432
+  _globals['_LISTAGENTSRESPONSE']._serialized_end=1491
+  _globals['_GETAGENTREQUEST']._serialized_start=1493
+  _globals['_GETAGENTREQUEST']._serialized_end=1522
+  _globals['_DRAINAGENTREQUEST']._serialized_start=1524
+  _globals['_DRAINAGENTREQUEST']._serialized_end=1555
+  _globals['_REVOCATION']._serialized_start=1558
+  _globals['_REVOCATION']._serialized_end=1741
+  _globals['_REVOKEAGENTREQUEST']._serialized_start=1743
+  _globals['_REVOKEAGENTREQUEST']._serialized_end=1839
+  _globals['_UNREVOKEAGENTREQUEST']._serialized_start=1841
+  _globals['_UNREVOKEAGENTREQUEST']._serialized_end=1923
+  _globals['_UNREVOKEAGENTRESPONSE']._serialized_start=1925
+  _globals['_UNREVOKEAGENTRESPONSE']._serialized_end=1992
+  _globals['_LISTREVOCATIONSREQUEST']._serialized_start=1994
+  _globals['_LISTREVOCATIONSREQUEST']._serialized_end=2018
+  _globals['_LISTREVOCATIONSRESPONSE']._serialized_start=2020
+  _globals['_LISTREVOCATIONSRESPONSE']._serialized_end=2094
+  _globals['_AGENTADMINSERVICE']._serialized_start=2345
+  _globals['_AGENTADMINSERVICE']._serialized_end=3210
 # @@protoc_insertion_point(module_scope)

@@ -33,7 +33,7 @@ COMMAND_STATE_EXPIRED: CommandState
 COMMAND_STATE_SUPERSEDED: CommandState
 
 class OutboxCommand(_message.Message):
-    __slots__ = ("id", "session", "agent_id", "session_generation", "action", "state", "deadline", "create_time", "update_time", "failure_reason", "message", "retryable")
+    __slots__ = ("id", "session", "agent_id", "session_generation", "action", "state", "deadline", "create_time", "update_time", "failure_reason", "message", "retryable", "attempt", "not_before")
     ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -46,6 +46,8 @@ class OutboxCommand(_message.Message):
     FAILURE_REASON_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     RETRYABLE_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    NOT_BEFORE_FIELD_NUMBER: _ClassVar[int]
     id: str
     session: str
     agent_id: str
@@ -58,7 +60,9 @@ class OutboxCommand(_message.Message):
     failure_reason: _common_pb2.FailureReason
     message: str
     retryable: bool
-    def __init__(self, id: _Optional[str] = ..., session: _Optional[str] = ..., agent_id: _Optional[str] = ..., session_generation: _Optional[int] = ..., action: _Optional[str] = ..., state: _Optional[_Union[CommandState, str]] = ..., deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., failure_reason: _Optional[_Union[_common_pb2.FailureReason, str]] = ..., message: _Optional[str] = ..., retryable: _Optional[bool] = ...) -> None: ...
+    attempt: int
+    not_before: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., session: _Optional[str] = ..., agent_id: _Optional[str] = ..., session_generation: _Optional[int] = ..., action: _Optional[str] = ..., state: _Optional[_Union[CommandState, str]] = ..., deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., failure_reason: _Optional[_Union[_common_pb2.FailureReason, str]] = ..., message: _Optional[str] = ..., retryable: _Optional[bool] = ..., attempt: _Optional[int] = ..., not_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ListCommandsRequest(_message.Message):
     __slots__ = ("session", "agent_id", "state", "older_than", "page_size")
