@@ -85,7 +85,9 @@ type Agent struct {
 	limit   *limiter
 	queues  sessionQueues
 	running sync.WaitGroup // command goroutines
-	pending atomic.Int64   // commands delivered and not finished
+	// dial connects to the control plane (replaced in tests).
+	dial    func() (*grpc.ClientConn, error)
+	pending atomic.Int64 // commands delivered and not finished
 }
 
 // New returns an agent applying commands on rt, which reports to sink.
@@ -193,15 +195,11 @@ func (s *stream) send(f *pb.AgentFrame) error {
 // attachOnce runs one stream. It returns the Drain's reconnect_after with a
 // nil error when drained, and an error for everything else but shutdown.
 func (a *Agent) attachOnce(ctx context.Context) (time.Duration, error) {
-	tc, err := LoadTLS(a.cfg)
-	if err != nil {
-		return 0, err
+	dial := a.dial
+	if dial == nil {
+		dial = a.dialTLS
 	}
-	conn, err := grpc.NewClient(a.cfg.HostPort(),
-		grpc.WithTransportCredentials(credentials.NewTLS(tc)),
-		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 20 * time.Second, PermitWithoutStream: true}),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(16<<20), grpc.MaxCallSendMsgSize(16<<20)),
-	)
+	conn, err := dial()
 	if err != nil {
 		return 0, err
 	}
@@ -323,6 +321,20 @@ func (a *Agent) attachOnce(ctx context.Context) (time.Duration, error) {
 			return 0, err
 		}
 	}
+}
+
+// dialTLS connects with the client certificate, verifying the server
+// against AGENT_CA_CERT under ServerName.
+func (a *Agent) dialTLS() (*grpc.ClientConn, error) {
+	tc, err := LoadTLS(a.cfg)
+	if err != nil {
+		return nil, err
+	}
+	return grpc.NewClient(a.cfg.HostPort(),
+		grpc.WithTransportCredentials(credentials.NewTLS(tc)),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 20 * time.Second, PermitWithoutStream: true}),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(16<<20), grpc.MaxCallSendMsgSize(16<<20)),
+	)
 }
 
 // recvErr: a Send that fails because the server ended the stream returns
