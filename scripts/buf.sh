@@ -118,7 +118,7 @@ do_breaking_selftest() {
   if out="$(cd "$tmp/renumber" && buf breaking --against "$ROOT/$SNAPSHOT" 2>&1)"; then
     die "selftest: renumbering Heartbeat.sequence was NOT reported as breaking"
   fi
-  grep -q 'sequence' <<<"$out" || die "selftest: breaking failed but did not name the field 'sequence':\n$out"
+  grep -q 'sequence' <<<"$out" || die "selftest: breaking failed but did not name the field 'sequence': $out"
   log "selftest 1/3: renumbered field rejected: $(grep -m1 sequence <<<"$out")"
 
   # 2. A deleted field (Hello.fencing_token) breaks the wire.
@@ -126,13 +126,13 @@ do_breaking_selftest() {
   if out="$(cd "$tmp/delete" && buf breaking --against "$ROOT/$SNAPSHOT" 2>&1)"; then
     die "selftest: deleting Hello.fencing_token was NOT reported as breaking"
   fi
-  grep -q 'fencing_token' <<<"$out" || die "selftest: breaking failed but did not name the field 'fencing_token':\n$out"
+  grep -q 'fencing_token' <<<"$out" || die "selftest: breaking failed but did not name the field 'fencing_token': $out"
   log "selftest 2/3: deleted field rejected: $(grep -m1 fencing_token <<<"$out")"
 
   # 3. An added field (Heartbeat.selftest_extra = 99) is compatible.
   fixture add 's/^\(  uint64 sequence = 1;\)/\1\n  string selftest_extra = 99;/' '  uint64 sequence = 1;'
   if ! out="$(cd "$tmp/add" && buf breaking --against "$ROOT/$SNAPSHOT" 2>&1)"; then
-    die "selftest: adding a field was reported as breaking:\n$out"
+    die "selftest: adding a field was reported as breaking: $out"
   fi
   log "selftest 3/3: added field accepted"
   log "breaking-selftest: OK"
