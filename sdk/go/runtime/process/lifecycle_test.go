@@ -1,9 +1,11 @@
 package process
 
 import (
+	"fmt"
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"strings"
 	"syscall"
 	"testing"
@@ -151,4 +153,44 @@ func TestStopEndsTheGroupAndRemovesTheScratchHome(t *testing.T) {
 		t.Fatalf("scratch home kept: %v", err)
 	}
 	waitPhase(t, sink, "s3", pb.SessionPhase_SESSION_PHASE_STOPPED)
+}
+
+// An agent killed between recording the intent and recording the pid: the
+// next start finds the process by its spawn tag and adopts it; an intent
+// without a process is forgotten.
+func TestAnInterruptedStartIsAdoptedNotRepeated(t *testing.T) {
+	dir := t.TempDir()
+	l := layout{dir}
+	if err := l.create(); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []*State{
+		{Session: "spawned", User: "u", SpawnTag: "tag-spawned-" + t.Name(), Port: 32500, Home: l.home("spawned", "u", false)},
+		{Session: "nothing", User: "u", SpawnTag: "tag-nothing-" + t.Name(), Port: 32501, Home: l.home("nothing", "u", false)},
+	} {
+		if err := l.save(s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cmd := exec.Command("sleep", "60")
+	cmd.Env = append(os.Environ(), spawnEnv+"=tag-spawned-"+t.Name())
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	for range 100 { // until exec has replaced the environment
+		if _, _, ok := findTagged("tag-spawned-" + t.Name()); ok {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	rt, _ := open(t, dir)
+	inv := rt.Inventory()
+	if len(inv) != 1 || inv[0].GetSessionId() != "spawned" || inv[0].GetWorkload() != fmt.Sprintf("pid %d", cmd.Process.Pid) {
+		t.Fatalf("inventory %v, want the spawned session with pid %d", inv, cmd.Process.Pid)
+	}
+	if _, err := os.Stat(l.statePath("nothing")); !os.IsNotExist(err) {
+		t.Fatalf("an intent without a process is kept: %v", err)
+	}
 }
