@@ -235,7 +235,8 @@ func (a *Agent) attachOnce(ctx context.Context) (time.Duration, error) {
 	if w == nil {
 		return 0, fmt.Errorf("expected Welcome as the first frame, got %T", first.GetFrame())
 	}
-	if v := w.GetProtocolVersion(); v != pb.ProtocolVersion_PROTOCOL_VERSION_1 {
+	// UNSPECIFIED: a control plane older than version negotiation, which speaks 1.
+	if v := w.GetProtocolVersion(); v != pb.ProtocolVersion_PROTOCOL_VERSION_1 && v != pb.ProtocolVersion_PROTOCOL_VERSION_UNSPECIFIED {
 		return 0, fmt.Errorf("the control plane chose protocol version %v; this agent speaks only PROTOCOL_VERSION_1", v)
 	}
 	interval := w.GetHeartbeatInterval().AsDuration()
@@ -280,7 +281,7 @@ func (a *Agent) attachOnce(ctx context.Context) (time.Duration, error) {
 	defer poll.Stop()
 	for {
 		if draining && (a.pending.Load() == 0 && len(a.results) == 0 || time.Now().After(drainDeadline)) {
-			a.sendStatuses(st)
+			_ = a.sendStatuses(st)
 			_ = cs.CloseSend()
 			return drainAfter, nil
 		}
@@ -315,6 +316,15 @@ func (a *Agent) attachOnce(ctx context.Context) (time.Duration, error) {
 		case err = <-recvDone:
 			if errors.Is(err, io.EOF) {
 				err = errors.New("the control plane closed the stream")
+			}
+		}
+		if errors.Is(err, io.EOF) {
+			// A send fails with io.EOF when the server ended the stream; its
+			// status comes with the next receive.
+			select {
+			case rerr := <-recvDone:
+				err = rerr
+			case <-time.After(time.Second):
 			}
 		}
 		if err != nil {
