@@ -45,11 +45,20 @@ cargo clippy --workspace --all-targets -- -D warnings
 log "building binaries"
 cargo build --workspace --bins
 
+log "proto: buf lint, buf breaking against the released snapshot (and a breaking edit caught)"
+scripts/buf.sh install
+scripts/buf.sh lint
+scripts/buf.sh breaking
+scripts/buf.sh breaking-selftest
+
 log "SDK agents (sdk/): generated code matches proto/, unit tests, install"
+scripts/buf.sh check
 scripts/sdk-python.sh check
 scripts/sdk-python.sh test
 STREAMSPACE_PYTHON_AGENT="$(scripts/sdk-python.sh install | tail -n 1)"
-export STREAMSPACE_PYTHON_AGENT
+scripts/sdk-go.sh test
+STREAMSPACE_GO_AGENT="$(scripts/sdk-go.sh install | tail -n 1)"
+export STREAMSPACE_PYTHON_AGENT STREAMSPACE_GO_AGENT
 
 log "image: build from the test binaries and run them from its root filesystem"
 scripts/tools.sh install buildah # a missing buildah fails the run (never skipped)

@@ -25,6 +25,542 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// The state of a durable command.
+type CommandState int32
+
+const (
+	CommandState_COMMAND_STATE_UNSPECIFIED CommandState = 0
+	// Written, not yet sent on a stream.
+	CommandState_COMMAND_STATE_PENDING CommandState = 1
+	// Sent on a stream; no ack yet.
+	CommandState_COMMAND_STATE_DELIVERED CommandState = 2
+	// The agent confirmed receipt.
+	CommandState_COMMAND_STATE_ACKNOWLEDGED CommandState = 3
+	CommandState_COMMAND_STATE_SUCCEEDED    CommandState = 4
+	CommandState_COMMAND_STATE_FAILED       CommandState = 5
+	// Its deadline passed before a result arrived.
+	CommandState_COMMAND_STATE_EXPIRED CommandState = 6
+	// A newer desired state replaced it before it was sent.
+	CommandState_COMMAND_STATE_SUPERSEDED CommandState = 7
+)
+
+// Enum value maps for CommandState.
+var (
+	CommandState_name = map[int32]string{
+		0: "COMMAND_STATE_UNSPECIFIED",
+		1: "COMMAND_STATE_PENDING",
+		2: "COMMAND_STATE_DELIVERED",
+		3: "COMMAND_STATE_ACKNOWLEDGED",
+		4: "COMMAND_STATE_SUCCEEDED",
+		5: "COMMAND_STATE_FAILED",
+		6: "COMMAND_STATE_EXPIRED",
+		7: "COMMAND_STATE_SUPERSEDED",
+	}
+	CommandState_value = map[string]int32{
+		"COMMAND_STATE_UNSPECIFIED":  0,
+		"COMMAND_STATE_PENDING":      1,
+		"COMMAND_STATE_DELIVERED":    2,
+		"COMMAND_STATE_ACKNOWLEDGED": 3,
+		"COMMAND_STATE_SUCCEEDED":    4,
+		"COMMAND_STATE_FAILED":       5,
+		"COMMAND_STATE_EXPIRED":      6,
+		"COMMAND_STATE_SUPERSEDED":   7,
+	}
+)
+
+func (x CommandState) Enum() *CommandState {
+	p := new(CommandState)
+	*p = x
+	return p
+}
+
+func (x CommandState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (CommandState) Descriptor() protoreflect.EnumDescriptor {
+	return file_streamspace_v1_admin_proto_enumTypes[0].Descriptor()
+}
+
+func (CommandState) Type() protoreflect.EnumType {
+	return &file_streamspace_v1_admin_proto_enumTypes[0]
+}
+
+func (x CommandState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use CommandState.Descriptor instead.
+func (CommandState) EnumDescriptor() ([]byte, []int) {
+	return file_streamspace_v1_admin_proto_rawDescGZIP(), []int{0}
+}
+
+// A command as the outbox keeps it.
+type OutboxCommand struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// The session's name.
+	Session           string `protobuf:"bytes,2,opt,name=session,proto3" json:"session,omitempty"`
+	AgentId           string `protobuf:"bytes,3,opt,name=agent_id,json=agentId,proto3" json:"agent_id,omitempty"`
+	SessionGeneration uint64 `protobuf:"varint,4,opt,name=session_generation,json=sessionGeneration,proto3" json:"session_generation,omitempty"`
+	// "start", "stop", "hibernate" or "wake".
+	Action     string                 `protobuf:"bytes,5,opt,name=action,proto3" json:"action,omitempty"`
+	State      CommandState           `protobuf:"varint,6,opt,name=state,proto3,enum=streamspace.v1.CommandState" json:"state,omitempty"`
+	Deadline   *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=deadline,proto3" json:"deadline,omitempty"`
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	// Set when state is FAILED or EXPIRED.
+	FailureReason FailureReason `protobuf:"varint,10,opt,name=failure_reason,json=failureReason,proto3,enum=streamspace.v1.FailureReason" json:"failure_reason,omitempty"`
+	Message       string        `protobuf:"bytes,11,opt,name=message,proto3" json:"message,omitempty"`
+	Retryable     bool          `protobuf:"varint,12,opt,name=retryable,proto3" json:"retryable,omitempty"`
+	// 1 for the first attempt of a step, one more per automatic retry of a
+	// retryable failure (the control plane's --command-retries).
+	Attempt uint32 `protobuf:"varint,13,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	// A retry is not sent before this time (its backoff); unset: at once.
+	NotBefore     *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=not_before,json=notBefore,proto3" json:"not_before,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OutboxCommand) Reset() {
+	*x = OutboxCommand{}
+	mi := &file_streamspace_v1_admin_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OutboxCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OutboxCommand) ProtoMessage() {}
+
+func (x *OutboxCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_streamspace_v1_admin_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OutboxCommand.ProtoReflect.Descriptor instead.
+func (*OutboxCommand) Descriptor() ([]byte, []int) {
+	return file_streamspace_v1_admin_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *OutboxCommand) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *OutboxCommand) GetSession() string {
+	if x != nil {
+		return x.Session
+	}
+	return ""
+}
+
+func (x *OutboxCommand) GetAgentId() string {
+	if x != nil {
+		return x.AgentId
+	}
+	return ""
+}
+
+func (x *OutboxCommand) GetSessionGeneration() uint64 {
+	if x != nil {
+		return x.SessionGeneration
+	}
+	return 0
+}
+
+func (x *OutboxCommand) GetAction() string {
+	if x != nil {
+		return x.Action
+	}
+	return ""
+}
+
+func (x *OutboxCommand) GetState() CommandState {
+	if x != nil {
+		return x.State
+	}
+	return CommandState_COMMAND_STATE_UNSPECIFIED
+}
+
+func (x *OutboxCommand) GetDeadline() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Deadline
+	}
+	return nil
+}
+
+func (x *OutboxCommand) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
+func (x *OutboxCommand) GetUpdateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdateTime
+	}
+	return nil
+}
+
+func (x *OutboxCommand) GetFailureReason() FailureReason {
+	if x != nil {
+		return x.FailureReason
+	}
+	return FailureReason_FAILURE_REASON_UNSPECIFIED
+}
+
+func (x *OutboxCommand) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *OutboxCommand) GetRetryable() bool {
+	if x != nil {
+		return x.Retryable
+	}
+	return false
+}
+
+func (x *OutboxCommand) GetAttempt() uint32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
+func (x *OutboxCommand) GetNotBefore() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NotBefore
+	}
+	return nil
+}
+
+type ListCommandsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only this session's commands.
+	Session string `protobuf:"bytes,1,opt,name=session,proto3" json:"session,omitempty"`
+	// Only commands for this agent.
+	AgentId string `protobuf:"bytes,2,opt,name=agent_id,json=agentId,proto3" json:"agent_id,omitempty"`
+	// Only commands in this state.
+	State CommandState `protobuf:"varint,3,opt,name=state,proto3,enum=streamspace.v1.CommandState" json:"state,omitempty"`
+	// Only commands last updated at least this long ago.
+	OlderThan *durationpb.Duration `protobuf:"bytes,4,opt,name=older_than,json=olderThan,proto3" json:"older_than,omitempty"`
+	// At most this many (default 100, at most 1000).
+	PageSize      uint32 `protobuf:"varint,5,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListCommandsRequest) Reset() {
+	*x = ListCommandsRequest{}
+	mi := &file_streamspace_v1_admin_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListCommandsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListCommandsRequest) ProtoMessage() {}
+
+func (x *ListCommandsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_streamspace_v1_admin_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListCommandsRequest.ProtoReflect.Descriptor instead.
+func (*ListCommandsRequest) Descriptor() ([]byte, []int) {
+	return file_streamspace_v1_admin_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ListCommandsRequest) GetSession() string {
+	if x != nil {
+		return x.Session
+	}
+	return ""
+}
+
+func (x *ListCommandsRequest) GetAgentId() string {
+	if x != nil {
+		return x.AgentId
+	}
+	return ""
+}
+
+func (x *ListCommandsRequest) GetState() CommandState {
+	if x != nil {
+		return x.State
+	}
+	return CommandState_COMMAND_STATE_UNSPECIFIED
+}
+
+func (x *ListCommandsRequest) GetOlderThan() *durationpb.Duration {
+	if x != nil {
+		return x.OlderThan
+	}
+	return nil
+}
+
+func (x *ListCommandsRequest) GetPageSize() uint32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+type ListCommandsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Commands      []*OutboxCommand       `protobuf:"bytes,1,rep,name=commands,proto3" json:"commands,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListCommandsResponse) Reset() {
+	*x = ListCommandsResponse{}
+	mi := &file_streamspace_v1_admin_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListCommandsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListCommandsResponse) ProtoMessage() {}
+
+func (x *ListCommandsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_streamspace_v1_admin_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListCommandsResponse.ProtoReflect.Descriptor instead.
+func (*ListCommandsResponse) Descriptor() ([]byte, []int) {
+	return file_streamspace_v1_admin_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ListCommandsResponse) GetCommands() []*OutboxCommand {
+	if x != nil {
+		return x.Commands
+	}
+	return nil
+}
+
+type GetCommandRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetCommandRequest) Reset() {
+	*x = GetCommandRequest{}
+	mi := &file_streamspace_v1_admin_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetCommandRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetCommandRequest) ProtoMessage() {}
+
+func (x *GetCommandRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_streamspace_v1_admin_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetCommandRequest.ProtoReflect.Descriptor instead.
+func (*GetCommandRequest) Descriptor() ([]byte, []int) {
+	return file_streamspace_v1_admin_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *GetCommandRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type RetryCommandRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetryCommandRequest) Reset() {
+	*x = RetryCommandRequest{}
+	mi := &file_streamspace_v1_admin_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetryCommandRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetryCommandRequest) ProtoMessage() {}
+
+func (x *RetryCommandRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_streamspace_v1_admin_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetryCommandRequest.ProtoReflect.Descriptor instead.
+func (*RetryCommandRequest) Descriptor() ([]byte, []int) {
+	return file_streamspace_v1_admin_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *RetryCommandRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type RetryCommandResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The session as planned again.
+	Session *Session `protobuf:"bytes,1,opt,name=session,proto3" json:"session,omitempty"`
+	// Its new command; unset while the session waits for an agent.
+	Command       *OutboxCommand `protobuf:"bytes,2,opt,name=command,proto3" json:"command,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetryCommandResponse) Reset() {
+	*x = RetryCommandResponse{}
+	mi := &file_streamspace_v1_admin_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetryCommandResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetryCommandResponse) ProtoMessage() {}
+
+func (x *RetryCommandResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_streamspace_v1_admin_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetryCommandResponse.ProtoReflect.Descriptor instead.
+func (*RetryCommandResponse) Descriptor() ([]byte, []int) {
+	return file_streamspace_v1_admin_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *RetryCommandResponse) GetSession() *Session {
+	if x != nil {
+		return x.Session
+	}
+	return nil
+}
+
+func (x *RetryCommandResponse) GetCommand() *OutboxCommand {
+	if x != nil {
+		return x.Command
+	}
+	return nil
+}
+
+type CancelCommandRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CancelCommandRequest) Reset() {
+	*x = CancelCommandRequest{}
+	mi := &file_streamspace_v1_admin_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelCommandRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelCommandRequest) ProtoMessage() {}
+
+func (x *CancelCommandRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_streamspace_v1_admin_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelCommandRequest.ProtoReflect.Descriptor instead.
+func (*CancelCommandRequest) Descriptor() ([]byte, []int) {
+	return file_streamspace_v1_admin_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *CancelCommandRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
 type Agent struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	Id       string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -43,7 +579,9 @@ type Agent struct {
 	// Highest HA fencing token seen.
 	FencingToken uint64                 `protobuf:"varint,10,opt,name=fencing_token,json=fencingToken,proto3" json:"fencing_token,omitempty"`
 	LastSeen     *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=last_seen,json=lastSeen,proto3" json:"last_seen,omitempty"`
-	// Draining agents get no new sessions.
+	// Draining agents get no new sessions. True only while a drained stream is
+	// closing: DrainAgent sends Drain and ends the stream at once, so this is
+	// seldom seen set; a drained agent that reconnects is not draining.
 	Draining      bool `protobuf:"varint,12,opt,name=draining,proto3" json:"draining,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -51,7 +589,7 @@ type Agent struct {
 
 func (x *Agent) Reset() {
 	*x = Agent{}
-	mi := &file_streamspace_v1_admin_proto_msgTypes[0]
+	mi := &file_streamspace_v1_admin_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -63,7 +601,7 @@ func (x *Agent) String() string {
 func (*Agent) ProtoMessage() {}
 
 func (x *Agent) ProtoReflect() protoreflect.Message {
-	mi := &file_streamspace_v1_admin_proto_msgTypes[0]
+	mi := &file_streamspace_v1_admin_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -76,7 +614,7 @@ func (x *Agent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Agent.ProtoReflect.Descriptor instead.
 func (*Agent) Descriptor() ([]byte, []int) {
-	return file_streamspace_v1_admin_proto_rawDescGZIP(), []int{0}
+	return file_streamspace_v1_admin_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Agent) GetId() string {
@@ -171,7 +709,7 @@ type ListAgentsRequest struct {
 
 func (x *ListAgentsRequest) Reset() {
 	*x = ListAgentsRequest{}
-	mi := &file_streamspace_v1_admin_proto_msgTypes[1]
+	mi := &file_streamspace_v1_admin_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -183,7 +721,7 @@ func (x *ListAgentsRequest) String() string {
 func (*ListAgentsRequest) ProtoMessage() {}
 
 func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_streamspace_v1_admin_proto_msgTypes[1]
+	mi := &file_streamspace_v1_admin_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -196,7 +734,7 @@ func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsRequest.ProtoReflect.Descriptor instead.
 func (*ListAgentsRequest) Descriptor() ([]byte, []int) {
-	return file_streamspace_v1_admin_proto_rawDescGZIP(), []int{1}
+	return file_streamspace_v1_admin_proto_rawDescGZIP(), []int{8}
 }
 
 type ListAgentsResponse struct {
@@ -208,7 +746,7 @@ type ListAgentsResponse struct {
 
 func (x *ListAgentsResponse) Reset() {
 	*x = ListAgentsResponse{}
-	mi := &file_streamspace_v1_admin_proto_msgTypes[2]
+	mi := &file_streamspace_v1_admin_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -220,7 +758,7 @@ func (x *ListAgentsResponse) String() string {
 func (*ListAgentsResponse) ProtoMessage() {}
 
 func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_streamspace_v1_admin_proto_msgTypes[2]
+	mi := &file_streamspace_v1_admin_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -233,7 +771,7 @@ func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsResponse.ProtoReflect.Descriptor instead.
 func (*ListAgentsResponse) Descriptor() ([]byte, []int) {
-	return file_streamspace_v1_admin_proto_rawDescGZIP(), []int{2}
+	return file_streamspace_v1_admin_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ListAgentsResponse) GetAgents() []*Agent {
@@ -252,7 +790,7 @@ type GetAgentRequest struct {
 
 func (x *GetAgentRequest) Reset() {
 	*x = GetAgentRequest{}
-	mi := &file_streamspace_v1_admin_proto_msgTypes[3]
+	mi := &file_streamspace_v1_admin_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -264,7 +802,7 @@ func (x *GetAgentRequest) String() string {
 func (*GetAgentRequest) ProtoMessage() {}
 
 func (x *GetAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_streamspace_v1_admin_proto_msgTypes[3]
+	mi := &file_streamspace_v1_admin_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -277,7 +815,7 @@ func (x *GetAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAgentRequest.ProtoReflect.Descriptor instead.
 func (*GetAgentRequest) Descriptor() ([]byte, []int) {
-	return file_streamspace_v1_admin_proto_rawDescGZIP(), []int{3}
+	return file_streamspace_v1_admin_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GetAgentRequest) GetId() string {
@@ -296,7 +834,7 @@ type DrainAgentRequest struct {
 
 func (x *DrainAgentRequest) Reset() {
 	*x = DrainAgentRequest{}
-	mi := &file_streamspace_v1_admin_proto_msgTypes[4]
+	mi := &file_streamspace_v1_admin_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -308,7 +846,7 @@ func (x *DrainAgentRequest) String() string {
 func (*DrainAgentRequest) ProtoMessage() {}
 
 func (x *DrainAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_streamspace_v1_admin_proto_msgTypes[4]
+	mi := &file_streamspace_v1_admin_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -321,7 +859,7 @@ func (x *DrainAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainAgentRequest.ProtoReflect.Descriptor instead.
 func (*DrainAgentRequest) Descriptor() ([]byte, []int) {
-	return file_streamspace_v1_admin_proto_rawDescGZIP(), []int{4}
+	return file_streamspace_v1_admin_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *DrainAgentRequest) GetId() string {
@@ -353,7 +891,7 @@ type Revocation struct {
 
 func (x *Revocation) Reset() {
 	*x = Revocation{}
-	mi := &file_streamspace_v1_admin_proto_msgTypes[5]
+	mi := &file_streamspace_v1_admin_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -365,7 +903,7 @@ func (x *Revocation) String() string {
 func (*Revocation) ProtoMessage() {}
 
 func (x *Revocation) ProtoReflect() protoreflect.Message {
-	mi := &file_streamspace_v1_admin_proto_msgTypes[5]
+	mi := &file_streamspace_v1_admin_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -378,7 +916,7 @@ func (x *Revocation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Revocation.ProtoReflect.Descriptor instead.
 func (*Revocation) Descriptor() ([]byte, []int) {
-	return file_streamspace_v1_admin_proto_rawDescGZIP(), []int{5}
+	return file_streamspace_v1_admin_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Revocation) GetTarget() isRevocation_Target {
@@ -469,7 +1007,7 @@ type RevokeAgentRequest struct {
 
 func (x *RevokeAgentRequest) Reset() {
 	*x = RevokeAgentRequest{}
-	mi := &file_streamspace_v1_admin_proto_msgTypes[6]
+	mi := &file_streamspace_v1_admin_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -481,7 +1019,7 @@ func (x *RevokeAgentRequest) String() string {
 func (*RevokeAgentRequest) ProtoMessage() {}
 
 func (x *RevokeAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_streamspace_v1_admin_proto_msgTypes[6]
+	mi := &file_streamspace_v1_admin_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -494,7 +1032,7 @@ func (x *RevokeAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeAgentRequest.ProtoReflect.Descriptor instead.
 func (*RevokeAgentRequest) Descriptor() ([]byte, []int) {
-	return file_streamspace_v1_admin_proto_rawDescGZIP(), []int{6}
+	return file_streamspace_v1_admin_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RevokeAgentRequest) GetTarget() isRevokeAgentRequest_Target {
@@ -558,7 +1096,7 @@ type UnrevokeAgentRequest struct {
 
 func (x *UnrevokeAgentRequest) Reset() {
 	*x = UnrevokeAgentRequest{}
-	mi := &file_streamspace_v1_admin_proto_msgTypes[7]
+	mi := &file_streamspace_v1_admin_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -570,7 +1108,7 @@ func (x *UnrevokeAgentRequest) String() string {
 func (*UnrevokeAgentRequest) ProtoMessage() {}
 
 func (x *UnrevokeAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_streamspace_v1_admin_proto_msgTypes[7]
+	mi := &file_streamspace_v1_admin_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -583,7 +1121,7 @@ func (x *UnrevokeAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnrevokeAgentRequest.ProtoReflect.Descriptor instead.
 func (*UnrevokeAgentRequest) Descriptor() ([]byte, []int) {
-	return file_streamspace_v1_admin_proto_rawDescGZIP(), []int{7}
+	return file_streamspace_v1_admin_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *UnrevokeAgentRequest) GetTarget() isUnrevokeAgentRequest_Target {
@@ -637,7 +1175,7 @@ type UnrevokeAgentResponse struct {
 
 func (x *UnrevokeAgentResponse) Reset() {
 	*x = UnrevokeAgentResponse{}
-	mi := &file_streamspace_v1_admin_proto_msgTypes[8]
+	mi := &file_streamspace_v1_admin_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -649,7 +1187,7 @@ func (x *UnrevokeAgentResponse) String() string {
 func (*UnrevokeAgentResponse) ProtoMessage() {}
 
 func (x *UnrevokeAgentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_streamspace_v1_admin_proto_msgTypes[8]
+	mi := &file_streamspace_v1_admin_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -662,7 +1200,7 @@ func (x *UnrevokeAgentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnrevokeAgentResponse.ProtoReflect.Descriptor instead.
 func (*UnrevokeAgentResponse) Descriptor() ([]byte, []int) {
-	return file_streamspace_v1_admin_proto_rawDescGZIP(), []int{8}
+	return file_streamspace_v1_admin_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *UnrevokeAgentResponse) GetLifted() *Revocation {
@@ -680,7 +1218,7 @@ type ListRevocationsRequest struct {
 
 func (x *ListRevocationsRequest) Reset() {
 	*x = ListRevocationsRequest{}
-	mi := &file_streamspace_v1_admin_proto_msgTypes[9]
+	mi := &file_streamspace_v1_admin_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -692,7 +1230,7 @@ func (x *ListRevocationsRequest) String() string {
 func (*ListRevocationsRequest) ProtoMessage() {}
 
 func (x *ListRevocationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_streamspace_v1_admin_proto_msgTypes[9]
+	mi := &file_streamspace_v1_admin_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -705,7 +1243,7 @@ func (x *ListRevocationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRevocationsRequest.ProtoReflect.Descriptor instead.
 func (*ListRevocationsRequest) Descriptor() ([]byte, []int) {
-	return file_streamspace_v1_admin_proto_rawDescGZIP(), []int{9}
+	return file_streamspace_v1_admin_proto_rawDescGZIP(), []int{16}
 }
 
 type ListRevocationsResponse struct {
@@ -717,7 +1255,7 @@ type ListRevocationsResponse struct {
 
 func (x *ListRevocationsResponse) Reset() {
 	*x = ListRevocationsResponse{}
-	mi := &file_streamspace_v1_admin_proto_msgTypes[10]
+	mi := &file_streamspace_v1_admin_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -729,7 +1267,7 @@ func (x *ListRevocationsResponse) String() string {
 func (*ListRevocationsResponse) ProtoMessage() {}
 
 func (x *ListRevocationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_streamspace_v1_admin_proto_msgTypes[10]
+	mi := &file_streamspace_v1_admin_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -742,7 +1280,7 @@ func (x *ListRevocationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRevocationsResponse.ProtoReflect.Descriptor instead.
 func (*ListRevocationsResponse) Descriptor() ([]byte, []int) {
-	return file_streamspace_v1_admin_proto_rawDescGZIP(), []int{10}
+	return file_streamspace_v1_admin_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListRevocationsResponse) GetRevocations() []*Revocation {
@@ -756,7 +1294,44 @@ var File_streamspace_v1_admin_proto protoreflect.FileDescriptor
 
 const file_streamspace_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x1astreamspace/v1/admin.proto\x12\x0estreamspace.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bstreamspace/v1/common.proto\"\xc8\x03\n" +
+	"\x1astreamspace/v1/admin.proto\x12\x0estreamspace.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bstreamspace/v1/common.proto\x1a\x1cstreamspace/v1/session.proto\"\xd4\x04\n" +
+	"\rOutboxCommand\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
+	"\asession\x18\x02 \x01(\tR\asession\x12\x19\n" +
+	"\bagent_id\x18\x03 \x01(\tR\aagentId\x12-\n" +
+	"\x12session_generation\x18\x04 \x01(\x04R\x11sessionGeneration\x12\x16\n" +
+	"\x06action\x18\x05 \x01(\tR\x06action\x122\n" +
+	"\x05state\x18\x06 \x01(\x0e2\x1c.streamspace.v1.CommandStateR\x05state\x126\n" +
+	"\bdeadline\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\bdeadline\x12;\n" +
+	"\vcreate_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"createTime\x12;\n" +
+	"\vupdate_time\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"updateTime\x12D\n" +
+	"\x0efailure_reason\x18\n" +
+	" \x01(\x0e2\x1d.streamspace.v1.FailureReasonR\rfailureReason\x12\x18\n" +
+	"\amessage\x18\v \x01(\tR\amessage\x12\x1c\n" +
+	"\tretryable\x18\f \x01(\bR\tretryable\x12\x18\n" +
+	"\aattempt\x18\r \x01(\rR\aattempt\x129\n" +
+	"\n" +
+	"not_before\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\tnotBefore\"\xd5\x01\n" +
+	"\x13ListCommandsRequest\x12\x18\n" +
+	"\asession\x18\x01 \x01(\tR\asession\x12\x19\n" +
+	"\bagent_id\x18\x02 \x01(\tR\aagentId\x122\n" +
+	"\x05state\x18\x03 \x01(\x0e2\x1c.streamspace.v1.CommandStateR\x05state\x128\n" +
+	"\n" +
+	"older_than\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\tolderThan\x12\x1b\n" +
+	"\tpage_size\x18\x05 \x01(\rR\bpageSize\"Q\n" +
+	"\x14ListCommandsResponse\x129\n" +
+	"\bcommands\x18\x01 \x03(\v2\x1d.streamspace.v1.OutboxCommandR\bcommands\"#\n" +
+	"\x11GetCommandRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"%\n" +
+	"\x13RetryCommandRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\x82\x01\n" +
+	"\x14RetryCommandResponse\x121\n" +
+	"\asession\x18\x01 \x01(\v2\x17.streamspace.v1.SessionR\asession\x127\n" +
+	"\acommand\x18\x02 \x01(\v2\x1d.streamspace.v1.OutboxCommandR\acommand\"&\n" +
+	"\x14CancelCommandRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\xc8\x03\n" +
 	"\x05Agent\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n" +
 	"\bplatform\x18\x02 \x01(\tR\bplatform\x12\x16\n" +
@@ -802,7 +1377,16 @@ const file_streamspace_v1_admin_proto_rawDesc = "" +
 	"\x06lifted\x18\x01 \x01(\v2\x1a.streamspace.v1.RevocationR\x06lifted\"\x18\n" +
 	"\x16ListRevocationsRequest\"W\n" +
 	"\x17ListRevocationsResponse\x12<\n" +
-	"\vrevocations\x18\x01 \x03(\v2\x1a.streamspace.v1.RevocationR\vrevocations2\x85\x04\n" +
+	"\vrevocations\x18\x01 \x03(\v2\x1a.streamspace.v1.RevocationR\vrevocations*\xf5\x01\n" +
+	"\fCommandState\x12\x1d\n" +
+	"\x19COMMAND_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
+	"\x15COMMAND_STATE_PENDING\x10\x01\x12\x1b\n" +
+	"\x17COMMAND_STATE_DELIVERED\x10\x02\x12\x1e\n" +
+	"\x1aCOMMAND_STATE_ACKNOWLEDGED\x10\x03\x12\x1b\n" +
+	"\x17COMMAND_STATE_SUCCEEDED\x10\x04\x12\x18\n" +
+	"\x14COMMAND_STATE_FAILED\x10\x05\x12\x19\n" +
+	"\x15COMMAND_STATE_EXPIRED\x10\x06\x12\x1c\n" +
+	"\x18COMMAND_STATE_SUPERSEDED\x10\a2\xe1\x06\n" +
 	"\x11AgentAdminService\x12S\n" +
 	"\n" +
 	"ListAgents\x12!.streamspace.v1.ListAgentsRequest\x1a\".streamspace.v1.ListAgentsResponse\x12B\n" +
@@ -811,7 +1395,12 @@ const file_streamspace_v1_admin_proto_rawDesc = "" +
 	"DrainAgent\x12!.streamspace.v1.DrainAgentRequest\x1a\x15.streamspace.v1.Agent\x12M\n" +
 	"\vRevokeAgent\x12\".streamspace.v1.RevokeAgentRequest\x1a\x1a.streamspace.v1.Revocation\x12\\\n" +
 	"\rUnrevokeAgent\x12$.streamspace.v1.UnrevokeAgentRequest\x1a%.streamspace.v1.UnrevokeAgentResponse\x12b\n" +
-	"\x0fListRevocations\x12&.streamspace.v1.ListRevocationsRequest\x1a'.streamspace.v1.ListRevocationsResponseBw\n" +
+	"\x0fListRevocations\x12&.streamspace.v1.ListRevocationsRequest\x1a'.streamspace.v1.ListRevocationsResponse\x12Y\n" +
+	"\fListCommands\x12#.streamspace.v1.ListCommandsRequest\x1a$.streamspace.v1.ListCommandsResponse\x12N\n" +
+	"\n" +
+	"GetCommand\x12!.streamspace.v1.GetCommandRequest\x1a\x1d.streamspace.v1.OutboxCommand\x12Y\n" +
+	"\fRetryCommand\x12#.streamspace.v1.RetryCommandRequest\x1a$.streamspace.v1.RetryCommandResponse\x12T\n" +
+	"\rCancelCommand\x12$.streamspace.v1.CancelCommandRequest\x1a\x1d.streamspace.v1.OutboxCommandBw\n" +
 	"\x12dev.streamspace.v1P\x01ZNgithub.com/streamspace-dev/streamspace/sdk/go/gen/streamspace/v1;streamspacev1\xaa\x02\x0eStreamSpace.V1b\x06proto3"
 
 var (
@@ -826,48 +1415,78 @@ func file_streamspace_v1_admin_proto_rawDescGZIP() []byte {
 	return file_streamspace_v1_admin_proto_rawDescData
 }
 
-var file_streamspace_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_streamspace_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_streamspace_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_streamspace_v1_admin_proto_goTypes = []any{
-	(*Agent)(nil),                   // 0: streamspace.v1.Agent
-	(*ListAgentsRequest)(nil),       // 1: streamspace.v1.ListAgentsRequest
-	(*ListAgentsResponse)(nil),      // 2: streamspace.v1.ListAgentsResponse
-	(*GetAgentRequest)(nil),         // 3: streamspace.v1.GetAgentRequest
-	(*DrainAgentRequest)(nil),       // 4: streamspace.v1.DrainAgentRequest
-	(*Revocation)(nil),              // 5: streamspace.v1.Revocation
-	(*RevokeAgentRequest)(nil),      // 6: streamspace.v1.RevokeAgentRequest
-	(*UnrevokeAgentRequest)(nil),    // 7: streamspace.v1.UnrevokeAgentRequest
-	(*UnrevokeAgentResponse)(nil),   // 8: streamspace.v1.UnrevokeAgentResponse
-	(*ListRevocationsRequest)(nil),  // 9: streamspace.v1.ListRevocationsRequest
-	(*ListRevocationsResponse)(nil), // 10: streamspace.v1.ListRevocationsResponse
-	(*durationpb.Duration)(nil),     // 11: google.protobuf.Duration
-	(*Capacity)(nil),                // 12: streamspace.v1.Capacity
-	(*timestamppb.Timestamp)(nil),   // 13: google.protobuf.Timestamp
+	(CommandState)(0),               // 0: streamspace.v1.CommandState
+	(*OutboxCommand)(nil),           // 1: streamspace.v1.OutboxCommand
+	(*ListCommandsRequest)(nil),     // 2: streamspace.v1.ListCommandsRequest
+	(*ListCommandsResponse)(nil),    // 3: streamspace.v1.ListCommandsResponse
+	(*GetCommandRequest)(nil),       // 4: streamspace.v1.GetCommandRequest
+	(*RetryCommandRequest)(nil),     // 5: streamspace.v1.RetryCommandRequest
+	(*RetryCommandResponse)(nil),    // 6: streamspace.v1.RetryCommandResponse
+	(*CancelCommandRequest)(nil),    // 7: streamspace.v1.CancelCommandRequest
+	(*Agent)(nil),                   // 8: streamspace.v1.Agent
+	(*ListAgentsRequest)(nil),       // 9: streamspace.v1.ListAgentsRequest
+	(*ListAgentsResponse)(nil),      // 10: streamspace.v1.ListAgentsResponse
+	(*GetAgentRequest)(nil),         // 11: streamspace.v1.GetAgentRequest
+	(*DrainAgentRequest)(nil),       // 12: streamspace.v1.DrainAgentRequest
+	(*Revocation)(nil),              // 13: streamspace.v1.Revocation
+	(*RevokeAgentRequest)(nil),      // 14: streamspace.v1.RevokeAgentRequest
+	(*UnrevokeAgentRequest)(nil),    // 15: streamspace.v1.UnrevokeAgentRequest
+	(*UnrevokeAgentResponse)(nil),   // 16: streamspace.v1.UnrevokeAgentResponse
+	(*ListRevocationsRequest)(nil),  // 17: streamspace.v1.ListRevocationsRequest
+	(*ListRevocationsResponse)(nil), // 18: streamspace.v1.ListRevocationsResponse
+	(*timestamppb.Timestamp)(nil),   // 19: google.protobuf.Timestamp
+	(FailureReason)(0),              // 20: streamspace.v1.FailureReason
+	(*durationpb.Duration)(nil),     // 21: google.protobuf.Duration
+	(*Session)(nil),                 // 22: streamspace.v1.Session
+	(*Capacity)(nil),                // 23: streamspace.v1.Capacity
 }
 var file_streamspace_v1_admin_proto_depIdxs = []int32{
-	11, // 0: streamspace.v1.Agent.heartbeat_age:type_name -> google.protobuf.Duration
-	12, // 1: streamspace.v1.Agent.capacity:type_name -> streamspace.v1.Capacity
-	13, // 2: streamspace.v1.Agent.last_seen:type_name -> google.protobuf.Timestamp
-	0,  // 3: streamspace.v1.ListAgentsResponse.agents:type_name -> streamspace.v1.Agent
-	13, // 4: streamspace.v1.Revocation.revoked_at:type_name -> google.protobuf.Timestamp
-	5,  // 5: streamspace.v1.UnrevokeAgentResponse.lifted:type_name -> streamspace.v1.Revocation
-	5,  // 6: streamspace.v1.ListRevocationsResponse.revocations:type_name -> streamspace.v1.Revocation
-	1,  // 7: streamspace.v1.AgentAdminService.ListAgents:input_type -> streamspace.v1.ListAgentsRequest
-	3,  // 8: streamspace.v1.AgentAdminService.GetAgent:input_type -> streamspace.v1.GetAgentRequest
-	4,  // 9: streamspace.v1.AgentAdminService.DrainAgent:input_type -> streamspace.v1.DrainAgentRequest
-	6,  // 10: streamspace.v1.AgentAdminService.RevokeAgent:input_type -> streamspace.v1.RevokeAgentRequest
-	7,  // 11: streamspace.v1.AgentAdminService.UnrevokeAgent:input_type -> streamspace.v1.UnrevokeAgentRequest
-	9,  // 12: streamspace.v1.AgentAdminService.ListRevocations:input_type -> streamspace.v1.ListRevocationsRequest
-	2,  // 13: streamspace.v1.AgentAdminService.ListAgents:output_type -> streamspace.v1.ListAgentsResponse
-	0,  // 14: streamspace.v1.AgentAdminService.GetAgent:output_type -> streamspace.v1.Agent
-	0,  // 15: streamspace.v1.AgentAdminService.DrainAgent:output_type -> streamspace.v1.Agent
-	5,  // 16: streamspace.v1.AgentAdminService.RevokeAgent:output_type -> streamspace.v1.Revocation
-	8,  // 17: streamspace.v1.AgentAdminService.UnrevokeAgent:output_type -> streamspace.v1.UnrevokeAgentResponse
-	10, // 18: streamspace.v1.AgentAdminService.ListRevocations:output_type -> streamspace.v1.ListRevocationsResponse
-	13, // [13:19] is the sub-list for method output_type
-	7,  // [7:13] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	0,  // 0: streamspace.v1.OutboxCommand.state:type_name -> streamspace.v1.CommandState
+	19, // 1: streamspace.v1.OutboxCommand.deadline:type_name -> google.protobuf.Timestamp
+	19, // 2: streamspace.v1.OutboxCommand.create_time:type_name -> google.protobuf.Timestamp
+	19, // 3: streamspace.v1.OutboxCommand.update_time:type_name -> google.protobuf.Timestamp
+	20, // 4: streamspace.v1.OutboxCommand.failure_reason:type_name -> streamspace.v1.FailureReason
+	19, // 5: streamspace.v1.OutboxCommand.not_before:type_name -> google.protobuf.Timestamp
+	0,  // 6: streamspace.v1.ListCommandsRequest.state:type_name -> streamspace.v1.CommandState
+	21, // 7: streamspace.v1.ListCommandsRequest.older_than:type_name -> google.protobuf.Duration
+	1,  // 8: streamspace.v1.ListCommandsResponse.commands:type_name -> streamspace.v1.OutboxCommand
+	22, // 9: streamspace.v1.RetryCommandResponse.session:type_name -> streamspace.v1.Session
+	1,  // 10: streamspace.v1.RetryCommandResponse.command:type_name -> streamspace.v1.OutboxCommand
+	21, // 11: streamspace.v1.Agent.heartbeat_age:type_name -> google.protobuf.Duration
+	23, // 12: streamspace.v1.Agent.capacity:type_name -> streamspace.v1.Capacity
+	19, // 13: streamspace.v1.Agent.last_seen:type_name -> google.protobuf.Timestamp
+	8,  // 14: streamspace.v1.ListAgentsResponse.agents:type_name -> streamspace.v1.Agent
+	19, // 15: streamspace.v1.Revocation.revoked_at:type_name -> google.protobuf.Timestamp
+	13, // 16: streamspace.v1.UnrevokeAgentResponse.lifted:type_name -> streamspace.v1.Revocation
+	13, // 17: streamspace.v1.ListRevocationsResponse.revocations:type_name -> streamspace.v1.Revocation
+	9,  // 18: streamspace.v1.AgentAdminService.ListAgents:input_type -> streamspace.v1.ListAgentsRequest
+	11, // 19: streamspace.v1.AgentAdminService.GetAgent:input_type -> streamspace.v1.GetAgentRequest
+	12, // 20: streamspace.v1.AgentAdminService.DrainAgent:input_type -> streamspace.v1.DrainAgentRequest
+	14, // 21: streamspace.v1.AgentAdminService.RevokeAgent:input_type -> streamspace.v1.RevokeAgentRequest
+	15, // 22: streamspace.v1.AgentAdminService.UnrevokeAgent:input_type -> streamspace.v1.UnrevokeAgentRequest
+	17, // 23: streamspace.v1.AgentAdminService.ListRevocations:input_type -> streamspace.v1.ListRevocationsRequest
+	2,  // 24: streamspace.v1.AgentAdminService.ListCommands:input_type -> streamspace.v1.ListCommandsRequest
+	4,  // 25: streamspace.v1.AgentAdminService.GetCommand:input_type -> streamspace.v1.GetCommandRequest
+	5,  // 26: streamspace.v1.AgentAdminService.RetryCommand:input_type -> streamspace.v1.RetryCommandRequest
+	7,  // 27: streamspace.v1.AgentAdminService.CancelCommand:input_type -> streamspace.v1.CancelCommandRequest
+	10, // 28: streamspace.v1.AgentAdminService.ListAgents:output_type -> streamspace.v1.ListAgentsResponse
+	8,  // 29: streamspace.v1.AgentAdminService.GetAgent:output_type -> streamspace.v1.Agent
+	8,  // 30: streamspace.v1.AgentAdminService.DrainAgent:output_type -> streamspace.v1.Agent
+	13, // 31: streamspace.v1.AgentAdminService.RevokeAgent:output_type -> streamspace.v1.Revocation
+	16, // 32: streamspace.v1.AgentAdminService.UnrevokeAgent:output_type -> streamspace.v1.UnrevokeAgentResponse
+	18, // 33: streamspace.v1.AgentAdminService.ListRevocations:output_type -> streamspace.v1.ListRevocationsResponse
+	3,  // 34: streamspace.v1.AgentAdminService.ListCommands:output_type -> streamspace.v1.ListCommandsResponse
+	1,  // 35: streamspace.v1.AgentAdminService.GetCommand:output_type -> streamspace.v1.OutboxCommand
+	6,  // 36: streamspace.v1.AgentAdminService.RetryCommand:output_type -> streamspace.v1.RetryCommandResponse
+	1,  // 37: streamspace.v1.AgentAdminService.CancelCommand:output_type -> streamspace.v1.OutboxCommand
+	28, // [28:38] is the sub-list for method output_type
+	18, // [18:28] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_streamspace_v1_admin_proto_init() }
@@ -876,15 +1495,16 @@ func file_streamspace_v1_admin_proto_init() {
 		return
 	}
 	file_streamspace_v1_common_proto_init()
-	file_streamspace_v1_admin_proto_msgTypes[5].OneofWrappers = []any{
+	file_streamspace_v1_session_proto_init()
+	file_streamspace_v1_admin_proto_msgTypes[12].OneofWrappers = []any{
 		(*Revocation_AgentId)(nil),
 		(*Revocation_CertificateSerial)(nil),
 	}
-	file_streamspace_v1_admin_proto_msgTypes[6].OneofWrappers = []any{
+	file_streamspace_v1_admin_proto_msgTypes[13].OneofWrappers = []any{
 		(*RevokeAgentRequest_AgentId)(nil),
 		(*RevokeAgentRequest_CertificateSerial)(nil),
 	}
-	file_streamspace_v1_admin_proto_msgTypes[7].OneofWrappers = []any{
+	file_streamspace_v1_admin_proto_msgTypes[14].OneofWrappers = []any{
 		(*UnrevokeAgentRequest_AgentId)(nil),
 		(*UnrevokeAgentRequest_CertificateSerial)(nil),
 	}
@@ -893,13 +1513,14 @@ func file_streamspace_v1_admin_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_streamspace_v1_admin_proto_rawDesc), len(file_streamspace_v1_admin_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   11,
+			NumEnums:      1,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_streamspace_v1_admin_proto_goTypes,
 		DependencyIndexes: file_streamspace_v1_admin_proto_depIdxs,
+		EnumInfos:         file_streamspace_v1_admin_proto_enumTypes,
 		MessageInfos:      file_streamspace_v1_admin_proto_msgTypes,
 	}.Build()
 	File_streamspace_v1_admin_proto = out.File

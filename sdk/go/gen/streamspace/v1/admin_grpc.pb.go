@@ -27,6 +27,10 @@ const (
 	AgentAdminService_RevokeAgent_FullMethodName     = "/streamspace.v1.AgentAdminService/RevokeAgent"
 	AgentAdminService_UnrevokeAgent_FullMethodName   = "/streamspace.v1.AgentAdminService/UnrevokeAgent"
 	AgentAdminService_ListRevocations_FullMethodName = "/streamspace.v1.AgentAdminService/ListRevocations"
+	AgentAdminService_ListCommands_FullMethodName    = "/streamspace.v1.AgentAdminService/ListCommands"
+	AgentAdminService_GetCommand_FullMethodName      = "/streamspace.v1.AgentAdminService/GetCommand"
+	AgentAdminService_RetryCommand_FullMethodName    = "/streamspace.v1.AgentAdminService/RetryCommand"
+	AgentAdminService_CancelCommand_FullMethodName   = "/streamspace.v1.AgentAdminService/CancelCommand"
 )
 
 // AgentAdminServiceClient is the client API for AgentAdminService service.
@@ -76,6 +80,23 @@ type AgentAdminServiceClient interface {
 	UnrevokeAgent(ctx context.Context, in *UnrevokeAgentRequest, opts ...grpc.CallOption) (*UnrevokeAgentResponse, error)
 	// Every revocation in force, oldest first. Admin role only.
 	ListRevocations(ctx context.Context, in *ListRevocationsRequest, opts ...grpc.CallOption) (*ListRevocationsResponse, error)
+	// The outbox: durable commands, newest first, filtered by session, agent,
+	// state and age. Admin role only.
+	ListCommands(ctx context.Context, in *ListCommandsRequest, opts ...grpc.CallOption) (*ListCommandsResponse, error)
+	// One command by id; NOT_FOUND if there is none. Admin role only.
+	GetCommand(ctx context.Context, in *GetCommandRequest, opts ...grpc.CallOption) (*OutboxCommand, error)
+	// Plans the command's session again after a FAILED or EXPIRED command:
+	// only the session's latest command, only when its session is FAILED and
+	// nothing is active (FAILED_PRECONDITION says which rule). The session goes
+	// back to PENDING and gets a new command for its desired state. Audited.
+	// Admin role only.
+	RetryCommand(ctx context.Context, in *RetryCommandRequest, opts ...grpc.CallOption) (*RetryCommandResponse, error)
+	// Cancels a command not sent yet (PENDING, its session's active command):
+	// it becomes FAILED (reason INVALID, "cancelled by <admin>") and so does its
+	// session; the next desired-state change plans afresh. A command already
+	// delivered cannot be taken back (FAILED_PRECONDITION). Audited. Admin
+	// role only.
+	CancelCommand(ctx context.Context, in *CancelCommandRequest, opts ...grpc.CallOption) (*OutboxCommand, error)
 }
 
 type agentAdminServiceClient struct {
@@ -146,6 +167,46 @@ func (c *agentAdminServiceClient) ListRevocations(ctx context.Context, in *ListR
 	return out, nil
 }
 
+func (c *agentAdminServiceClient) ListCommands(ctx context.Context, in *ListCommandsRequest, opts ...grpc.CallOption) (*ListCommandsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListCommandsResponse)
+	err := c.cc.Invoke(ctx, AgentAdminService_ListCommands_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *agentAdminServiceClient) GetCommand(ctx context.Context, in *GetCommandRequest, opts ...grpc.CallOption) (*OutboxCommand, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(OutboxCommand)
+	err := c.cc.Invoke(ctx, AgentAdminService_GetCommand_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *agentAdminServiceClient) RetryCommand(ctx context.Context, in *RetryCommandRequest, opts ...grpc.CallOption) (*RetryCommandResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RetryCommandResponse)
+	err := c.cc.Invoke(ctx, AgentAdminService_RetryCommand_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *agentAdminServiceClient) CancelCommand(ctx context.Context, in *CancelCommandRequest, opts ...grpc.CallOption) (*OutboxCommand, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(OutboxCommand)
+	err := c.cc.Invoke(ctx, AgentAdminService_CancelCommand_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AgentAdminServiceServer is the server API for AgentAdminService service.
 // All implementations must embed UnimplementedAgentAdminServiceServer
 // for forward compatibility.
@@ -193,6 +254,23 @@ type AgentAdminServiceServer interface {
 	UnrevokeAgent(context.Context, *UnrevokeAgentRequest) (*UnrevokeAgentResponse, error)
 	// Every revocation in force, oldest first. Admin role only.
 	ListRevocations(context.Context, *ListRevocationsRequest) (*ListRevocationsResponse, error)
+	// The outbox: durable commands, newest first, filtered by session, agent,
+	// state and age. Admin role only.
+	ListCommands(context.Context, *ListCommandsRequest) (*ListCommandsResponse, error)
+	// One command by id; NOT_FOUND if there is none. Admin role only.
+	GetCommand(context.Context, *GetCommandRequest) (*OutboxCommand, error)
+	// Plans the command's session again after a FAILED or EXPIRED command:
+	// only the session's latest command, only when its session is FAILED and
+	// nothing is active (FAILED_PRECONDITION says which rule). The session goes
+	// back to PENDING and gets a new command for its desired state. Audited.
+	// Admin role only.
+	RetryCommand(context.Context, *RetryCommandRequest) (*RetryCommandResponse, error)
+	// Cancels a command not sent yet (PENDING, its session's active command):
+	// it becomes FAILED (reason INVALID, "cancelled by <admin>") and so does its
+	// session; the next desired-state change plans afresh. A command already
+	// delivered cannot be taken back (FAILED_PRECONDITION). Audited. Admin
+	// role only.
+	CancelCommand(context.Context, *CancelCommandRequest) (*OutboxCommand, error)
 	mustEmbedUnimplementedAgentAdminServiceServer()
 }
 
@@ -220,6 +298,18 @@ func (UnimplementedAgentAdminServiceServer) UnrevokeAgent(context.Context, *Unre
 }
 func (UnimplementedAgentAdminServiceServer) ListRevocations(context.Context, *ListRevocationsRequest) (*ListRevocationsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListRevocations not implemented")
+}
+func (UnimplementedAgentAdminServiceServer) ListCommands(context.Context, *ListCommandsRequest) (*ListCommandsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListCommands not implemented")
+}
+func (UnimplementedAgentAdminServiceServer) GetCommand(context.Context, *GetCommandRequest) (*OutboxCommand, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetCommand not implemented")
+}
+func (UnimplementedAgentAdminServiceServer) RetryCommand(context.Context, *RetryCommandRequest) (*RetryCommandResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RetryCommand not implemented")
+}
+func (UnimplementedAgentAdminServiceServer) CancelCommand(context.Context, *CancelCommandRequest) (*OutboxCommand, error) {
+	return nil, status.Error(codes.Unimplemented, "method CancelCommand not implemented")
 }
 func (UnimplementedAgentAdminServiceServer) mustEmbedUnimplementedAgentAdminServiceServer() {}
 func (UnimplementedAgentAdminServiceServer) testEmbeddedByValue()                           {}
@@ -350,6 +440,78 @@ func _AgentAdminService_ListRevocations_Handler(srv interface{}, ctx context.Con
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AgentAdminService_ListCommands_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListCommandsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentAdminServiceServer).ListCommands(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AgentAdminService_ListCommands_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentAdminServiceServer).ListCommands(ctx, req.(*ListCommandsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AgentAdminService_GetCommand_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetCommandRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentAdminServiceServer).GetCommand(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AgentAdminService_GetCommand_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentAdminServiceServer).GetCommand(ctx, req.(*GetCommandRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AgentAdminService_RetryCommand_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RetryCommandRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentAdminServiceServer).RetryCommand(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AgentAdminService_RetryCommand_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentAdminServiceServer).RetryCommand(ctx, req.(*RetryCommandRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AgentAdminService_CancelCommand_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CancelCommandRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentAdminServiceServer).CancelCommand(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AgentAdminService_CancelCommand_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentAdminServiceServer).CancelCommand(ctx, req.(*CancelCommandRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AgentAdminService_ServiceDesc is the grpc.ServiceDesc for AgentAdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -380,6 +542,22 @@ var AgentAdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListRevocations",
 			Handler:    _AgentAdminService_ListRevocations_Handler,
+		},
+		{
+			MethodName: "ListCommands",
+			Handler:    _AgentAdminService_ListCommands_Handler,
+		},
+		{
+			MethodName: "GetCommand",
+			Handler:    _AgentAdminService_GetCommand_Handler,
+		},
+		{
+			MethodName: "RetryCommand",
+			Handler:    _AgentAdminService_RetryCommand_Handler,
+		},
+		{
+			MethodName: "CancelCommand",
+			Handler:    _AgentAdminService_CancelCommand_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

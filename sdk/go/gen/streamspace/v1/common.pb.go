@@ -530,12 +530,23 @@ func (x *Condition) GetMessage() string {
 	return ""
 }
 
-// Per-session limits on idle time and total run time.
+// Per-session limits on idle time and total run time, enforced by the
+// control plane (level-triggered: a restart or a lost frame never lets one
+// slip; the deadlines are stored, not restarted).
 type Timeouts struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Hibernate after this much inactivity. Zero: never.
+	// Hibernate a RUNNING session after this much inactivity. Zero: never.
+	// Activity is: becoming RUNNING (start, wake), SessionService.TouchSession,
+	// and a Heartbeat of its agent listing it in active_sessions (the process
+	// runtime: a TCP connection to the session's port is established). The
+	// session then has the condition Idle=True, reason IdleTimeout, and its
+	// desired state is HIBERNATED; waking it clears the condition.
 	IdleTimeout *durationpb.Duration `protobuf:"bytes,1,opt,name=idle_timeout,json=idleTimeout,proto3" json:"idle_timeout,omitempty"`
-	// Terminate after this much total run time. Zero: never.
+	// Terminate a session after this much time in phase RUNNING in total
+	// (hibernated time does not count). Zero: never. The condition
+	// Expiring=True (reason MaxDurationSoon) appears a warning period before
+	// (the control plane's --max-duration-warning), and at the limit
+	// Expiring=True with reason MaxDurationReached, desired state TERMINATED.
 	MaxSessionDuration *durationpb.Duration `protobuf:"bytes,2,opt,name=max_session_duration,json=maxSessionDuration,proto3" json:"max_session_duration,omitempty"`
 	unknownFields      protoimpl.UnknownFields
 	sizeCache          protoimpl.SizeCache

@@ -159,11 +159,13 @@ type Session struct {
 	FailureReason FailureReason `protobuf:"varint,14,opt,name=failure_reason,json=failureReason,proto3,enum=streamspace.v1.FailureReason" json:"failure_reason,omitempty"`
 	Message       string        `protobuf:"bytes,15,opt,name=message,proto3" json:"message,omitempty"`
 	// Name of the workload (pod, process id) for operators.
-	Workload      string                 `protobuf:"bytes,16,opt,name=workload,proto3" json:"workload,omitempty"`
-	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,17,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
-	UpdateTime    *timestamppb.Timestamp `protobuf:"bytes,18,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Workload   string                 `protobuf:"bytes,16,opt,name=workload,proto3" json:"workload,omitempty"`
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,17,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,18,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	// The last activity the control plane knows of (see Timeouts.idle_timeout).
+	LastActivityTime *timestamppb.Timestamp `protobuf:"bytes,19,opt,name=last_activity_time,json=lastActivityTime,proto3" json:"last_activity_time,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Session) Reset() {
@@ -318,6 +320,13 @@ func (x *Session) GetCreateTime() *timestamppb.Timestamp {
 func (x *Session) GetUpdateTime() *timestamppb.Timestamp {
 	if x != nil {
 		return x.UpdateTime
+	}
+	return nil
+}
+
+func (x *Session) GetLastActivityTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastActivityTime
 	}
 	return nil
 }
@@ -798,6 +807,52 @@ func (x *WakeSessionRequest) GetName() string {
 	return ""
 }
 
+type TouchSessionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The session's name (same rule as Session.name). Another user's session
+	// answers NOT_FOUND, exactly as a name that does not exist.
+	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TouchSessionRequest) Reset() {
+	*x = TouchSessionRequest{}
+	mi := &file_streamspace_v1_session_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TouchSessionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TouchSessionRequest) ProtoMessage() {}
+
+func (x *TouchSessionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_streamspace_v1_session_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TouchSessionRequest.ProtoReflect.Descriptor instead.
+func (*TouchSessionRequest) Descriptor() ([]byte, []int) {
+	return file_streamspace_v1_session_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *TouchSessionRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
 type DeleteSessionRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The session's name (same rule as Session.name). Another user's session
@@ -811,7 +866,7 @@ type DeleteSessionRequest struct {
 
 func (x *DeleteSessionRequest) Reset() {
 	*x = DeleteSessionRequest{}
-	mi := &file_streamspace_v1_session_proto_msgTypes[10]
+	mi := &file_streamspace_v1_session_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -823,7 +878,7 @@ func (x *DeleteSessionRequest) String() string {
 func (*DeleteSessionRequest) ProtoMessage() {}
 
 func (x *DeleteSessionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_streamspace_v1_session_proto_msgTypes[10]
+	mi := &file_streamspace_v1_session_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -836,7 +891,7 @@ func (x *DeleteSessionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSessionRequest.ProtoReflect.Descriptor instead.
 func (*DeleteSessionRequest) Descriptor() ([]byte, []int) {
-	return file_streamspace_v1_session_proto_rawDescGZIP(), []int{10}
+	return file_streamspace_v1_session_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *DeleteSessionRequest) GetName() string {
@@ -860,7 +915,7 @@ const file_streamspace_v1_session_proto_rawDesc = "" +
 	"\x1cstreamspace/v1/session.proto\x12\x0estreamspace.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bstreamspace/v1/common.proto\"C\n" +
 	"\rAgentSelector\x12\x1a\n" +
 	"\bplatform\x18\x01 \x01(\tR\bplatform\x12\x16\n" +
-	"\x06region\x18\x02 \x01(\tR\x06region\"\x95\x06\n" +
+	"\x06region\x18\x02 \x01(\tR\x06region\"\xdf\x06\n" +
 	"\aSession\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04user\x18\x02 \x01(\tR\x04user\x12\x1a\n" +
@@ -886,7 +941,8 @@ const file_streamspace_v1_session_proto_rawDesc = "" +
 	"\vcreate_time\x18\x11 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x12;\n" +
 	"\vupdate_time\x18\x12 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"updateTime\"\x89\x03\n" +
+	"updateTime\x12H\n" +
+	"\x12last_activity_time\x18\x13 \x01(\v2\x1a.google.protobuf.TimestampR\x10lastActivityTime\"\x89\x03\n" +
 	"\x14CreateSessionRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
 	"\btemplate\x18\x02 \x01(\tR\btemplate\x12\x12\n" +
@@ -923,11 +979,13 @@ const file_streamspace_v1_session_proto_rawDesc = "" +
 	"\x17HibernateSessionRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"(\n" +
 	"\x12WakeSessionRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\")\n" +
+	"\x13TouchSessionRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"K\n" +
 	"\x14DeleteSessionRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1f\n" +
 	"\vdelete_home\x18\x02 \x01(\bR\n" +
-	"deleteHome2\xce\x04\n" +
+	"deleteHome2\x9c\x05\n" +
 	"\x0eSessionService\x12N\n" +
 	"\rCreateSession\x12$.streamspace.v1.CreateSessionRequest\x1a\x17.streamspace.v1.Session\x12H\n" +
 	"\n" +
@@ -936,7 +994,8 @@ const file_streamspace_v1_session_proto_rawDesc = "" +
 	"\rWatchSessions\x12$.streamspace.v1.WatchSessionsRequest\x1a\x1c.streamspace.v1.SessionEvent0\x01\x12T\n" +
 	"\x10HibernateSession\x12'.streamspace.v1.HibernateSessionRequest\x1a\x17.streamspace.v1.Session\x12J\n" +
 	"\vWakeSession\x12\".streamspace.v1.WakeSessionRequest\x1a\x17.streamspace.v1.Session\x12N\n" +
-	"\rDeleteSession\x12$.streamspace.v1.DeleteSessionRequest\x1a\x17.streamspace.v1.SessionBw\n" +
+	"\rDeleteSession\x12$.streamspace.v1.DeleteSessionRequest\x1a\x17.streamspace.v1.Session\x12L\n" +
+	"\fTouchSession\x12#.streamspace.v1.TouchSessionRequest\x1a\x17.streamspace.v1.SessionBw\n" +
 	"\x12dev.streamspace.v1P\x01ZNgithub.com/streamspace-dev/streamspace/sdk/go/gen/streamspace/v1;streamspacev1\xaa\x02\x0eStreamSpace.V1b\x06proto3"
 
 var (
@@ -952,7 +1011,7 @@ func file_streamspace_v1_session_proto_rawDescGZIP() []byte {
 }
 
 var file_streamspace_v1_session_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_streamspace_v1_session_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_streamspace_v1_session_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_streamspace_v1_session_proto_goTypes = []any{
 	(SessionEvent_Type)(0),          // 0: streamspace.v1.SessionEvent.Type
 	(*AgentSelector)(nil),           // 1: streamspace.v1.AgentSelector
@@ -965,52 +1024,56 @@ var file_streamspace_v1_session_proto_goTypes = []any{
 	(*SessionEvent)(nil),            // 8: streamspace.v1.SessionEvent
 	(*HibernateSessionRequest)(nil), // 9: streamspace.v1.HibernateSessionRequest
 	(*WakeSessionRequest)(nil),      // 10: streamspace.v1.WakeSessionRequest
-	(*DeleteSessionRequest)(nil),    // 11: streamspace.v1.DeleteSessionRequest
-	(DesiredState)(0),               // 12: streamspace.v1.DesiredState
-	(SessionPhase)(0),               // 13: streamspace.v1.SessionPhase
-	(*Resources)(nil),               // 14: streamspace.v1.Resources
-	(*Timeouts)(nil),                // 15: streamspace.v1.Timeouts
-	(*Condition)(nil),               // 16: streamspace.v1.Condition
-	(FailureReason)(0),              // 17: streamspace.v1.FailureReason
-	(*timestamppb.Timestamp)(nil),   // 18: google.protobuf.Timestamp
+	(*TouchSessionRequest)(nil),     // 11: streamspace.v1.TouchSessionRequest
+	(*DeleteSessionRequest)(nil),    // 12: streamspace.v1.DeleteSessionRequest
+	(DesiredState)(0),               // 13: streamspace.v1.DesiredState
+	(SessionPhase)(0),               // 14: streamspace.v1.SessionPhase
+	(*Resources)(nil),               // 15: streamspace.v1.Resources
+	(*Timeouts)(nil),                // 16: streamspace.v1.Timeouts
+	(*Condition)(nil),               // 17: streamspace.v1.Condition
+	(FailureReason)(0),              // 18: streamspace.v1.FailureReason
+	(*timestamppb.Timestamp)(nil),   // 19: google.protobuf.Timestamp
 }
 var file_streamspace_v1_session_proto_depIdxs = []int32{
-	12, // 0: streamspace.v1.Session.desired_state:type_name -> streamspace.v1.DesiredState
-	13, // 1: streamspace.v1.Session.phase:type_name -> streamspace.v1.SessionPhase
-	14, // 2: streamspace.v1.Session.resources:type_name -> streamspace.v1.Resources
-	15, // 3: streamspace.v1.Session.timeouts:type_name -> streamspace.v1.Timeouts
+	13, // 0: streamspace.v1.Session.desired_state:type_name -> streamspace.v1.DesiredState
+	14, // 1: streamspace.v1.Session.phase:type_name -> streamspace.v1.SessionPhase
+	15, // 2: streamspace.v1.Session.resources:type_name -> streamspace.v1.Resources
+	16, // 3: streamspace.v1.Session.timeouts:type_name -> streamspace.v1.Timeouts
 	1,  // 4: streamspace.v1.Session.selector:type_name -> streamspace.v1.AgentSelector
-	16, // 5: streamspace.v1.Session.conditions:type_name -> streamspace.v1.Condition
-	17, // 6: streamspace.v1.Session.failure_reason:type_name -> streamspace.v1.FailureReason
-	18, // 7: streamspace.v1.Session.create_time:type_name -> google.protobuf.Timestamp
-	18, // 8: streamspace.v1.Session.update_time:type_name -> google.protobuf.Timestamp
-	14, // 9: streamspace.v1.CreateSessionRequest.resources:type_name -> streamspace.v1.Resources
-	15, // 10: streamspace.v1.CreateSessionRequest.timeouts:type_name -> streamspace.v1.Timeouts
-	1,  // 11: streamspace.v1.CreateSessionRequest.selector:type_name -> streamspace.v1.AgentSelector
-	12, // 12: streamspace.v1.CreateSessionRequest.desired_state:type_name -> streamspace.v1.DesiredState
-	13, // 13: streamspace.v1.ListSessionsRequest.phase:type_name -> streamspace.v1.SessionPhase
-	2,  // 14: streamspace.v1.ListSessionsResponse.sessions:type_name -> streamspace.v1.Session
-	0,  // 15: streamspace.v1.SessionEvent.type:type_name -> streamspace.v1.SessionEvent.Type
-	2,  // 16: streamspace.v1.SessionEvent.session:type_name -> streamspace.v1.Session
-	3,  // 17: streamspace.v1.SessionService.CreateSession:input_type -> streamspace.v1.CreateSessionRequest
-	4,  // 18: streamspace.v1.SessionService.GetSession:input_type -> streamspace.v1.GetSessionRequest
-	5,  // 19: streamspace.v1.SessionService.ListSessions:input_type -> streamspace.v1.ListSessionsRequest
-	7,  // 20: streamspace.v1.SessionService.WatchSessions:input_type -> streamspace.v1.WatchSessionsRequest
-	9,  // 21: streamspace.v1.SessionService.HibernateSession:input_type -> streamspace.v1.HibernateSessionRequest
-	10, // 22: streamspace.v1.SessionService.WakeSession:input_type -> streamspace.v1.WakeSessionRequest
-	11, // 23: streamspace.v1.SessionService.DeleteSession:input_type -> streamspace.v1.DeleteSessionRequest
-	2,  // 24: streamspace.v1.SessionService.CreateSession:output_type -> streamspace.v1.Session
-	2,  // 25: streamspace.v1.SessionService.GetSession:output_type -> streamspace.v1.Session
-	6,  // 26: streamspace.v1.SessionService.ListSessions:output_type -> streamspace.v1.ListSessionsResponse
-	8,  // 27: streamspace.v1.SessionService.WatchSessions:output_type -> streamspace.v1.SessionEvent
-	2,  // 28: streamspace.v1.SessionService.HibernateSession:output_type -> streamspace.v1.Session
-	2,  // 29: streamspace.v1.SessionService.WakeSession:output_type -> streamspace.v1.Session
-	2,  // 30: streamspace.v1.SessionService.DeleteSession:output_type -> streamspace.v1.Session
-	24, // [24:31] is the sub-list for method output_type
-	17, // [17:24] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	17, // 5: streamspace.v1.Session.conditions:type_name -> streamspace.v1.Condition
+	18, // 6: streamspace.v1.Session.failure_reason:type_name -> streamspace.v1.FailureReason
+	19, // 7: streamspace.v1.Session.create_time:type_name -> google.protobuf.Timestamp
+	19, // 8: streamspace.v1.Session.update_time:type_name -> google.protobuf.Timestamp
+	19, // 9: streamspace.v1.Session.last_activity_time:type_name -> google.protobuf.Timestamp
+	15, // 10: streamspace.v1.CreateSessionRequest.resources:type_name -> streamspace.v1.Resources
+	16, // 11: streamspace.v1.CreateSessionRequest.timeouts:type_name -> streamspace.v1.Timeouts
+	1,  // 12: streamspace.v1.CreateSessionRequest.selector:type_name -> streamspace.v1.AgentSelector
+	13, // 13: streamspace.v1.CreateSessionRequest.desired_state:type_name -> streamspace.v1.DesiredState
+	14, // 14: streamspace.v1.ListSessionsRequest.phase:type_name -> streamspace.v1.SessionPhase
+	2,  // 15: streamspace.v1.ListSessionsResponse.sessions:type_name -> streamspace.v1.Session
+	0,  // 16: streamspace.v1.SessionEvent.type:type_name -> streamspace.v1.SessionEvent.Type
+	2,  // 17: streamspace.v1.SessionEvent.session:type_name -> streamspace.v1.Session
+	3,  // 18: streamspace.v1.SessionService.CreateSession:input_type -> streamspace.v1.CreateSessionRequest
+	4,  // 19: streamspace.v1.SessionService.GetSession:input_type -> streamspace.v1.GetSessionRequest
+	5,  // 20: streamspace.v1.SessionService.ListSessions:input_type -> streamspace.v1.ListSessionsRequest
+	7,  // 21: streamspace.v1.SessionService.WatchSessions:input_type -> streamspace.v1.WatchSessionsRequest
+	9,  // 22: streamspace.v1.SessionService.HibernateSession:input_type -> streamspace.v1.HibernateSessionRequest
+	10, // 23: streamspace.v1.SessionService.WakeSession:input_type -> streamspace.v1.WakeSessionRequest
+	12, // 24: streamspace.v1.SessionService.DeleteSession:input_type -> streamspace.v1.DeleteSessionRequest
+	11, // 25: streamspace.v1.SessionService.TouchSession:input_type -> streamspace.v1.TouchSessionRequest
+	2,  // 26: streamspace.v1.SessionService.CreateSession:output_type -> streamspace.v1.Session
+	2,  // 27: streamspace.v1.SessionService.GetSession:output_type -> streamspace.v1.Session
+	6,  // 28: streamspace.v1.SessionService.ListSessions:output_type -> streamspace.v1.ListSessionsResponse
+	8,  // 29: streamspace.v1.SessionService.WatchSessions:output_type -> streamspace.v1.SessionEvent
+	2,  // 30: streamspace.v1.SessionService.HibernateSession:output_type -> streamspace.v1.Session
+	2,  // 31: streamspace.v1.SessionService.WakeSession:output_type -> streamspace.v1.Session
+	2,  // 32: streamspace.v1.SessionService.DeleteSession:output_type -> streamspace.v1.Session
+	2,  // 33: streamspace.v1.SessionService.TouchSession:output_type -> streamspace.v1.Session
+	26, // [26:34] is the sub-list for method output_type
+	18, // [18:26] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_streamspace_v1_session_proto_init() }
@@ -1026,7 +1089,7 @@ func file_streamspace_v1_session_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_streamspace_v1_session_proto_rawDesc), len(file_streamspace_v1_session_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   11,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

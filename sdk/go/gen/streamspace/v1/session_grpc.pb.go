@@ -31,6 +31,7 @@ const (
 	SessionService_HibernateSession_FullMethodName = "/streamspace.v1.SessionService/HibernateSession"
 	SessionService_WakeSession_FullMethodName      = "/streamspace.v1.SessionService/WakeSession"
 	SessionService_DeleteSession_FullMethodName    = "/streamspace.v1.SessionService/DeleteSession"
+	SessionService_TouchSession_FullMethodName     = "/streamspace.v1.SessionService/TouchSession"
 )
 
 // SessionServiceClient is the client API for SessionService service.
@@ -59,6 +60,10 @@ type SessionServiceClient interface {
 	// Sets the desired state to TERMINATED; the session disappears once its
 	// agent has stopped it.
 	DeleteSession(ctx context.Context, in *DeleteSessionRequest, opts ...grpc.CallOption) (*Session, error)
+	// Records activity on the session now (what a portal calls while the
+	// user's tab is open): its idle timeout starts again. Activity is not a
+	// change WatchSessions reports.
+	TouchSession(ctx context.Context, in *TouchSessionRequest, opts ...grpc.CallOption) (*Session, error)
 }
 
 type sessionServiceClient struct {
@@ -148,6 +153,16 @@ func (c *sessionServiceClient) DeleteSession(ctx context.Context, in *DeleteSess
 	return out, nil
 }
 
+func (c *sessionServiceClient) TouchSession(ctx context.Context, in *TouchSessionRequest, opts ...grpc.CallOption) (*Session, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Session)
+	err := c.cc.Invoke(ctx, SessionService_TouchSession_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // SessionServiceServer is the server API for SessionService service.
 // All implementations must embed UnimplementedSessionServiceServer
 // for forward compatibility.
@@ -174,6 +189,10 @@ type SessionServiceServer interface {
 	// Sets the desired state to TERMINATED; the session disappears once its
 	// agent has stopped it.
 	DeleteSession(context.Context, *DeleteSessionRequest) (*Session, error)
+	// Records activity on the session now (what a portal calls while the
+	// user's tab is open): its idle timeout starts again. Activity is not a
+	// change WatchSessions reports.
+	TouchSession(context.Context, *TouchSessionRequest) (*Session, error)
 	mustEmbedUnimplementedSessionServiceServer()
 }
 
@@ -204,6 +223,9 @@ func (UnimplementedSessionServiceServer) WakeSession(context.Context, *WakeSessi
 }
 func (UnimplementedSessionServiceServer) DeleteSession(context.Context, *DeleteSessionRequest) (*Session, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteSession not implemented")
+}
+func (UnimplementedSessionServiceServer) TouchSession(context.Context, *TouchSessionRequest) (*Session, error) {
+	return nil, status.Error(codes.Unimplemented, "method TouchSession not implemented")
 }
 func (UnimplementedSessionServiceServer) mustEmbedUnimplementedSessionServiceServer() {}
 func (UnimplementedSessionServiceServer) testEmbeddedByValue()                        {}
@@ -345,6 +367,24 @@ func _SessionService_DeleteSession_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _SessionService_TouchSession_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(TouchSessionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SessionServiceServer).TouchSession(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SessionService_TouchSession_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SessionServiceServer).TouchSession(ctx, req.(*TouchSessionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // SessionService_ServiceDesc is the grpc.ServiceDesc for SessionService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -375,6 +415,10 @@ var SessionService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteSession",
 			Handler:    _SessionService_DeleteSession_Handler,
+		},
+		{
+			MethodName: "TouchSession",
+			Handler:    _SessionService_TouchSession_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
