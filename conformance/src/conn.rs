@@ -158,27 +158,29 @@ impl Conn {
         if let Some(why) = &self.closed {
             return Next::Closed(why.clone());
         }
-        let left = deadline.saturating_duration_since(Instant::now());
-        let msg = match tokio::time::timeout(left, self.inbound.message()).await {
-            Err(_) => return Next::Timeout,
-            Ok(Ok(Some(m))) if m.frame.is_none() => {
-                return Box::pin(self.read(deadline)).await;
-            }
-            Ok(Ok(Some(m))) => m,
-            Ok(Ok(None)) => {
-                self.closed = Some("the agent ended the stream".into());
-                return Next::Closed("the agent ended the stream".into());
-            }
-            Ok(Err(s)) => {
-                let why = format!("the stream broke: {}", s.message());
-                self.closed = Some(why.clone());
-                return Next::Closed(why);
+        // An empty AgentFrame carries nothing to check: skipped.
+        let (msg, f) = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.inbound.message()).await {
+                Err(_) => return Next::Timeout,
+                Ok(Ok(Some(pb::AgentFrame { frame: None }))) => continue,
+                Ok(Ok(Some(m))) => {
+                    let f = m.frame.clone().expect("not empty");
+                    break (m, f);
+                }
+                Ok(Ok(None)) => {
+                    let why = "the agent ended the stream".to_string();
+                    self.closed = Some(why.clone());
+                    return Next::Closed(why);
+                }
+                Ok(Err(s)) => {
+                    let why = format!("the stream broke: {}", s.message());
+                    self.closed = Some(why.clone());
+                    return Next::Closed(why);
+                }
             }
         };
         let size = msg.encoded_len();
-        let Some(f) = msg.frame else {
-            return Next::Timeout;
-        };
         if let Some(max) = self.max_bytes
             && size > max as usize
         {

@@ -53,7 +53,7 @@ fn check_acks(c: &Ctx, conn: &Conn, id: &str, n: usize) -> Result<()> {
     let results = conn.results.get(id).cloned().unwrap_or_default();
     if acks.len() != n {
         return Err(c.fail(format!(
-            "{} CommandAck(s) for {n} deliveries of one command: exactly one per delivery",
+            "{} CommandAck(s) for {n} delivery(ies) of command {id}: exactly one per delivery",
             acks.len()
         )));
     }

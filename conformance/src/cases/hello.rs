@@ -75,7 +75,7 @@ pub async fn heartbeat_interval(c: &mut Ctx) -> Result<()> {
             None => (
                 welcomed,
                 interval + Duration::from_millis(200),
-                "of Welcome (one interval + 200 ms slack)",
+                "of Welcome (one interval + 200 ms of slack)",
             ),
             Some((t, _)) => (*t, interval * 3, "of the previous one (3 intervals)"),
         };
