@@ -284,7 +284,9 @@ impl Conn {
         id: &str,
         within: Duration,
     ) -> Result<pb::CommandResult> {
-        self.expect_ack(id, within).await?;
+        // The ack comes at once, before the command is applied.
+        self.expect_ack(id, within.min(Duration::from_secs(5)))
+            .await?;
         self.expect_result(id, within).await
     }
 

@@ -109,6 +109,14 @@ impl Ctx {
             .note(line);
     }
 
+    /// The transcript's placeholder of a command id (`<cmd-N>`).
+    pub fn tag(&self, id: &str) -> String {
+        self.transcript
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .id(id)
+    }
+
     pub fn transcript_text(&self) -> String {
         self.transcript
             .lock()
@@ -128,20 +136,22 @@ impl Ctx {
         self.note(".. agent killed (SIGKILL to its process group)");
     }
 
-    /// The next Attach (not answered yet: Hello comes next).
+    /// The next Attach (not answered yet: Hello comes next). Fails at once
+    /// if the agent exits meanwhile.
     pub async fn accept(&mut self, within: Duration) -> Result<Conn> {
-        match tokio::time::timeout(within, self.server.accepted.recv()).await {
-            Ok(Some(a)) => Ok(Conn::new(self.rule, a, self.transcript.clone())),
-            _ => {
-                let exited = self
-                    .agent
-                    .as_mut()
-                    .and_then(|a| a.exited())
-                    .map(|s| format!(" (the agent exited: {s})"))
-                    .unwrap_or_default();
-                Err(self.fail(format!(
-                    "the agent did not attach within {within:?}{exited}"
-                )))
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let tick = (tokio::time::Instant::now() + Duration::from_millis(100)).min(deadline);
+            match tokio::time::timeout_at(tick, self.server.accepted.recv()).await {
+                Ok(Some(a)) => return Ok(Conn::new(self.rule, a, self.transcript.clone())),
+                Ok(None) => return Err(self.fail("the kit's listener stopped")),
+                Err(_) => {}
+            }
+            if let Some(status) = self.agent.as_mut().and_then(|a| a.exited()) {
+                return Err(self.fail(format!("the agent exited ({status}) instead of attaching")));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(self.fail(format!("the agent did not attach within {within:?}")));
             }
         }
     }

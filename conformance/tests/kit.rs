@@ -152,6 +152,15 @@ fn an_agent_that_answers_unsent_commands_fails_no_unknown_ids() {
 }
 
 #[test]
+fn an_agent_that_applies_commands_concurrently_fails_max_in_flight() {
+    bad_agent_fails_only(
+        "ignore-max-in-flight",
+        "max-in-flight",
+        &["lifecycle", "unknown-stop"],
+    );
+}
+
+#[test]
 fn a_transcript_that_differs_from_its_golden_file_fails_with_a_diff() {
     let dir = tempfile::tempdir().unwrap();
     let golden = std::fs::read_to_string(concat!(

@@ -5,6 +5,8 @@
 //! - `no-heartbeat`: never sends a Heartbeat (breaks heartbeat-interval);
 //! - `result-for-unknown-id`: after each result, one more for a command id
 //!   that was never sent (breaks no-unknown-ids);
+//! - `ignore-max-in-flight`: applies stops concurrently whatever
+//!   Welcome.max_in_flight says (breaks max-in-flight);
 //! - `none`: behaves (as far as it goes).
 //!
 //! It reads the agents' shared environment (CONTROL_PLANE_URL, AGENT_ID,
@@ -35,6 +37,7 @@ enum Misbehave {
     AckTwice,
     NoHeartbeat,
     ResultForUnknownId,
+    IgnoreMaxInFlight,
 }
 
 #[derive(Debug, Parser)]
@@ -188,6 +191,29 @@ impl Agent {
         if self.args.misbehave == Misbehave::AckTwice {
             let _ = tx.send(ack()).await;
         }
+        if self.args.misbehave == Misbehave::IgnoreMaxInFlight
+            && matches!(c.action, Some(Action::Stop(_)))
+            && !self.done.contains_key(&c.command_id)
+        {
+            // Stopped in the background while the next command is applied.
+            let sess = self.sessions.remove(&c.session_id);
+            let (tx, id, s) = (tx.clone(), c.command_id.clone(), c.session_id.clone());
+            let ok = pb::CommandResult {
+                command_id: id.clone(),
+                outcome: Some(Outcome::Succeeded(pb::CommandSucceeded {})),
+            };
+            self.done.insert(id, ok.clone());
+            tokio::spawn(async move {
+                if let Some(sess) = sess {
+                    stop(sess).await;
+                }
+                let _ = tx
+                    .send(frame(status(&s, pb::SessionPhase::Stopped, "")))
+                    .await;
+                let _ = tx.send(frame(Out::Result(ok))).await;
+            });
+            return;
+        }
         let result = match self.done.get(&c.command_id) {
             Some(r) => r.clone(),
             None => {
@@ -225,6 +251,12 @@ impl Agent {
                     return ok;
                 }
                 let w = start.workload.clone().unwrap_or_default();
+                // Ports another process holds (another kit run) are skipped.
+                while self.next_port <= self.last_port
+                    && std::net::TcpListener::bind(("127.0.0.1", self.next_port)).is_err()
+                {
+                    self.next_port += 1;
+                }
                 if w.command.is_empty() || self.next_port > self.last_port {
                     return failed(R::Invalid, "no command, or no free port");
                 }
@@ -264,17 +296,8 @@ impl Agent {
                 ok
             }
             Some(Action::Stop(_)) => {
-                if let Some(mut sess) = self.sessions.remove(s) {
-                    let _ = group(&sess, Signal::SIGTERM);
-                    let _ = group(&sess, Signal::SIGCONT);
-                    if tokio::time::timeout(Duration::from_secs(3), sess.child.wait())
-                        .await
-                        .is_err()
-                    {
-                        let _ = group(&sess, Signal::SIGKILL);
-                        let _ = sess.child.wait().await;
-                    }
-                    let _ = group(&sess, Signal::SIGKILL);
+                if let Some(sess) = self.sessions.remove(s) {
+                    stop(sess).await;
                 }
                 let _ = tx.send(frame(status(s, P::Stopped, ""))).await;
                 ok
@@ -294,6 +317,21 @@ impl Agent {
             None => failed(R::Invalid, "no action"),
         }
     }
+}
+
+/// SIGTERM to the session's group, SIGKILL after 3 s.
+async fn stop(mut sess: Session) {
+    let group = |sig| killpg(Pid::from_raw(sess.pid), sig);
+    let _ = group(Signal::SIGTERM);
+    let _ = group(Signal::SIGCONT);
+    if tokio::time::timeout(Duration::from_secs(3), sess.child.wait())
+        .await
+        .is_err()
+    {
+        let _ = group(Signal::SIGKILL);
+        let _ = sess.child.wait().await;
+    }
+    let _ = killpg(Pid::from_raw(sess.pid), Signal::SIGKILL);
 }
 
 #[tokio::main]

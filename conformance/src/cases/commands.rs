@@ -51,16 +51,20 @@ pub async fn start_running(c: &Ctx, conn: &mut Conn, session: &str) -> Result<St
 fn check_acks(c: &Ctx, conn: &Conn, id: &str, n: usize) -> Result<()> {
     let acks = conn.acks.get(id).cloned().unwrap_or_default();
     let results = conn.results.get(id).cloned().unwrap_or_default();
+    let id = c.tag(id);
     if acks.len() != n {
         return Err(c.fail(format!(
             "{} CommandAck(s) for {n} delivery(ies) of command {id}: exactly one per delivery",
             acks.len()
         )));
     }
-    if let (Some(a), Some((r, _))) = (acks.first(), results.first())
-        && r < a
-    {
-        return Err(c.fail("the CommandResult came before the CommandAck"));
+    for (i, (a, (r, _))) in acks.iter().zip(&results).enumerate() {
+        if r < a {
+            return Err(c.fail(format!(
+                "delivery {} of command {id}: the CommandResult came before the CommandAck",
+                i + 1
+            )));
+        }
     }
     Ok(())
 }
