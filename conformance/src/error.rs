@@ -34,14 +34,6 @@ impl Error {
             source,
         }
     }
-
-    /// Whether this is a broken rule (as opposed to a kit failure).
-    pub fn rule(&self) -> Option<&'static str> {
-        match self {
-            Error::Rule { rule, .. } => Some(rule),
-            _ => None,
-        }
-    }
 }
 
 /// A broken rule.

@@ -150,12 +150,16 @@ impl Agent {
         let interval = match inbound.message().await.map_err(refused)? {
             Some(pb::ControlFrame {
                 frame: Some(In::Welcome(w)),
-            }) => w
+            }) if w.protocol_version == streamspace::PROTOCOL_VERSION as i32 => w
                 .heartbeat_interval
                 .and_then(|d| Duration::try_from(d).ok())
                 .filter(|d| !d.is_zero())
                 .unwrap_or(Duration::from_secs(10)),
-            _ => return Err(Error::Usage("expected Welcome".into())),
+            _ => {
+                return Err(Error::Usage(
+                    "expected Welcome of protocol version 1".into(),
+                ));
+            }
         };
         let (st_tx, mut st_rx) = mpsc::channel::<Out>(64);
         let mut beat = tokio::time::interval(interval);

@@ -193,6 +193,29 @@ pub async fn unknown_stop(c: &mut Ctx) -> Result<()> {
     Ok(())
 }
 
+pub async fn unknown_hibernate(c: &mut Ctx) -> Result<()> {
+    c.start_agent()?;
+    let (mut conn, _) = c.attach(welcome()).await?;
+    let s = "cf-never-started";
+    for (what, cmd) in [("hibernate", ctx::hibernate(s)), ("wake", ctx::wake(s))] {
+        let id = cmd.command_id.clone();
+        conn.command(cmd).await?;
+        let r = conn.ack_and_result(&id, T).await?;
+        let not_found = matches!(
+            &r.outcome,
+            Some(Outcome::Failed(f)) if f.reason == pb::FailureReason::NotFound as i32 && !f.retryable
+        );
+        if !not_found {
+            return Err(c.fail(format!(
+                "a {what} of a session the agent does not know must fail with NOT_FOUND, not \
+                 retryable; got {}",
+                transcript::outcome(&r)
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Reads `<marks>/<session>.log`: (SIGTERM received, exited) in ns.
 fn term_exit(c: &Ctx, session: &str) -> Option<(u128, u128)> {
     let text = std::fs::read_to_string(c.marks.join(format!("{session}.log"))).ok()?;

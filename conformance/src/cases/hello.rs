@@ -108,3 +108,24 @@ pub async fn heartbeat_interval(c: &mut Ctx) -> Result<()> {
     }
     Ok(())
 }
+
+pub async fn welcome_version(c: &mut Ctx) -> Result<()> {
+    c.start_agent()?;
+    let mut w = welcome();
+    w.protocol_version = 99;
+    let (mut conn, _) = c.attach(w).await?;
+    match conn.await_close(Duration::from_secs(5)).await {
+        None => Err(c.fail(
+            "the agent kept the stream open 5 s after a Welcome with protocol_version 99, \
+             which it does not speak",
+        )),
+        Some(_) if !conn.acks.is_empty() || !conn.results.is_empty() || !conn.latest.is_empty() => {
+            Err(c
+                .fail("the agent sent acks, results or statuses on a stream of an unknown version"))
+        }
+        Some(_) => {
+            conn.note(".. the agent ended the stream");
+            Ok(())
+        }
+    }
+}

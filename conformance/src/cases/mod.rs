@@ -35,6 +35,12 @@ pub const CASES: &[Case] = &[
         run: |c| Box::pin(hello::hello_welcome(c)),
     },
     Case {
+        name: "welcome-version",
+        doc: "A Welcome whose protocol_version the agent does not speak (99) makes it end the \
+              stream within 5 s, without sending results, acks or statuses on it.",
+        run: |c| Box::pin(hello::welcome_version(c)),
+    },
+    Case {
         name: "heartbeat-interval",
         doc: "With Welcome.heartbeat_interval = 300 ms: the first Heartbeat comes within one \
               interval of Welcome (200 ms of slack), every next one within 3 intervals of the \
@@ -73,6 +79,12 @@ pub const CASES: &[Case] = &[
         doc: "StopSession for a session the agent does not know succeeds, and the status that \
               follows says STOPPED.",
         run: |c| Box::pin(commands::unknown_stop(c)),
+    },
+    Case {
+        name: "unknown-hibernate",
+        doc: "HibernateSession and WakeSession for a session the agent does not know each fail \
+              with FAILURE_REASON_NOT_FOUND, not retryable.",
+        run: |c| Box::pin(commands::unknown_hibernate(c)),
     },
     Case {
         name: "lifecycle",
