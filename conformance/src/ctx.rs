@@ -168,9 +168,14 @@ impl Ctx {
     /// each of its starts in the case's marks.
     pub fn start(&self, session: &str) -> pb::Command {
         let mark = self.marks.join(session).display().to_string();
-        let script =
-            "echo $$ >> \"$1\"; exec timeout 300 python3 -m http.server --bind 127.0.0.1 \"$2\"";
-        let argv = ["sh", "-c", script, "workload", &mark, "${PORT}"];
+        // `--foreground` keeps timeout in the session's process group (it
+        // would make a group of its own otherwise, which signals to the
+        // session's group would miss). The marks directory in every
+        // workload's command line lets the kit find leftovers.
+        let script = "echo $$ >> \"$1\"; \
+            exec timeout --foreground 300 python3 -m http.server --bind 127.0.0.1 \"$2\" --directory \"$3\"";
+        let dir = self.marks.display().to_string();
+        let argv = ["sh", "-c", script, "workload", &mark, "${PORT}", &dir];
         command(
             session,
             Action::Start(pb::StartSession {
@@ -201,25 +206,23 @@ impl Ctx {
         log_tail(&self.launch.log, 20)
     }
 
-    /// Kills every workload the case started (by the pids they recorded).
+    /// Kills every workload the case started and anything they left: each
+    /// process whose command line names the case's marks directory.
     fn kill_workloads(&self) {
-        let Ok(entries) = std::fs::read_dir(&self.marks) else {
+        let needle = self.marks.display().to_string();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
             return;
         };
         for e in entries.flatten() {
-            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
-            for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-                if !String::from_utf8_lossy(&cmdline).contains("http.server") {
-                    continue;
-                }
-                use nix::sys::signal::{Signal, kill, killpg};
+            let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<i32>().ok()) else {
+                continue;
+            };
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(&needle) {
+                use nix::sys::signal::{Signal, kill};
                 let pid = nix::unistd::Pid::from_raw(pid);
-                let _ = kill(pid, Signal::SIGCONT);
-                if nix::unistd::getpgid(Some(pid)) == Ok(pid) {
-                    let _ = killpg(pid, Signal::SIGKILL);
-                }
                 let _ = kill(pid, Signal::SIGKILL);
+                let _ = kill(pid, Signal::SIGCONT);
             }
         }
     }
@@ -264,7 +267,7 @@ impl Ctx {
         let mut c = self.start(session);
         let script = "echo $$ >> \"$1\"; \
             trap 'echo \"term $(date +%s%N)\" >> \"$1.log\"; sleep 1; echo \"exit $(date +%s%N)\" >> \"$1.log\"; exit 0' TERM; \
-            timeout 300 python3 -m http.server --bind 127.0.0.1 \"$2\" & wait";
+            timeout --foreground 300 python3 -m http.server --bind 127.0.0.1 \"$2\" --directory \"$3\" & wait";
         if let Some(Action::Start(st)) = &mut c.action
             && let Some(w) = &mut st.workload
         {
