@@ -46,9 +46,11 @@ pub struct Conn {
     /// (frame kind, encoded size) of every frame above `max_bytes`.
     pub oversized: Vec<(&'static str, usize)>,
     pub closed: Option<String>,
+    /// Every frame read but heartbeats, in arrival order.
+    pub seen: Vec<FromAgent>,
 }
 
-fn kind(f: &FromAgent) -> &'static str {
+pub fn kind(f: &FromAgent) -> &'static str {
     match f {
         FromAgent::Hello(_) => "Hello",
         FromAgent::Heartbeat(_) => "Heartbeat",
@@ -97,6 +99,7 @@ impl Conn {
             max_bytes: None,
             oversized: Vec::new(),
             closed: None,
+            seen: Vec::new(),
         }
     }
 
@@ -187,6 +190,9 @@ impl Conn {
             self.oversized.push((kind(&f), size));
         }
         self.count += 1;
+        if !matches!(f, FromAgent::Heartbeat(_)) {
+            self.seen.push(f.clone());
+        }
         match &f {
             FromAgent::Heartbeat(h) => self.heartbeats.push((Instant::now(), h.sequence)),
             FromAgent::Ack(a) => self

@@ -161,6 +161,15 @@ fn an_agent_that_applies_commands_concurrently_fails_max_in_flight() {
 }
 
 #[test]
+fn an_agent_without_a_status_after_each_result_fails_status_after_result() {
+    bad_agent_fails_only(
+        "no-status-after-result",
+        "status-after-result",
+        &["lifecycle", "unknown-stop"],
+    );
+}
+
+#[test]
 fn a_transcript_that_differs_from_its_golden_file_fails_with_a_diff() {
     let dir = tempfile::tempdir().unwrap();
     let golden = std::fs::read_to_string(concat!(

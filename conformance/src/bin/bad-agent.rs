@@ -5,6 +5,8 @@
 //! - `no-heartbeat`: never sends a Heartbeat (breaks heartbeat-interval);
 //! - `result-for-unknown-id`: after each result, one more for a command id
 //!   that was never sent (breaks no-unknown-ids);
+//! - `no-status-after-result`: sends a session's status before a command's
+//!   result only, never right after it (breaks status-after-result);
 //! - `ignore-max-in-flight`: applies stops concurrently whatever
 //!   Welcome.max_in_flight says (breaks max-in-flight);
 //! - `none`: behaves (as far as it goes).
@@ -38,6 +40,7 @@ enum Misbehave {
     NoHeartbeat,
     ResultForUnknownId,
     IgnoreMaxInFlight,
+    NoStatusAfterResult,
 }
 
 #[derive(Debug, Parser)]
@@ -81,6 +84,8 @@ struct Agent {
     args: Args,
     sessions: HashMap<String, Session>,
     done: HashMap<String, pb::CommandResult>,
+    /// The latest status sent per session, sent again after each result.
+    latest: HashMap<String, Out>,
     next_port: u16,
     last_port: u16,
 }
@@ -172,7 +177,7 @@ impl Agent {
                         let _ = tx.send(frame(Out::Heartbeat(pb::Heartbeat { sequence: seq, in_use: None }))).await;
                     }
                 }
-                Some(s) = st_rx.recv() => { let _ = tx.send(frame(s)).await; }
+                Some(s) = st_rx.recv() => self.say(&tx, s).await,
                 m = inbound.message() => match m.map_err(refused)? {
                     None => return Ok(None),
                     Some(pb::ControlFrame { frame: Some(In::Command(c)) }) => self.command(c, &tx, &st_tx).await,
@@ -231,6 +236,11 @@ impl Agent {
             }
         };
         let _ = tx.send(frame(Out::Result(result))).await;
+        if self.args.misbehave != Misbehave::NoStatusAfterResult
+            && let Some(st) = self.latest.get(&c.session_id)
+        {
+            let _ = tx.send(frame(st.clone())).await;
+        }
         if self.args.misbehave == Misbehave::ResultForUnknownId {
             let extra = pb::CommandResult {
                 command_id: uuid::Uuid::new_v4().to_string(),
@@ -251,7 +261,8 @@ impl Agent {
                 if let Some(sess) = self.sessions.get_mut(s)
                     && sess.child.try_wait().ok().flatten().is_none()
                 {
-                    let _ = tx.send(frame(status(s, P::Running, &sess.url))).await;
+                    let st = status(s, P::Running, &sess.url);
+                    self.say(tx, st).await;
                     return ok;
                 }
                 let w = start.workload.clone().unwrap_or_default();
@@ -296,14 +307,16 @@ impl Agent {
                 });
                 let pid = child.id().unwrap_or(0) as i32;
                 self.sessions.insert(s.into(), Session { pid, url, child });
-                let _ = tx.send(frame(status(s, P::Provisioning, ""))).await;
+                let st = status(s, P::Provisioning, "");
+                self.say(tx, st).await;
                 ok
             }
             Some(Action::Stop(_)) => {
                 if let Some(sess) = self.sessions.remove(s) {
                     stop(sess).await;
                 }
-                let _ = tx.send(frame(status(s, P::Stopped, ""))).await;
+                let st = status(s, P::Stopped, "");
+                self.say(tx, st).await;
                 ok
             }
             Some(Action::Hibernate(_)) | Some(Action::Wake(_)) => {
@@ -315,11 +328,26 @@ impl Agent {
                     _ => (Signal::SIGCONT, P::Running, sess.url.as_str()),
                 };
                 let _ = group(sess, sig);
-                let _ = tx.send(frame(status(s, phase, url))).await;
+                let st = status(s, phase, url);
+                self.say(tx, st).await;
                 ok
             }
             None => failed(R::Invalid, "no action"),
         }
+    }
+}
+
+impl Agent {
+    /// Sends a status and keeps it as the session's latest (until STOPPED).
+    async fn say(&mut self, tx: &Tx, st: Out) {
+        if let Out::Status(x) = &st {
+            if x.phase == pb::SessionPhase::Stopped as i32 {
+                self.latest.remove(&x.session_id);
+            } else {
+                self.latest.insert(x.session_id.clone(), st.clone());
+            }
+        }
+        let _ = tx.send(frame(st)).await;
     }
 }
 
@@ -355,6 +383,7 @@ async fn main() -> ExitCode {
         args,
         sessions: HashMap::new(),
         done: HashMap::new(),
+        latest: HashMap::new(),
         next_port: lo,
         last_port: hi,
     };

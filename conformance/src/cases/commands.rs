@@ -116,6 +116,84 @@ pub async fn no_unknown_ids(c: &mut Ctx) -> Result<()> {
     Ok(())
 }
 
+pub async fn status_after_result(c: &mut Ctx) -> Result<()> {
+    use streamspace::v1::agent_frame::Frame as FromAgent;
+    c.start_agent()?;
+    let (mut conn, _) = c.attach(welcome()).await?;
+    let s = "cf-follow";
+    let up: &[P] = &[P::Provisioning, P::Running];
+    let steps: [(&str, pb::Command, &[P], P); 4] = [
+        ("start", c.start(s), up, P::Running),
+        (
+            "hibernate",
+            ctx::hibernate(s),
+            &[P::Hibernated],
+            P::Hibernated,
+        ),
+        ("wake", ctx::wake(s), up, P::Running),
+        ("stop", ctx::stop(s), &[P::Stopped], P::Stopped),
+    ];
+    for (what, cmd, allowed, settled) in steps {
+        let id = cmd.command_id.clone();
+        conn.command(cmd).await?;
+        let r = conn.ack_and_result(&id, T).await?;
+        succeeded(c, &format!("the {what}"), &r)?;
+        conn.settle(Duration::from_millis(300)).await;
+        let at = conn
+            .seen
+            .iter()
+            .position(|f| matches!(f, FromAgent::Result(x) if x.command_id == id))
+            .expect("the result was read");
+        if settled == P::Stopped {
+            // Nothing is observed after a stop's own STOPPED: that status
+            // may come before the result as well as right after it.
+            let stopped = |f: &FromAgent| matches!(f, FromAgent::Status(st) if st.session_id == s && st.phase == P::Stopped as i32);
+            let before = conn.seen[..at]
+                .iter()
+                .rev()
+                .take_while(|f| !matches!(f, FromAgent::Result(_)))
+                .any(stopped);
+            if !before && !conn.seen.get(at + 1).is_some_and(stopped) {
+                return Err(c.fail(format!(
+                    "no STOPPED status of {s} between the result of the command before and the one \
+                     right after the result of the stop"
+                )));
+            }
+            conn.await_phase(s, settled, T).await?;
+            continue;
+        }
+        match conn.seen.get(at + 1) {
+            Some(FromAgent::Status(st)) if st.session_id == s => {
+                if !allowed.iter().any(|p| *p as i32 == st.phase) {
+                    return Err(c.fail(format!(
+                        "the status right after the result of the {what} says {}; expected {}",
+                        transcript::status(st),
+                        allowed
+                            .iter()
+                            .map(|p| p.as_str_name())
+                            .collect::<Vec<_>>()
+                            .join(" or ")
+                    )));
+                }
+            }
+            Some(FromAgent::Status(st)) => {
+                return Err(c.fail(format!(
+                    "the frame right after the result of the {what} is a status of another session ({})",
+                    st.session_id
+                )));
+            }
+            other => {
+                return Err(c.fail(format!(
+                    "no SessionStatus of {s} right after the result of the {what} (next frame: {})",
+                    other.map(crate::conn::kind).unwrap_or("none within 300 ms")
+                )));
+            }
+        }
+        conn.await_phase(s, settled, T).await?;
+    }
+    Ok(())
+}
+
 pub async fn start_idempotent(c: &mut Ctx) -> Result<()> {
     c.start_agent()?;
     let (mut conn, _) = c.attach(welcome()).await?;

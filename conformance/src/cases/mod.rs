@@ -62,6 +62,15 @@ pub const CASES: &[Case] = &[
         run: |c| Box::pin(commands::no_unknown_ids(c)),
     },
     Case {
+        name: "status-after-result",
+        doc: "Right after each CommandResult (heartbeats aside) comes a SessionStatus of the \
+              command's session, in the phase the command led to: start and wake -> PROVISIONING \
+              or RUNNING, hibernate -> HIBERNATED. A stop's STOPPED status may come right before \
+              its result instead (nothing is observed after it). Checked over start, hibernate, \
+              wake and stop of one session.",
+        run: |c| Box::pin(commands::status_after_result(c)),
+    },
+    Case {
         name: "start-idempotent",
         doc: "A second StartSession (another command id) for a session that runs succeeds and \
               starts no second workload: the session stays RUNNING at the same URL and the \
