@@ -162,14 +162,16 @@ impl Conn {
             return Next::Closed(why.clone());
         }
         // An empty AgentFrame carries nothing to check: skipped.
-        let (msg, f) = loop {
+        let (size, f) = loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match tokio::time::timeout(left, self.inbound.message()).await {
                 Err(_) => return Next::Timeout,
-                Ok(Ok(Some(pb::AgentFrame { frame: None }))) => continue,
                 Ok(Ok(Some(m))) => {
-                    let f = m.frame.clone().expect("not empty");
-                    break (m, f);
+                    let size = m.encoded_len();
+                    match m.frame {
+                        Some(f) => break (size, f),
+                        None => continue,
+                    }
                 }
                 Ok(Ok(None)) => {
                     let why = "the agent ended the stream".to_string();
@@ -183,7 +185,6 @@ impl Conn {
                 }
             }
         };
-        let size = msg.encoded_len();
         if let Some(max) = self.max_bytes
             && size > max as usize
         {
