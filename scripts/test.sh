@@ -60,6 +60,14 @@ scripts/sdk-go.sh test
 STREAMSPACE_GO_AGENT="$(scripts/sdk-go.sh install | tail -n 1)"
 export STREAMSPACE_PYTHON_AGENT STREAMSPACE_GO_AGENT
 
+log "conformance kit: the Rust, Python and Go agents pass every case (JUnit in $CACHE/conformance)"
+bin="${CARGO_TARGET_DIR:-target}/debug"
+mkdir -p "$CACHE/conformance"
+for agent in rust:"$bin/streamspace-agent" python:"$STREAMSPACE_PYTHON_AGENT" go:"$STREAMSPACE_GO_AGENT"; do
+  log "conformance: ${agent%%:*} agent"
+  "$bin/streamspace-conformance" --agent-cmd "${agent#*:}" --junit "$CACHE/conformance/${agent%%:*}.xml"
+done
+
 log "image: build from the test binaries and run them from its root filesystem"
 scripts/tools.sh install buildah # a missing buildah fails the run (never skipped)
 scripts/image.sh build --bin-dir "${CARGO_TARGET_DIR:-target}/debug" --oci-archive "$CACHE/image/streamspace.oci.tar"

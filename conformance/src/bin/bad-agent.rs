@@ -174,7 +174,7 @@ impl Agent {
                 _ = beat.tick() => {
                     if self.args.misbehave != Misbehave::NoHeartbeat {
                         seq += 1;
-                        let _ = tx.send(frame(Out::Heartbeat(pb::Heartbeat { sequence: seq, in_use: None }))).await;
+                        let _ = tx.send(frame(Out::Heartbeat(pb::Heartbeat { sequence: seq, in_use: None, active_sessions: vec![] }))).await;
                     }
                 }
                 Some(s) = st_rx.recv() => self.say(&tx, s).await,
