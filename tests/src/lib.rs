@@ -494,6 +494,21 @@ pub mod raw {
         }
     }
 
+    /// The next command the control plane sends on `s` (other frames are
+    /// skipped); panics after 15 s.
+    pub async fn next_command(s: &mut RawStream) -> pb::Command {
+        loop {
+            let f = tokio::time::timeout(Duration::from_secs(15), s.rx.message())
+                .await
+                .expect("a command within 15 s")
+                .expect("the stream stays open")
+                .expect("a frame");
+            if let Some(pb::control_frame::Frame::Command(c)) = f.frame {
+                return c;
+            }
+        }
+    }
+
     /// The status a stream ends with (after any frames).
     pub async fn end_status(rx: &mut tonic::Streaming<pb::ControlFrame>) -> tonic::Status {
         loop {

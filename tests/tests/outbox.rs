@@ -4,7 +4,6 @@
 //! the audit log shows both, naming the caller.
 
 use std::process::Command;
-use std::time::Duration;
 
 use streamspace::v1 as pb;
 use streamspace_tests::procs::CpProc;
@@ -49,18 +48,6 @@ fn json(text: &str) -> serde_json::Value {
 }
 
 /// The next command the control plane sends on `s`.
-async fn next_command(s: &mut raw::RawStream) -> pb::Command {
-    loop {
-        let f = tokio::time::timeout(Duration::from_secs(15), s.rx.message())
-            .await
-            .expect("a command within 15 s")
-            .expect("the stream stays open")
-            .expect("a frame");
-        if let Some(pb::control_frame::Frame::Command(c)) = f.frame {
-            return c;
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcurl_lists_retries_and_the_audit_log_shows_it() {
@@ -86,7 +73,7 @@ async fn grpcurl_lists_retries_and_the_audit_log_shows_it() {
     let mut agent = raw::attach(&mut c, vec![raw::hello("mute")]).await.unwrap();
 
     api.create("stuck", "static-files").await.unwrap();
-    let first = next_command(&mut agent).await;
+    let first = raw::next_command(&mut agent).await;
     let failed = api.wait_phase("stuck", pb::SessionPhase::Failed, 30).await;
     assert_eq!(failed.failure_reason, pb::FailureReason::Deadline as i32);
 
@@ -135,7 +122,7 @@ async fn grpcurl_lists_retries_and_the_audit_log_shows_it() {
             .contains("retried by admin"),
         "{out}"
     );
-    let again = next_command(&mut agent).await;
+    let again = raw::next_command(&mut agent).await;
     assert_eq!(again.command_id, new_id, "the retry reaches the agent");
     // Retrying it twice: the session is no longer failed.
     let (ok, out) = grpcurl(&pki, cp.api_addr, ADMIN_TOKEN, "RetryCommand", &body);

@@ -14,19 +14,6 @@ fn frame(f: Out) -> pb::AgentFrame {
     pb::AgentFrame { frame: Some(f) }
 }
 
-async fn next_command(s: &mut raw::RawStream) -> pb::Command {
-    loop {
-        let f = tokio::time::timeout(Duration::from_secs(15), s.rx.message())
-            .await
-            .expect("a command within 15 s")
-            .expect("the stream stays open")
-            .expect("a frame");
-        if let Some(pb::control_frame::Frame::Command(c)) = f.frame {
-            return c;
-        }
-    }
-}
-
 /// Acks `c` and answers it with `outcome`, then (on success) a RUNNING status.
 async fn answer(s: &raw::RawStream, c: &pb::Command, outcome: pb::command_result::Outcome) {
     let ok = matches!(outcome, pb::command_result::Outcome::Succeeded(_));
@@ -88,7 +75,7 @@ async fn retryable_failures_are_retried_and_every_attempt_is_listed() {
     api.create("flaky-s", "static-files").await.unwrap();
     let mut ids = vec![];
     for attempt in 1..=3 {
-        let cmd = next_command(&mut agent).await;
+        let cmd = raw::next_command(&mut agent).await;
         assert!(matches!(cmd.action, Some(pb::command::Action::Start(_))));
         ids.push(cmd.command_id.clone());
         if attempt < 3 {
@@ -134,14 +121,14 @@ async fn retryable_failures_are_retried_and_every_attempt_is_listed() {
 
     // Not retryable: FAILED at once, one attempt.
     api.create("broken-s", "static-files").await.unwrap();
-    let cmd = next_command(&mut agent).await;
+    let cmd = raw::next_command(&mut agent).await;
     answer(&agent, &cmd, failed(pb::FailureReason::Image, false)).await;
     let s = api
         .wait_phase("broken-s", pb::SessionPhase::Failed, 15)
         .await;
     assert_eq!(s.failure_reason, pb::FailureReason::Image as i32);
     assert!(
-        tokio::time::timeout(Duration::from_secs(2), next_command(&mut agent))
+        tokio::time::timeout(Duration::from_secs(2), raw::next_command(&mut agent))
             .await
             .is_err(),
         "no retry of a failure that is not retryable"
