@@ -31,6 +31,7 @@ type Config struct {
 	MaxCPU          uint64 // cores
 	MaxMemoryGB     uint64
 	SessionPorts    PortRange
+	PortLockDir     string // host-wide port locks shared with other agents ("" = <temp dir>/streamspace-ports)
 	StopGrace       time.Duration
 	BackoffBase     time.Duration
 	BackoffMax      time.Duration
@@ -83,6 +84,7 @@ func Load(args []string, getenv func(string) string, usage io.Writer) (*Config, 
 		{env: "MAX_CPU", flag: "max-cpu", def: "100", help: "CPU cores declared in Hello.capacity"},
 		{env: "MAX_MEMORY", flag: "max-memory", def: "128", help: "memory in GiB declared in Hello.capacity"},
 		{env: "SESSION_PORTS", flag: "session-ports", def: "20000-29999", help: "LOW-HIGH port range for session processes"},
+		{env: "PORT_LOCK_DIR", flag: "port-lock-dir", def: "", help: "directory of host-wide port locks shared by the agents on this host (default <temp dir>/streamspace-ports)"},
 		{env: "STOP_GRACE_SECONDS", flag: "stop-grace-seconds", def: "10", help: "seconds between SIGTERM and SIGKILL on stop"},
 		{env: "BACKOFF_BASE_MS", flag: "backoff-base-ms", def: "250", help: "first reconnect delay ceiling, ms"},
 		{env: "BACKOFF_MAX_MS", flag: "backoff-max-ms", def: "30000", help: "largest reconnect delay, ms"},
@@ -143,6 +145,7 @@ func Load(args []string, getenv func(string) string, usage io.Writer) (*Config, 
 		BackoffBase:     time.Duration(number("BACKOFF_BASE_MS", 32, 1)) * time.Millisecond,
 		BackoffMax:      time.Duration(number("BACKOFF_MAX_MS", 32, 1)) * time.Millisecond,
 		LogFormat:       get("LOG_FORMAT"),
+		PortLockDir:     get("PORT_LOCK_DIR"),
 	}
 	if c.ControlPlaneURL != "" {
 		u, err := url.Parse(c.ControlPlaneURL)

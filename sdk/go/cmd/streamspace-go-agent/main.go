@@ -40,7 +40,7 @@ func main() {
 	}
 	sink := status.NewSink()
 	rt, err := process.Open(process.Options{
-		DataDir: cfg.DataDir, Ports: cfg.SessionPorts, MaxSessions: cfg.MaxSessions,
+		DataDir: cfg.DataDir, Ports: cfg.SessionPorts, PortLockDir: cfg.PortLockDir, MaxSessions: cfg.MaxSessions,
 		StopGrace: cfg.StopGrace, Log: log,
 	}, sink)
 	if err != nil {

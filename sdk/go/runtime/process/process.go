@@ -62,6 +62,7 @@ func platformErr(what string, err error) *Error {
 type Options struct {
 	DataDir      string
 	Ports        config.PortRange
+	PortLockDir  string        // host-wide port locks ("" = <temp dir>/streamspace-ports)
 	MaxSessions  uint32        // 0 = no limit
 	StopGrace    time.Duration // SIGTERM -> SIGKILL
 	ReadyTimeout time.Duration // FAILED if the port is not open by then (default 60s)
@@ -95,7 +96,7 @@ func Open(opt Options, sink *status.Sink) (*Runtime, error) {
 	if opt.Log == nil {
 		opt.Log = slog.Default()
 	}
-	rt := &Runtime{opt: opt, lay: layout{opt.DataDir}, sink: sink, ports: newPorts(opt.Ports), log: opt.Log, procs: map[string]*proc{}}
+	rt := &Runtime{opt: opt, lay: layout{opt.DataDir}, sink: sink, ports: newPorts(opt.Ports, opt.PortLockDir, opt.Log), log: opt.Log, procs: map[string]*proc{}}
 	if err := rt.lay.create(); err != nil {
 		return nil, err
 	}
@@ -231,9 +232,14 @@ func (rt *Runtime) spawn(session string, s *pb.StartSession) (*spawnedProc, erro
 	if err != nil {
 		return nil, &Error{Reason: reasonImage, Message: fmt.Sprintf("command %q cannot be executed: not found or not executable", argv[0])}
 	}
-	port, err := rt.ports.allocate()
+	port, lock, err := rt.ports.allocate()
 	if err != nil {
 		return nil, &Error{Reason: reasonPlatform, Message: err.Error(), Retryable: true}
+	}
+	// The child inherits the port's lock as its stdin and holds it while it
+	// lives; this copy closes when spawn returns.
+	if lock != nil {
+		defer lock.Close()
 	}
 	ok := false
 	defer func() {
@@ -273,7 +279,7 @@ func (rt *Runtime) spawn(session string, s *pb.StartSession) (*spawnedProc, erro
 	}
 	env = append(env, spawnEnv+"="+st.SpawnTag)
 	cmd := &exec.Cmd{
-		Path: program, Args: args, Env: env, Dir: home, Stdout: logf, Stderr: logf,
+		Path: program, Args: args, Env: env, Dir: home, Stdout: logf, Stderr: logf, Stdin: stdinOf(lock),
 		// A session of its own: its own process group (signalled as one) that
 		// the agent's death does not hang up, also while stopped.
 		SysProcAttr: &syscall.SysProcAttr{Setsid: true},

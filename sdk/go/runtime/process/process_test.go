@@ -1,6 +1,7 @@
 package process
 
 import (
+	"os"
 	"strings"
 	"testing"
 
@@ -57,28 +58,61 @@ func TestNamesAreCheckedAndTheFieldIsNamed(t *testing.T) {
 }
 
 func TestPortsSkipHeldAndUnbindableAndRunOut(t *testing.T) {
-	p := newPorts(config.PortRange{Low: 30000, High: 30003})
+	p := newPorts(config.PortRange{Low: 30000, High: 30003}, t.TempDir(), nil)
 	busy := map[uint16]bool{30001: true}
 	p.probe = func(port uint16) bool { return !busy[port] }
-	got := map[uint16]bool{}
+	got := map[uint16]*os.File{}
 	for range 3 {
-		port, err := p.allocate()
+		port, lock, err := p.allocate()
 		if err != nil {
 			t.Fatal(err)
 		}
-		if busy[port] || got[port] || port < 30000 || port > 30003 {
-			t.Fatalf("allocated %d (had %v)", port, got)
+		if busy[port] || got[port] != nil || port < 30000 || port > 30003 || lock == nil {
+			t.Fatalf("allocated %d (had %v, lock %v)", port, got, lock)
 		}
-		got[port] = true
+		got[port] = lock
 	}
-	if _, err := p.allocate(); err == nil || !strings.Contains(err.Error(), "30000-30003") {
+	if _, _, err := p.allocate(); err == nil || !strings.Contains(err.Error(), "30000-30003") {
 		t.Fatalf("exhausted range: %v", err)
 	}
-	for port := range got {
+	for port, lock := range got {
+		// The session's process is gone: its lock with it.
+		_ = lock.Close()
 		p.release(port)
-		if again, err := p.allocate(); err != nil || again != port {
+		again, lock2, err := p.allocate()
+		if err != nil || again != port {
 			t.Fatalf("after releasing %d: %d %v", port, again, err)
 		}
+		_ = lock2.Close()
+	}
+}
+
+// Two agents on one host (two allocators, one lock directory) never hand out
+// the same port, although nothing ever binds one: the probe alone would give
+// both every port.
+func TestTwoAgentsOnOneHostNeverShareAPort(t *testing.T) {
+	dir := t.TempDir()
+	r := config.PortRange{Low: 30100, High: 30109}
+	a, b := newPorts(r, dir, nil), newPorts(r, dir, nil)
+	seen := map[uint16]bool{}
+	var locks []*os.File
+	for _, p := range []*ports{a, b, a, b, a, b, a, b, a, b} {
+		p.probe = func(uint16) bool { return true }
+		port, lock, err := p.allocate()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if seen[port] {
+			t.Fatalf("port %d handed out twice", port)
+		}
+		seen[port] = true
+		locks = append(locks, lock)
+	}
+	if _, _, err := b.allocate(); err == nil {
+		t.Fatal("the range is used up by the two agents together")
+	}
+	for _, l := range locks {
+		_ = l.Close()
 	}
 }
 
