@@ -44,6 +44,23 @@ async fn add(store: &dyn Store, name: &str, agent: &str) {
     store.insert_session(&s, Some(&cmd), None).await.unwrap();
 }
 
+/// Writes `cmd` (a finished state of an active command) in its session's transition.
+async fn write_command(store: &dyn Store, cmd: Command) {
+    let session = cmd.session.clone();
+    store
+        .transition(
+            &session,
+            Box::new(move |_, _| {
+                Ok(Change {
+                    update_command: Some(cmd),
+                    ..Change::default()
+                })
+            }),
+        )
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn in_flight_window_acks_and_requeue() {
     let (_tmp, store) = open_store().await;
@@ -93,18 +110,7 @@ async fn in_flight_window_acks_and_requeue() {
     for c in &first[..2] {
         let mut done = c.clone();
         done.state = CommandState::Succeeded;
-        store
-            .transition(
-                &c.session,
-                Box::new(move |_, _| {
-                    Ok(Change {
-                        update_command: Some(done),
-                        ..Change::default()
-                    })
-                }),
-            )
-            .await
-            .unwrap();
+        write_command(&*store, done).await;
     }
     let more = claim(&*store, "agent-a", 10).await;
     assert_eq!(
@@ -278,18 +284,7 @@ async fn retention_prunes_old_finished_commands_only() {
         } else {
             now_ms()
         };
-        store
-            .transition(
-                &c.session,
-                Box::new(move |_, _| {
-                    Ok(Change {
-                        update_command: Some(done),
-                        ..Change::default()
-                    })
-                }),
-            )
-            .await
-            .unwrap();
+        write_command(&*store, done).await;
     }
     let cut = now_ms() - day;
     assert_eq!(store.prune_commands(cut, 3).await.unwrap(), 3, "one batch");
