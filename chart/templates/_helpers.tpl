@@ -114,7 +114,7 @@ app.kubernetes.io/component: {{ .component }}
   resources: ["sessions/status"]
   verbs: ["patch"]
 - apiGroups: ["stream.space"]
-  resources: ["templates"]
+  resources: ["templates", "quotas"]
   verbs: ["list", "watch"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]

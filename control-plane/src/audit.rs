@@ -254,6 +254,7 @@ mod tests {
         req.extensions_mut().insert(Caller {
             user: "alice".into(),
             admin: false,
+            roles: vec![],
         });
         req.metadata_mut()
             .insert("x-request-id", "req-1".parse().unwrap());

@@ -213,6 +213,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         oidc: a.oidc.config()?,
         hub: a.tuning.hub(),
         lifecycle: a.tuning.lifecycle(),
+        quotas: a.tuning.quotas()?,
         kube: a.kube.options(),
         edge: a.tuning.edge(),
         limits: a.tuning.limits(),

@@ -183,6 +183,7 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
         oidc: None,
         hub: a.tuning.hub(),
         lifecycle: a.tuning.lifecycle(),
+        quotas: a.tuning.quotas()?,
         kube: None,
         edge: a.tuning.edge(),
         limits: a.tuning.limits(),
@@ -190,10 +191,7 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
         audit: Default::default(),
     };
     let cp = ControlPlane::start(cfg).await?;
-    let admin = Caller {
-        user: "admin".into(),
-        admin: true,
-    };
+    let admin = Caller::admin("admin");
     for t in dev_templates() {
         if cp.lifecycle.store().get_template(&t.name).await?.is_none() {
             cp.lifecycle.put_template(&admin, t).await?;

@@ -22,6 +22,7 @@
 //! - `watch.rs`: polls files and applies a settled, usable change.
 //! - `reflection.rs`: health and reflection limited to one listener's services.
 //! - `pki.rs`: CA, server and agent certificates.
+//! - `quotas.rs`: the `--quotas` file (quotas from the configuration).
 //! - `certs.rs`: the same certificates as Kubernetes Secrets (`certs kubernetes`).
 //! - `grpc/`: the gRPC adapters (agent stream hub, session/admin services,
 //!   auth with static tokens and OIDC, wire <-> domain conversion).
@@ -40,6 +41,7 @@ pub mod k8s;
 pub mod listen;
 pub mod oidc_flags;
 pub mod pki;
+pub mod quotas;
 pub mod reflection;
 pub mod server;
 pub mod tls;

@@ -48,6 +48,8 @@ pub struct ServerConfig {
     pub oidc: Option<OidcConfig>,
     pub hub: HubConfig,
     pub lifecycle: LifecycleConfig,
+    /// Quotas from the configuration (source "config").
+    pub quotas: Vec<crate::core::quota::Quota>,
     /// Run the embedded Session controller against this cluster.
     pub kube: Option<crate::k8s::KubeOptions>,
     /// Connection budget and first-request deadline, per listener.
@@ -113,6 +115,7 @@ impl ControlPlane {
             .with_context(|| "opening the store")?;
         let roster = Arc::new(Roster::new(cfg.hub.heartbeat_interval * 3));
         let lifecycle = Arc::new(Lifecycle::new(store, roster, cfg.lifecycle));
+        lifecycle.quotas().set("config", cfg.quotas.clone());
         let agent_listener = TcpListener::bind(cfg.agent_addr)
             .await
             .with_context(|| format!("binding the agent listener on {}", cfg.agent_addr))?;

@@ -67,9 +67,22 @@ pub struct Tuning {
     /// Delay before the first automatic retry; it doubles per retry.
     #[arg(long, env = "RETRY_BACKOFF", default_value = "1s", value_parser = crate::listen::parse_duration)]
     pub retry_backoff: Duration,
+    /// Quotas per user and per role (YAML: `quotas: {name: {user|role,
+    /// maxSessions, maxRunningSessions, cpu, memory}}`); read at start.
+    /// Empty = none from the configuration (`Quota` objects still apply).
+    #[arg(long, env = "QUOTAS_FILE")]
+    pub quotas: Option<std::path::PathBuf>,
 }
 
 impl Tuning {
+    /// The quotas of `--quotas` (none without it).
+    pub fn quotas(&self) -> anyhow::Result<Vec<crate::core::quota::Quota>> {
+        match &self.quotas {
+            None => Ok(vec![]),
+            Some(p) => crate::quotas::load(p).map_err(|e| anyhow::anyhow!("--quotas: {e}")),
+        }
+    }
+
     pub fn hub(&self) -> HubConfig {
         HubConfig {
             trust_domain: self.trust_domain.clone(),

@@ -37,9 +37,13 @@ pub use pki::TestPki;
 pub const ADMIN_TOKEN: &str = "admin-token-0123456789";
 pub const ALICE_TOKEN: &str = "alice-token-0123456789";
 pub const BOB_TOKEN: &str = "bob-token-0123456789ab";
+/// carol is a user with the extra roles `students` and `gpu` (role quotas).
+pub const CAROL_TOKEN: &str = "carol-token-0123456789a";
 
 pub fn tokens_csv() -> String {
-    format!("{ADMIN_TOKEN},admin,admin\n{ALICE_TOKEN},alice,user\n{BOB_TOKEN},bob,user\n")
+    format!(
+        "{ADMIN_TOKEN},admin,admin\n{ALICE_TOKEN},alice,user\n{BOB_TOKEN},bob,user\n{CAROL_TOKEN},carol,user,students;gpu\n"
+    )
 }
 
 pub fn init() {
@@ -270,6 +274,8 @@ pub struct CpOptions {
     pub max_duration_warning: Duration,
     /// Automatic retries of a retryable failure.
     pub command_retries: u32,
+    /// Quotas from the configuration.
+    pub quotas: Vec<streamspace_control_plane::core::quota::Quota>,
 }
 
 impl Default for CpOptions {
@@ -288,6 +294,7 @@ impl Default for CpOptions {
             oidc: None,
             max_duration_warning: Duration::from_secs(300),
             command_retries: 3,
+            quotas: vec![],
         }
     }
 }
@@ -321,6 +328,7 @@ pub fn server_config(pki: &TestPki, database_url: &str, o: &CpOptions) -> Server
             command_retries: o.command_retries,
             retry_backoff: Duration::from_millis(200),
         },
+        quotas: o.quotas.clone(),
         kube: o.kube.clone(),
         edge: Default::default(),
         health_addr: o.health.then(|| "127.0.0.1:0".parse().unwrap()),
@@ -334,10 +342,7 @@ pub async fn start_cp(pki: &TestPki, database_url: &str, o: &CpOptions) -> Contr
     let cp = ControlPlane::start(server_config(pki, database_url, o))
         .await
         .expect("control plane starts");
-    let admin = Caller {
-        user: "admin".into(),
-        admin: true,
-    };
+    let admin = Caller::admin("admin");
     for t in streamspace_control_plane::dev::dev_templates() {
         cp.lifecycle.put_template(&admin, t).await.unwrap();
     }

@@ -369,10 +369,7 @@ async fn object_case(
     s: &str,
     n: usize,
 ) -> Result<(), TestCaseError> {
-    let admin = Caller {
-        user: "admin".into(),
-        admin: true,
-    };
+    let admin = Caller::admin("admin");
     // (An empty user falls back to the caller here; the CRD schema refuses it.)
     for (field, valid) in [
         ("user", user_ok(s) || s.is_empty()),

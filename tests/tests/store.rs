@@ -4,7 +4,7 @@
 //! agent slots that hold under concurrent writes.
 
 use streamspace_control_plane::core::model::{
-    Command, CommandState, Desired, Phase, Session, now_ms,
+    Capacity, Command, CommandState, Desired, Phase, Session, Usage, now_ms,
 };
 use streamspace_control_plane::core::steps::{self, StepConfig};
 use streamspace_control_plane::core::store::{Change, Slot, Store, StoreError};
@@ -41,7 +41,10 @@ async fn add(store: &dyn Store, name: &str, agent: &str) {
     s.agent_id = Some(agent.into());
     let change = steps::plan(s.clone(), None, cfg());
     let cmd = change.new_command.expect("a start command");
-    store.insert_session(&s, Some(&cmd), None).await.unwrap();
+    store
+        .insert_session(&s, Some(&cmd), None, None)
+        .await
+        .unwrap();
 }
 
 /// Writes `cmd` (a finished state of an active command) in its session's transition.
@@ -136,7 +139,7 @@ async fn a_second_session_of_the_same_name_is_refused_and_nothing_is_written() {
     let mut s = Session::named("dup", Desired::Running, Phase::Pending);
     s.agent_id = Some("agent-a".into());
     let cmd = steps::plan(s.clone(), None, cfg()).new_command.unwrap();
-    match store.insert_session(&s, Some(&cmd), None).await {
+    match store.insert_session(&s, Some(&cmd), None, None).await {
         Err(StoreError::AlreadyExists(m)) => assert!(m.contains("dup"), "{m}"),
         other => panic!("expected AlreadyExists, got {other:?}"),
     }
@@ -173,7 +176,11 @@ async fn concurrent_writes_commit_together_and_a_failed_one_leaves_nothing() {
                 // second INSERT fails after the first succeeded.
                 cmd.id = taken_id;
             }
-            (i, name, store.insert_session(&s, Some(&cmd), None).await)
+            (
+                i,
+                name,
+                store.insert_session(&s, Some(&cmd), None, None).await,
+            )
         }));
     }
     for t in tasks {
@@ -207,12 +214,16 @@ async fn slots_hold_under_concurrent_inserts_and_placements() {
     let (_tmp, store) = open_store().await;
     let slot = Slot {
         agent: "agent-s".into(),
-        max_sessions: 10,
+        capacity: Capacity {
+            max_sessions: 10,
+            ..Capacity::default()
+        },
+        request: Usage::default(),
     };
     // 40 unplaced sessions that placement will try to move onto the agent.
     for i in 0..40 {
         let s = Session::named(&format!("wait-{i}"), Desired::Running, Phase::Pending);
-        store.insert_session(&s, None, None).await.unwrap();
+        store.insert_session(&s, None, None, None).await.unwrap();
     }
     let mut tasks = vec![];
     for i in 0..120 {
@@ -228,7 +239,9 @@ async fn slots_hold_under_concurrent_inserts_and_placements() {
                 let mut s = Session::named(&format!("new-{i}"), Desired::Running, Phase::Pending);
                 steps::mark_placed(&mut s, &slot.agent);
                 let cmd = steps::plan(s.clone(), None, cfg()).new_command;
-                store.insert_session(&s, cmd.as_ref(), Some(&slot)).await
+                store
+                    .insert_session(&s, cmd.as_ref(), Some(&slot), None)
+                    .await
             }
         }));
     }
@@ -243,21 +256,76 @@ async fn slots_hold_under_concurrent_inserts_and_placements() {
             Err(e) => panic!("unexpected store error: {e}"),
         }
     }
-    let placed = store.sessions_per_agent().await.unwrap();
-    assert_eq!(placed.get("agent-s"), Some(&10), "{placed:?}");
+    let placed = store.usage_per_agent().await.unwrap();
+    assert_eq!(
+        placed.get("agent-s").map(|u| u.sessions),
+        Some(10),
+        "{placed:?}"
+    );
     assert_eq!((ok, full), (10, 110));
     // Refused writes left nothing: only the 10 placed sessions have commands.
     assert_eq!(claim(&*store, "agent-s", 1000).await.len(), 10);
     // Unlimited (0) is never refused.
     let free = Slot {
         agent: "agent-free".into(),
-        max_sessions: 0,
+        capacity: Capacity::default(),
+        request: Usage::default(),
     };
     for i in 0..3 {
         let mut s = Session::named(&format!("free-{i}"), Desired::Running, Phase::Pending);
         steps::mark_placed(&mut s, &free.agent);
-        store.insert_session(&s, None, Some(&free)).await.unwrap();
+        store
+            .insert_session(&s, None, Some(&free), None)
+            .await
+            .unwrap();
     }
+}
+
+/// The same race for CPU and memory: sessions requesting 300m and 1Gi
+/// against an agent with 1000m and 2Gi; exactly two fit (memory runs out
+/// first), and the sums the store keeps match.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cpu_and_memory_hold_under_concurrent_inserts() {
+    let (_tmp, store) = open_store().await;
+    let slot = Slot {
+        agent: "agent-r".into(),
+        capacity: Capacity {
+            max_sessions: 0,
+            cpu_millis: 1000,
+            memory_bytes: 2 << 30,
+        },
+        request: Usage {
+            cpu_millis: 300,
+            memory_bytes: 1 << 30,
+            ..Usage::default()
+        },
+    };
+    let tasks: Vec<_> = (0..30)
+        .map(|i| {
+            let (store, slot) = (store.clone(), slot.clone());
+            tokio::spawn(async move {
+                let mut s = Session::named(&format!("res-{i}"), Desired::Running, Phase::Pending);
+                s.workload.resources.requests.cpu = "300m".into();
+                s.workload.resources.requests.memory = "1Gi".into();
+                steps::mark_placed(&mut s, &slot.agent);
+                store.insert_session(&s, None, Some(&slot), None).await
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(()) => ok += 1,
+            Err(StoreError::NoRoom(_)) => {}
+            Err(e) => panic!("unexpected store error: {e}"),
+        }
+    }
+    assert_eq!(ok, 2);
+    let u = store.usage_per_agent().await.unwrap()["agent-r"];
+    assert_eq!(
+        (u.sessions, u.cpu_millis, u.memory_bytes),
+        (2, 600, 2 << 30)
+    );
 }
 
 /// Retention: only finished commands older than the cut are pruned, oldest

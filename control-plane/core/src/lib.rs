@@ -40,6 +40,7 @@ pub mod outbox;
 pub mod placement;
 pub mod policy;
 pub mod quantity;
+pub mod quota;
 pub mod revocation;
 pub mod roster;
 pub mod steps;

@@ -10,6 +10,7 @@ use tracing::{debug, info, warn};
 
 use super::model::*;
 use super::placement;
+use super::quota::{QuotaBook, QuotaCheck};
 use super::roster::Roster;
 use super::steps::{self, StepConfig};
 use super::store::{Change, SessionFilter, SessionWrite, Store, StoreError};
@@ -32,8 +33,23 @@ pub enum LifecycleError {
     /// by placement; never reaches a caller).
     #[error("agent {0} has no free session slot")]
     NoRoom(String),
+    /// A quota would be exceeded; the text names it, its limit and use.
+    #[error("{0}")]
+    ResourceExhausted(String),
     #[error("store unavailable: {0}")]
     Unavailable(String),
+}
+
+/// What session `s` requests, as a usage: its CPU and memory, and one
+/// running session if `running`.
+fn requested(s: &Session, running: bool) -> Usage {
+    let (cpu_millis, memory_bytes) = s.workload.resources.requests.amounts();
+    Usage {
+        sessions: 0,
+        running: u64::from(running),
+        cpu_millis,
+        memory_bytes,
+    }
 }
 
 /// How often a create re-counts slots after the store refused the one it picked.
@@ -46,6 +62,7 @@ impl From<StoreError> for LifecycleError {
             StoreError::NotFound(w) => Self::NotFound(format!("{w} not found")),
             StoreError::Rejected(e) => e,
             StoreError::NoRoom(agent) => Self::NoRoom(agent),
+            StoreError::QuotaExceeded(m) => Self::ResourceExhausted(m),
             StoreError::Backend(m) => Self::Unavailable(m),
         }
     }
@@ -56,9 +73,29 @@ impl From<StoreError> for LifecycleError {
 pub struct Caller {
     pub user: String,
     pub admin: bool,
+    /// The caller's roles (token file column, OIDC groups): which role
+    /// quotas hold the caller's own sessions.
+    pub roles: Vec<String>,
 }
 
 impl Caller {
+    /// An administrator acting as itself, with no roles.
+    pub fn admin(user: &str) -> Caller {
+        Caller {
+            user: user.to_string(),
+            admin: true,
+            roles: vec![],
+        }
+    }
+
+    /// The roles that count for sessions of `owner`: the caller's own when
+    /// it acts for itself; none when an administrator acts for another user
+    /// (whose roles the control plane does not know; their user quotas
+    /// still hold).
+    fn roles_for(&self, owner: &str) -> &[String] {
+        if self.user == owner { &self.roles } else { &[] }
+    }
+
     fn may_act_on(&self, owner: &str) -> bool {
         self.admin || self.user == owner
     }
@@ -127,6 +164,7 @@ impl Default for LifecycleConfig {
 pub struct Lifecycle {
     store: Arc<dyn Store>,
     roster: Arc<Roster>,
+    quotas: Arc<QuotaBook>,
     events: broadcast::Sender<SessionEvent>,
     cfg: LifecycleConfig,
     /// The session of each command delivered to each agent (a cache).
@@ -139,6 +177,7 @@ impl Lifecycle {
         Self {
             store,
             roster,
+            quotas: Arc::default(),
             events,
             cfg,
             delivered: Delivered::default(),
@@ -148,11 +187,38 @@ impl Lifecycle {
     /// Places a session among the attached agents (see `placement::pick`).
     fn pick(
         &self,
-        sel: &Selector,
-        used: &std::collections::HashMap<String, u32>,
-    ) -> Result<super::store::Slot, String> {
+        s: &Session,
+        used: &std::collections::HashMap<String, Usage>,
+    ) -> Result<super::store::Slot, placement::NoFit> {
+        let request = requested(s, false);
         self.roster
-            .with_candidates(|agents| placement::pick(sel, agents, used))
+            .with_candidates(|agents| placement::pick(&s.selector, request, agents, used))
+    }
+
+    /// The quotas in force (the configuration's and the `Quota` objects').
+    pub fn quotas(&self) -> &Arc<QuotaBook> {
+        &self.quotas
+    }
+
+    /// What creating (`new`) or waking session `s` asks of its owner's
+    /// quotas, for `caller`.
+    fn quota_check(&self, caller: &Caller, s: &Session, new: bool) -> Option<QuotaCheck> {
+        let quotas = self.quotas.applying_to(&s.user, caller.roles_for(&s.user));
+        if quotas.is_empty() {
+            return None;
+        }
+        let running = s.desired == Desired::Running;
+        let mut add = if running {
+            requested(s, true)
+        } else {
+            Usage::default()
+        };
+        add.sessions = u64::from(new);
+        Some(QuotaCheck {
+            user: s.user.clone(),
+            quotas,
+            add,
+        })
     }
 
     pub fn config(&self) -> &LifecycleConfig {
@@ -256,18 +322,7 @@ impl Lifecycle {
             })?;
         let resources = req.resources.or(&template.default_resources);
         validate::resources("resources", &resources)?;
-        let timeouts = Timeouts {
-            idle_secs: if req.timeouts.idle_secs > 0 {
-                req.timeouts.idle_secs
-            } else {
-                template.timeouts.idle_secs
-            },
-            max_secs: if req.timeouts.max_secs > 0 {
-                req.timeouts.max_secs
-            } else {
-                template.timeouts.max_secs
-            },
-        };
+        let timeouts = validate::timeouts_within("timeouts", &req.timeouts, &template)?;
         let workload = WorkloadSpec {
             image: template.image.clone(),
             command: template.command.clone(),
@@ -304,7 +359,8 @@ impl Lifecycle {
             running_since_ms: 0,
             ran_ms: 0,
         };
-        let cmd = self.insert_placed(&mut s, cfg).await?;
+        let quota = self.quota_check(caller, &s, true);
+        let cmd = self.insert_placed(&mut s, quota, cfg).await?;
         info!(session = %s.name, user = %s.user, template = %s.template, agent = ?s.agent_id, "session created");
         let _ = self.events.send(SessionEvent {
             kind: EventKind::Added,
@@ -324,15 +380,16 @@ impl Lifecycle {
     async fn insert_placed(
         &self,
         s: &mut Session,
+        quota: Option<QuotaCheck>,
         cfg: StepConfig,
     ) -> Result<Option<Command>, LifecycleError> {
-        let mut why = String::new();
+        let mut why = None;
         for _ in 0..PLACEMENT_ATTEMPTS {
-            let used = self.store.sessions_per_agent().await?;
-            let slot = match self.pick(&s.selector, &used) {
+            let used = self.store.usage_per_agent().await?;
+            let slot = match self.pick(s, &used) {
                 Ok(slot) => slot,
                 Err(e) => {
-                    why = e;
+                    why = Some(e);
                     break;
                 }
             };
@@ -341,7 +398,12 @@ impl Lifecycle {
             let change = steps::plan(placed.clone(), None, cfg);
             match self
                 .store
-                .insert_session(&placed, change.new_command.as_ref(), Some(&slot))
+                .insert_session(
+                    &placed,
+                    change.new_command.as_ref(),
+                    Some(&slot),
+                    quota.as_ref(),
+                )
                 .await
             {
                 Ok(()) => {
@@ -350,13 +412,20 @@ impl Lifecycle {
                 }
                 Err(StoreError::NoRoom(agent)) => {
                     debug!(session = %s.name, agent, "slot taken meanwhile; placing again");
-                    why = format!("agent {agent} was filled by concurrent creates");
+                    why = Some(placement::NoFit {
+                        reason: "InsufficientResources",
+                        message: format!("agent {agent} was filled by concurrent creates"),
+                    });
                 }
                 Err(e) => return Err(e.into()),
             }
         }
-        steps::mark_unplaced(s, &why);
-        self.store.insert_session(s, None, None).await?;
+        if let Some(why) = why {
+            steps::mark_unplaced(s, &why);
+        }
+        self.store
+            .insert_session(s, None, None, quota.as_ref())
+            .await?;
         Ok(None)
     }
 
@@ -401,6 +470,7 @@ impl Lifecycle {
         validate::dns_label("name", name, validate::MAX_SESSION_NAME)?;
         let cfg = self.step_cfg();
         let (caller, name_owned) = (caller.clone(), name.to_string());
+        let quotas = self.quotas.clone();
         let change = self
             .transition(name, move |s, active| {
                 let name = name_owned;
@@ -413,7 +483,20 @@ impl Lifecycle {
                         "session {name:?} is being deleted"
                     )));
                 }
-                Ok(steps::set_desired(s, active, desired, delete_home, cfg))
+                let waking = desired == Desired::Running && s.desired != Desired::Running;
+                let quota = if waking {
+                    let applying = quotas.applying_to(&s.user, caller.roles_for(&s.user));
+                    (!applying.is_empty()).then(|| QuotaCheck {
+                        user: s.user.clone(),
+                        quotas: applying,
+                        add: requested(&s, true),
+                    })
+                } else {
+                    None
+                };
+                let mut change = steps::set_desired(s, active, desired, delete_home, cfg);
+                change.quota = quota;
+                Ok(change)
             })
             .await?;
         match change.session {
@@ -462,25 +545,31 @@ impl Lifecycle {
         if names.is_empty() {
             return Ok(());
         }
-        let mut used = self.store.sessions_per_agent().await?;
+        let mut used = self.store.usage_per_agent().await?;
         for name in names {
             let Some(s) = self.store.get_session(&name).await? else {
                 continue;
             };
             let cfg = self.step_cfg();
-            match self.pick(&s.selector, &used) {
+            match self.pick(&s, &used) {
                 Ok(slot) => {
-                    let agent = slot.agent.clone();
+                    let (agent, request) = (slot.agent.clone(), slot.request);
                     match self
                         .transition(&name, move |s, active| {
                             Ok(steps::placed(s, active, &slot, cfg))
                         })
                         .await
                     {
-                        Ok(_) => *used.entry(agent).or_default() += 1,
+                        Ok(_) => {
+                            let u = used.entry(agent).or_default();
+                            *u = u.plus(Usage {
+                                sessions: 1,
+                                ..request
+                            });
+                        }
                         // Filled meanwhile: count again, and leave this one for the next pass.
                         Err(LifecycleError::NoRoom(_)) => {
-                            used = self.store.sessions_per_agent().await?;
+                            used = self.store.usage_per_agent().await?;
                         }
                         Err(e) => return Err(e),
                     }

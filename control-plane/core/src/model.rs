@@ -102,6 +102,44 @@ pub struct Resources {
     pub limits: ResourceList,
 }
 
+/// What sessions hold, summed: on one agent (placement) or of one user
+/// (quotas). CPU and memory are the sessions' requests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub sessions: u64,
+    /// Sessions whose desired state is Running.
+    pub running: u64,
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+}
+
+impl Usage {
+    pub fn plus(self, o: Usage) -> Usage {
+        Usage {
+            sessions: self.sessions.saturating_add(o.sessions),
+            running: self.running.saturating_add(o.running),
+            cpu_millis: self.cpu_millis.saturating_add(o.cpu_millis),
+            memory_bytes: self.memory_bytes.saturating_add(o.memory_bytes),
+        }
+    }
+}
+
+impl ResourceList {
+    /// The quantities in base units (millicores, bytes); an empty or
+    /// unparsable quantity counts as 0 (requests are validated on create).
+    pub fn amounts(&self) -> (u64, u64) {
+        let cpu = match self.cpu.as_str() {
+            "" => 0,
+            c => super::quantity::cpu_millis(c).unwrap_or(0),
+        };
+        let mem = match self.memory.as_str() {
+            "" => 0,
+            m => super::quantity::memory_bytes(m).unwrap_or(0),
+        };
+        (cpu, mem)
+    }
+}
+
 impl Resources {
     /// `self` with every empty quantity taken from `defaults`.
     pub fn or(&self, defaults: &Resources) -> Resources {

@@ -190,7 +190,7 @@ impl Roster {
             id: &a.hello.id,
             platform: &a.hello.platform,
             region: &a.hello.region,
-            max_sessions: a.hello.capacity.max_sessions,
+            capacity: a.hello.capacity,
             draining: a.draining,
         });
         f(&mut it)

@@ -20,6 +20,7 @@ use super::model::{
     Action, Command, CommandState, Desired, FailureReason, Millis, Observed, Outcome, Phase,
     Session,
 };
+use super::placement::NoFit;
 use super::store::{Change, SessionWrite, Slot};
 
 /// What moves a session one step toward its desired state.
@@ -578,18 +579,18 @@ pub fn mark_placed(s: &mut Session, agent: &str) {
 }
 
 /// Records why no agent can take `s`; returns whether that changed anything.
-pub fn mark_unplaced(s: &mut Session, why: &str) -> bool {
-    let message = format!("waiting for an agent: {why}");
+pub fn mark_unplaced(s: &mut Session, why: &NoFit) -> bool {
+    let message = format!("waiting for an agent: {}", why.message);
     if s.message == message {
         return false;
     }
     s.message = message;
-    s.set_condition("Scheduled", false, "NoAgentAvailable", why);
+    s.set_condition("Scheduled", false, why.reason, &why.message);
     true
 }
 
 /// No agent can take the unplaced session `s` yet: keep its reason current.
-pub fn unplaced(session: Option<Session>, why: &str, now: Millis) -> Change {
+pub fn unplaced(session: Option<Session>, why: &NoFit, now: Millis) -> Change {
     match session {
         Some(mut s) if s.agent_id.is_none() && s.desired != Desired::Terminated => {
             if !mark_unplaced(&mut s, why) {

@@ -6,8 +6,10 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 
 use super::model::{
-    AgentRecord, Command, CommandState, Millis, Phase, Revocation, RevokedTarget, Session, Template,
+    AgentRecord, Capacity, Command, CommandState, Millis, Phase, Revocation, RevokedTarget,
+    Session, Template, Usage,
 };
+use super::quota::QuotaCheck;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -22,21 +24,45 @@ pub enum StoreError {
     /// (see [`Slot`]); nothing was written.
     #[error("agent {0} has no free session slot")]
     NoRoom(String),
+    /// The change would break one of the user's quotas (see
+    /// [`QuotaCheck`]); nothing was written. The text names the quota.
+    #[error("{0}")]
+    QuotaExceeded(String),
     #[error("database error: {0}")]
     Backend(String),
 }
 
-/// A session taking one of an agent's slots. Placement picks an agent from
-/// counts read before the write; with many creates at once those counts are
-/// stale, so the store re-counts inside the writing transaction (serialized
-/// per agent) and refuses the write with [`StoreError::NoRoom`] when the
-/// agent already has `max_sessions` sessions. Capacity then holds under any
-/// concurrency, on every replica.
+/// A session taking room on an agent. Placement picks an agent from usage
+/// read before the write; with many creates at once that is stale, so the
+/// store sums again inside the writing transaction (serialized per agent)
+/// and refuses the write with [`StoreError::NoRoom`] when the session does
+/// not fit: the agent's sessions would exceed `max_sessions`, or their
+/// requests its CPU or memory. Capacity then holds under any concurrency, on
+/// every replica. Every session placed on the agent counts, hibernated ones
+/// too (their room is kept for their wake).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Slot {
     pub agent: String,
-    /// The agent's advertised limit; 0 means unlimited (no check).
-    pub max_sessions: u32,
+    /// The agent's advertised capacity; 0 in a field means no limit there.
+    pub capacity: Capacity,
+    /// What the placed session requests (CPU and memory).
+    pub request: Usage,
+}
+
+impl Slot {
+    /// Whether a session requesting `self.request` fits next to `used`.
+    pub fn fits(&self, used: &Usage) -> bool {
+        let c = &self.capacity;
+        let within = |limit: u64, used: u64, add: u64| limit == 0 || used + add <= limit;
+        within(u64::from(c.max_sessions), used.sessions, 1)
+            && within(c.cpu_millis, used.cpu_millis, self.request.cpu_millis)
+            && within(c.memory_bytes, used.memory_bytes, self.request.memory_bytes)
+    }
+
+    /// Whether any limit is declared (else the store need not sum).
+    pub fn limited(&self) -> bool {
+        self.capacity != Capacity::default()
+    }
 }
 
 /// What one transition writes, decided by the lifecycle from the current rows.
@@ -49,6 +75,9 @@ pub struct Change {
     pub new_command: Option<Command>,
     /// Set when this change places the session on an agent.
     pub slot: Option<Slot>,
+    /// Set when this change adds to what the session's user holds (a create
+    /// or a wake): the store refuses it if a quota would be exceeded.
+    pub quota: Option<QuotaCheck>,
 }
 
 // One per transition and short-lived: boxing the session would only add noise.
@@ -111,24 +140,30 @@ pub trait Store: Send + Sync + 'static {
     async fn get_session(&self, name: &str) -> Result<Option<Session>, StoreError>;
     async fn list_sessions(&self, filter: &SessionFilter) -> Result<Vec<Session>, StoreError>;
     /// Inserts a new session and, optionally, its first command, atomically;
-    /// with a `slot`, only if the agent has room (else [`StoreError::NoRoom`]).
+    /// with a `slot`, only if the agent has room (else [`StoreError::NoRoom`]);
+    /// with a `quota`, only within the user's quotas (else
+    /// [`StoreError::QuotaExceeded`]).
     async fn insert_session(
         &self,
         session: &Session,
         command: Option<&Command>,
         slot: Option<&Slot>,
+        quota: Option<&QuotaCheck>,
     ) -> Result<(), StoreError>;
     /// Loads the session row and its active command under a lock, lets `f`
     /// decide the change and writes it, all in one transaction (refused with
     /// [`StoreError::NoRoom`] if the change takes a [`Slot`] that is not
-    /// free). Returns the change as written and the row it was decided from.
+    /// free, with [`StoreError::QuotaExceeded`] if its [`QuotaCheck`]
+    /// fails; the user's usage is read before the change). Returns the change as written and the row it was decided from.
     async fn transition(&self, session: &str, f: TransitionFn) -> Result<Transitioned, StoreError>;
     /// Names of sessions that wait for an agent (no agent, not terminated).
     async fn unplaced_sessions(&self) -> Result<Vec<String>, StoreError>;
     /// Sessions placed on `agent`.
     async fn sessions_on_agent(&self, agent: &str) -> Result<Vec<Session>, StoreError>;
-    /// Number of sessions placed on each agent.
-    async fn sessions_per_agent(&self) -> Result<HashMap<String, u32>, StoreError>;
+    /// What the sessions placed on each agent hold.
+    async fn usage_per_agent(&self) -> Result<HashMap<String, Usage>, StoreError>;
+    /// What `user`'s sessions hold (the quotas' view: deleted ones excluded).
+    async fn usage_of_user(&self, user: &str) -> Result<Usage, StoreError>;
 
     async fn get_command(&self, id: &str) -> Result<Option<Command>, StoreError>;
     async fn list_commands(&self, filter: &CommandFilter) -> Result<Vec<Command>, StoreError>;

@@ -210,6 +210,31 @@ fn ports(ports: &[Port], streaming: &str) -> Result<(), Invalid> {
 /// Everything about a new session that needs no store: its name, template
 /// name, user (the caller's when empty), resources, timeouts, selector and
 /// desired state. Returns the user the session is for.
+/// A session's own idle and maximum-duration timeouts (0 = the template's).
+/// The template's values are the defaults and the ceilings: a session may
+/// shorten them, never lengthen them or turn them off. A template without a
+/// value (0) leaves the session free.
+pub fn timeouts_within(field: &str, own: &Timeouts, t: &Template) -> Result<Timeouts, Invalid> {
+    let one = |name: &str, own: u64, ceiling: u64| -> Result<u64, Invalid> {
+        match (own, ceiling) {
+            (0, c) => Ok(c),
+            (o, 0) => Ok(o),
+            (o, c) if o <= c => Ok(o),
+            (o, c) => Err(invalid(
+                format!("{field}.{name}"),
+                format!(
+                    "must be at most {c}s (the limit template {:?} allows), got {o}s",
+                    t.name
+                ),
+            )),
+        }
+    };
+    Ok(Timeouts {
+        idle_secs: one("idle_timeout", own.idle_secs, t.timeouts.idle_secs)?,
+        max_secs: one("max_session_duration", own.max_secs, t.timeouts.max_secs)?,
+    })
+}
+
 pub fn new_session(caller: &str, req: &NewSession) -> Result<String, Invalid> {
     dns_label("name", &req.name, MAX_SESSION_NAME)?;
     if req.template.is_empty() {

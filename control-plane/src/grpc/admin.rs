@@ -72,7 +72,7 @@ impl AdminApi {
         let store = self.lifecycle.store();
         let err = |e: crate::core::store::StoreError| status(e.into());
         let records = store.list_agents().await.map_err(err)?;
-        let sessions = store.sessions_per_agent().await.map_err(err)?;
+        let usage = store.usage_per_agent().await.map_err(err)?;
         let in_flight = store.active_commands_per_agent().await.map_err(err)?;
         let roster = self.lifecycle.roster();
         Ok(records
@@ -86,7 +86,7 @@ impl AdminApi {
                     }),
                     draining: online.as_ref().is_some_and(|o| o.draining),
                     capacity: Some(convert::capacity_pb(&a.capacity)),
-                    sessions: sessions.get(&a.id).copied().unwrap_or(0),
+                    sessions: usage.get(&a.id).map_or(0, |u| u.sessions as u32),
                     commands_in_flight: in_flight.get(&a.id).copied().unwrap_or(0),
                     fencing_token: a.fencing_token.max(0) as u64,
                     last_seen: convert::timestamp(a.last_seen_ms),

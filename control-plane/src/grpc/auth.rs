@@ -1,6 +1,7 @@
 //! Bearer-token authentication for the API listener. The token file has one
-//! `token,user,role` line per caller (role `admin` or `user`); `#` starts a
-//! comment. The interceptor puts the `Caller` into the request extensions.
+//! `token,user,role[,roles]` line per caller (role `admin` or `user`; the
+//! optional fourth field lists more roles, `;`-separated, for role quotas);
+//! `#` starts a comment. The interceptor puts the `Caller` into the request extensions.
 //!
 //! With OIDC on ([`Authenticator`]), a bearer that is not a known static
 //! token and has the shape of a JWT is verified against the identity
@@ -49,12 +50,16 @@ fn parse_map(text: &str) -> Result<Map, String> {
             continue;
         }
         let parts: Vec<&str> = line.split(',').map(str::trim).collect();
-        let [token, user, role] = parts[..] else {
-            return Err(format!(
-                "line {}: expected token,user,role, found {} fields",
-                i + 1,
-                parts.len()
-            ));
+        let (token, user, role, extra) = match parts[..] {
+            [t, u, r] => (t, u, r, ""),
+            [t, u, r, x] => (t, u, r, x),
+            _ => {
+                return Err(format!(
+                    "line {}: expected token,user,role[,roles], found {} fields",
+                    i + 1,
+                    parts.len()
+                ));
+            }
         };
         if token.len() < 16 {
             return Err(format!(
@@ -75,11 +80,18 @@ fn parse_map(text: &str) -> Result<Map, String> {
                 ));
             }
         };
+        let mut roles = vec![role.to_string()];
+        for r in extra.split(';').map(str::trim).filter(|r| !r.is_empty()) {
+            crate::core::quota::role_name("roles", r)
+                .map_err(|e| format!("line {}: {e}", i + 1))?;
+            roles.push(r.to_string());
+        }
         map.insert(
             token.to_string(),
             Caller {
                 user: user.to_string(),
                 admin,
+                roles,
             },
         );
     }
@@ -288,8 +300,27 @@ mod tests {
         assert_eq!(e, "line 3: token must be at least 16 characters");
         let e = Tokens::parse(&format!("{A},alice,{}\n", "x".repeat(10_000))).unwrap_err();
         assert!(e.len() < 160, "{e}");
+        // The message names the optional fourth field since roles exist.
         let e = Tokens::parse("just-one-field\n").unwrap_err();
-        assert_eq!(e, "line 1: expected token,user,role, found 1 fields");
+        assert_eq!(
+            e,
+            "line 1: expected token,user,role[,roles], found 1 fields"
+        );
+        let e = Tokens::parse(&format!("{A},alice,user,a;b,c\n")).unwrap_err();
+        assert_eq!(
+            e,
+            "line 1: expected token,user,role[,roles], found 5 fields"
+        );
+    }
+
+    /// The fourth field adds roles (for role quotas) after the base role.
+    #[test]
+    fn roles_follow_the_role() {
+        let t = Tokens::parse(&format!("{A},alice,user, students ;gpu;\n{B},bob,admin\n")).unwrap();
+        assert_eq!(who(&t, A).unwrap().roles, ["user", "students", "gpu"]);
+        assert_eq!(who(&t, B).unwrap().roles, ["admin"]);
+        let e = Tokens::parse(&format!("{A},alice,user,bad role\n")).unwrap_err();
+        assert!(e.starts_with("line 1: roles:"), "{e}");
     }
 
     /// Dot names reach paths (a user's home directory); the user-name rule

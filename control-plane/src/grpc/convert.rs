@@ -21,6 +21,7 @@ pub fn status(e: LifecycleError) -> Status {
         LifecycleError::NoRoom(a) => {
             Status::resource_exhausted(format!("agent {a} has no free session slot"))
         }
+        LifecycleError::ResourceExhausted(m) => Status::resource_exhausted(m),
         LifecycleError::Unavailable(m) => Status::unavailable(m),
     }
 }

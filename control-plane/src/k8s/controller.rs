@@ -32,6 +32,8 @@ pub const FINALIZER: &str = "stream.space/session-cleanup";
 pub const FIELD_MANAGER: &str = "streamspace-control-plane";
 /// Periodic re-reconcile of every Session object.
 const RESYNC: Duration = Duration::from_secs(10);
+/// How soon a Session refused by a quota is tried again.
+const QUOTA_RETRY: Duration = Duration::from_secs(5);
 
 pub struct Ctx {
     pub client: Client,
@@ -51,10 +53,7 @@ pub enum Error {
 }
 
 fn admin() -> Caller {
-    Caller {
-        user: "system:kubernetes-controller".into(),
-        admin: true,
-    }
+    Caller::admin("system:kubernetes-controller")
 }
 
 fn desired(s: SessionState) -> Desired {
@@ -239,6 +238,18 @@ impl Ctx {
                         .await?;
                         return Ok(Action::await_change());
                     }
+                    Err(LifecycleError::ResourceExhausted(m)) => {
+                        // Level-triggered: tried again until the user's
+                        // quota has room (a session deleted, a quota raised).
+                        let status = SessionStatus {
+                            phase: Some("Pending".into()),
+                            conditions: vec![condition("Ready", false, "QuotaExceeded", &m)],
+                            observed_generation: obj.metadata.generation,
+                            ..Default::default()
+                        };
+                        self.write_status(obj, status).await?;
+                        return Ok(Action::requeue(QUOTA_RETRY));
+                    }
                     Err(e) => return Err(e.into()),
                 }
             }
@@ -278,6 +289,19 @@ impl Ctx {
                     )
                     .await?;
                     return Ok(Action::await_change());
+                }
+                Err(LifecycleError::ResourceExhausted(m)) => {
+                    // The wake waits for room; observedGeneration stays
+                    // behind so the next pass tries the wake again.
+                    let mut status = status_of(
+                        obj,
+                        &stored,
+                        Some(condition("Ready", false, "QuotaExceeded", &m)),
+                    );
+                    status.observed_generation =
+                        obj.status.as_ref().and_then(|s| s.observed_generation);
+                    self.write_status(obj, status).await?;
+                    return Ok(Action::requeue(QUOTA_RETRY));
                 }
                 Err(e) => return Err(e.into()),
             }

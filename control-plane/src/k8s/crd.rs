@@ -182,6 +182,63 @@ pub struct TemplateSpec {
     pub run_as_root: bool,
 }
 
+/// Limits on what one user holds, for one user or for each user with a
+/// role: sessions, running sessions, and the CPU and memory their running
+/// sessions request. Creates and wakes over a quota are refused with
+/// RESOURCE_EXHAUSTED naming it. Exactly one of `user` and `role`, and at
+/// least one limit.
+#[derive(
+    CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema,
+)]
+#[kube(
+    group = "stream.space",
+    version = "v1alpha1",
+    kind = "Quota",
+    namespaced,
+    shortname = "squota",
+    printcolumn = r#"{"name":"User","type":"string","jsonPath":".spec.user"}"#,
+    printcolumn = r#"{"name":"Role","type":"string","jsonPath":".spec.role"}"#,
+    printcolumn = r#"{"name":"Sessions","type":"integer","jsonPath":".spec.maxSessions"}"#,
+    printcolumn = r#"{"name":"Running","type":"integer","jsonPath":".spec.maxRunningSessions"}"#,
+    printcolumn = r#"{"name":"CPU","type":"string","jsonPath":".spec.cpu"}"#,
+    printcolumn = r#"{"name":"Memory","type":"string","jsonPath":".spec.memory"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct QuotaSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = USER), length(max = 63))]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub role: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_sessions: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_running_sessions: Option<u64>,
+    /// Total CPU the user's running sessions may request, e.g. "4".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = QUANTITY))]
+    pub cpu: Option<String>,
+    /// Total memory the user's running sessions may request, e.g. "8Gi".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = QUANTITY))]
+    pub memory: Option<String>,
+}
+
+impl QuotaSpec {
+    /// The same spec in the core's terms (checked there).
+    pub fn core(&self) -> crate::core::quota::QuotaSpec {
+        crate::core::quota::QuotaSpec {
+            user: self.user.clone(),
+            role: self.role.clone(),
+            max_sessions: self.max_sessions,
+            max_running_sessions: self.max_running_sessions,
+            cpu: self.cpu.clone(),
+            memory: self.memory.clone(),
+        }
+    }
+}
+
 /// A CRD as the apiserver takes it without warnings: the derived schema
 /// minus the formats it does not recognize (see [`super::formats`]).
 fn crd<K: kube::CustomResourceExt>() -> CustomResourceDefinition {
@@ -202,6 +259,7 @@ pub fn crd_files() -> Vec<(&'static str, String)> {
     vec![
         ("sessions.stream.space.yaml", yaml(crd::<Session>())),
         ("templates.stream.space.yaml", yaml(crd::<Template>())),
+        ("quotas.stream.space.yaml", yaml(crd::<Quota>())),
     ]
 }
 

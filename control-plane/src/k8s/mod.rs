@@ -1,12 +1,13 @@
-//! Kubernetes adapter of the control plane: the Session/Template custom
-//! resources, the embedded Session controller, the template watcher and the
-//! mirror that shows API-created sessions as objects.
+//! Kubernetes adapter of the control plane: the Session/Template/Quota
+//! custom resources, the embedded Session controller, the template and quota
+//! watchers and the mirror that shows API-created sessions as objects.
 
 pub mod controller;
 pub mod convert;
 pub mod crd;
 pub mod formats;
 pub mod mirror;
+pub mod quotas;
 pub mod templates;
 
 use std::sync::Arc;
@@ -43,7 +44,7 @@ pub async fn client_for(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<
     Ok(kube::Client::try_from(config)?)
 }
 
-/// Starts the controller, the template watcher and the mirror.
+/// Starts the controller, the template and quota watchers and the mirror.
 pub async fn start(
     o: &KubeOptions,
     lifecycle: Arc<Lifecycle>,
@@ -58,6 +59,12 @@ pub async fn start(
             shutdown.clone(),
         )),
         tokio::spawn(templates::run(
+            c.clone(),
+            lifecycle.clone(),
+            o.namespace.clone(),
+            shutdown.clone(),
+        )),
+        tokio::spawn(quotas::run(
             c.clone(),
             lifecycle.clone(),
             o.namespace.clone(),

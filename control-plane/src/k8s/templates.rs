@@ -21,10 +21,7 @@ pub async fn run(
         Some(ns) => Api::namespaced(client, ns),
         None => Api::all(client),
     };
-    let admin = Caller {
-        user: "system:kubernetes-controller".into(),
-        admin: true,
-    };
+    let admin = Caller::admin("system:kubernetes-controller");
     let mut stream = watcher(api, watcher::Config::default())
         .default_backoff()
         .boxed();

@@ -47,7 +47,7 @@ pub struct PgStore {
 
 mod sqlite_impl {
     use super::SqliteReads;
-    crate::sql::sql_store!(SqliteReads, sqlx::Sqlite, "", None);
+    crate::sql::sql_store!(SqliteReads, sqlx::Sqlite, "", None, None);
 }
 
 mod pg_impl {
@@ -56,7 +56,8 @@ mod pg_impl {
         PgStore,
         sqlx::Postgres,
         " FOR UPDATE",
-        Some(crate::sql::LOCK_AGENT_SLOTS)
+        Some(crate::sql::LOCK_AGENT_SLOTS),
+        Some(crate::sql::LOCK_USER_QUOTA)
     );
 }
 

@@ -11,7 +11,8 @@ pub const UPSERT_SESSION: &str = " ON CONFLICT (name) DO UPDATE SET user_name=ex
  conditions=excluded.conditions, failure_reason=excluded.failure_reason, message=excluded.message,
  workload_name=excluded.workload_name, delete_home=excluded.delete_home, external_id=excluded.external_id,
  updated_ms=excluded.updated_ms, last_activity_ms=excluded.last_activity_ms,
- running_since_ms=excluded.running_since_ms, ran_ms=excluded.ran_ms";
+ running_since_ms=excluded.running_since_ms, ran_ms=excluded.ran_ms,
+ cpu_millis=excluded.cpu_millis, memory_bytes=excluded.memory_bytes";
 pub const ACTIVE: &str = "state IN ('pending', 'delivered', 'acknowledged')";
 /// One batch of retention: finished commands last updated before $1, oldest
 /// first, at most $2 (active commands are never pruned).
@@ -25,7 +26,7 @@ use std::sync::LazyLock;
 /// rusqlite, everything else through sqlx).
 pub static INSERT_SESSION: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "INSERT INTO sessions ({SESSION_COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21)"
+        "INSERT INTO sessions ({SESSION_COLS}, cpu_millis, memory_bytes) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22,$23)"
     )
 });
 pub static UPSERT_SESSION_SQL: LazyLock<String> =
@@ -69,10 +70,33 @@ pub const PUT_TEMPLATE: &str = "INSERT INTO templates (name, spec, updated_ms) V
      ON CONFLICT (name) DO UPDATE SET spec=excluded.spec, updated_ms=excluded.updated_ms";
 pub const GET_TEMPLATE: &str = "SELECT spec FROM templates WHERE name = $1";
 pub const DELETE_TEMPLATE: &str = "DELETE FROM templates WHERE name = $1";
-pub const SESSIONS_PER_AGENT: &str =
-    "SELECT agent_id, COUNT(*) FROM sessions WHERE agent_id IS NOT NULL GROUP BY agent_id";
-/// Sessions placed on one agent (for the slot check).
-pub const SESSIONS_ON_AGENT_COUNT: &str = "SELECT COUNT(*) FROM sessions WHERE agent_id = $1";
+/// The four sums of a `Usage`, over the rows a query selects: sessions,
+/// running ones, and their CPU and memory requests.
+macro_rules! usage_cols {
+    () => {
+        "COUNT(*), CAST(COALESCE(SUM(CASE WHEN desired = 'running' THEN 1 ELSE 0 END), 0) AS BIGINT),
+         CAST(COALESCE(SUM(cpu_millis), 0) AS BIGINT), CAST(COALESCE(SUM(memory_bytes), 0) AS BIGINT)"
+    };
+}
+/// What the sessions on each agent hold (placement).
+pub const USAGE_PER_AGENT: &str = concat!(
+    "SELECT agent_id, ",
+    usage_cols!(),
+    " FROM sessions WHERE agent_id IS NOT NULL GROUP BY agent_id"
+);
+/// What the sessions on one agent hold (the slot check).
+pub const USAGE_ON_AGENT: &str = concat!(
+    "SELECT ",
+    usage_cols!(),
+    " FROM sessions WHERE agent_id = $1"
+);
+/// What one user's sessions hold, for the quotas: sessions being deleted do
+/// not count, and CPU and memory only of the running ones.
+pub const USAGE_OF_USER: &str = "SELECT COUNT(*),
+     CAST(COALESCE(SUM(CASE WHEN desired = 'running' THEN 1 ELSE 0 END), 0) AS BIGINT),
+     CAST(COALESCE(SUM(CASE WHEN desired = 'running' THEN cpu_millis ELSE 0 END), 0) AS BIGINT),
+     CAST(COALESCE(SUM(CASE WHEN desired = 'running' THEN memory_bytes ELSE 0 END), 0) AS BIGINT)
+     FROM sessions WHERE user_name = $1 AND desired <> 'terminated'";
 pub const INSERT_REVOCATION: &str =
     "INSERT INTO revocations (kind, value, reason, revoked_by, revoked_ms) VALUES ($1,$2,$3,$4,$5)";
 pub const DELETE_REVOCATION: &str = "DELETE FROM revocations WHERE kind = $1 AND value = $2
@@ -85,15 +109,36 @@ pub const FIND_REVOCATION: &str =
 /// PostgreSQL: serializes slot checks per agent until the transaction ends
 /// (two transactions counting at READ COMMITTED would both see room).
 pub const LOCK_AGENT_SLOTS: &str = "SELECT pg_advisory_xact_lock(hashtext($1))";
+/// PostgreSQL: serializes quota checks per user the same way (its own key
+/// space, so a user never waits on an agent of the same name).
+pub const LOCK_USER_QUOTA: &str = "SELECT pg_advisory_xact_lock(7, hashtext($1))";
+
+/// A usage row's four sums (see `usage_cols!`), as stored (BIGINT).
+pub fn usage(n: [i64; 4]) -> streamspace_core::model::Usage {
+    let u = |v: i64| v.max(0) as u64;
+    streamspace_core::model::Usage {
+        sessions: u(n[0]),
+        running: u(n[1]),
+        cpu_millis: u(n[2]),
+        memory_bytes: u(n[3]),
+    }
+}
+
+/// The CPU and memory a session requests, as the columns store them.
+pub fn requested(s: &streamspace_core::model::Session) -> (i64, i64) {
+    let (cpu, mem) = s.workload.resources.requests.amounts();
+    (cpu as i64, mem.min(i64::MAX as u64) as i64)
+}
 
 macro_rules! sql_store {
-    ($store:ident, $db:ty, $lock:literal, $slot_lock:expr) => {
+    ($store:ident, $db:ty, $lock:literal, $slot_lock:expr, $quota_lock:expr) => {
         use std::collections::HashMap;
 
         use async_trait::async_trait;
         use sqlx::Row;
 
         use streamspace_core::model::*;
+        use streamspace_core::quota::QuotaCheck;
         use streamspace_core::store::{CommandFilter, SessionFilter, SessionWrite, Slot, Store, StoreError, TransitionFn, Transitioned};
         use crate::rows::*;
         use crate::sql::*;
@@ -131,6 +176,8 @@ macro_rules! sql_store {
             .bind(s.last_activity_ms)
             .bind(s.running_since_ms)
             .bind(s.ran_ms)
+            .bind(requested(s).0)
+            .bind(requested(s).1)
             .execute(&mut *c)
             .await
             .map_err(db_err)?;
@@ -188,24 +235,42 @@ macro_rules! sql_store {
                 .collect()
         }
 
-        /// Refuses the transaction's write if `slot`'s agent is full.
+        /// Reads one usage row (see `usage_cols!`) for `key`.
+        async fn usage_row(c: &mut Conn, sql: &'static str, key: &str) -> Result<Usage, StoreError> {
+            let r = sqlx::query(sql).bind(key).fetch_one(&mut *c).await.map_err(db_err)?;
+            let mut n = [0i64; 4];
+            for (i, v) in n.iter_mut().enumerate() {
+                *v = r.try_get::<i64, _>(i).map_err(db_err)?;
+            }
+            Ok(usage(n))
+        }
+
+        /// Refuses the transaction's write if the session does not fit on `slot`'s agent.
         async fn check_slot(c: &mut Conn, slot: Option<&Slot>) -> Result<(), StoreError> {
-            let Some(slot) = slot.filter(|s| s.max_sessions > 0) else {
+            let Some(slot) = slot.filter(|s| s.limited()) else {
                 return Ok(());
             };
             let lock: Option<&str> = $slot_lock;
             if let Some(lock) = lock {
                 sqlx::query(lock).bind(&slot.agent).execute(&mut *c).await.map_err(db_err)?;
             }
-            let n: i64 = sqlx::query_scalar(SESSIONS_ON_AGENT_COUNT)
-                .bind(&slot.agent)
-                .fetch_one(&mut *c)
-                .await
-                .map_err(db_err)?;
-            if n >= i64::from(slot.max_sessions) {
+            if !slot.fits(&usage_row(c, USAGE_ON_AGENT, &slot.agent).await?) {
                 return Err(StoreError::NoRoom(slot.agent.clone()));
             }
             Ok(())
+        }
+
+        /// Refuses the transaction's write if it would break one of the user's quotas.
+        async fn check_quota(c: &mut Conn, q: Option<&QuotaCheck>) -> Result<(), StoreError> {
+            let Some(q) = q.filter(|q| !q.quotas.is_empty()) else {
+                return Ok(());
+            };
+            let lock: Option<&str> = $quota_lock;
+            if let Some(lock) = lock {
+                sqlx::query(lock).bind(&q.user).execute(&mut *c).await.map_err(db_err)?;
+            }
+            q.check(usage_row(c, USAGE_OF_USER, &q.user).await?)
+                .map_err(StoreError::QuotaExceeded)
         }
 
         fn sessions(rows: Vec<SessionRow>) -> Result<Vec<Session>, StoreError> {
@@ -260,8 +325,9 @@ macro_rules! sql_store {
                 sessions(rows)
             }
 
-            async fn insert_session(&self, s: &Session, cmd: Option<&Command>, slot: Option<&Slot>) -> Result<(), StoreError> {
+            async fn insert_session(&self, s: &Session, cmd: Option<&Command>, slot: Option<&Slot>, quota: Option<&QuotaCheck>) -> Result<(), StoreError> {
                 let mut tx = self.pool.begin().await.map_err(db_err)?;
+                check_quota(&mut tx, quota).await?;
                 check_slot(&mut tx, slot).await?;
                 write_session(&mut tx, s, false).await.map_err(|e| match e {
                     StoreError::AlreadyExists(_) => StoreError::AlreadyExists(format!("session {:?}", s.name)),
@@ -291,6 +357,7 @@ macro_rules! sql_store {
                 .transpose()?;
                 let before = session.clone();
                 let change = f(session, active)?;
+                check_quota(&mut tx, change.quota.as_ref()).await?;
                 check_slot(&mut tx, change.slot.as_ref()).await?;
                 match &change.session {
                     SessionWrite::Keep => {}
@@ -334,9 +401,23 @@ macro_rules! sql_store {
                 sessions(rows)
             }
 
-            async fn sessions_per_agent(&self) -> Result<HashMap<String, u32>, StoreError> {
-                count_per_agent(&self.pool, SESSIONS_PER_AGENT)
-                .await
+            async fn usage_per_agent(&self) -> Result<HashMap<String, Usage>, StoreError> {
+                let rows = sqlx::query(USAGE_PER_AGENT).fetch_all(&self.pool).await.map_err(db_err)?;
+                rows.iter()
+                    .map(|r| {
+                        let agent = r.try_get::<String, _>(0).map_err(db_err)?;
+                        let mut n = [0i64; 4];
+                        for (i, v) in n.iter_mut().enumerate() {
+                            *v = r.try_get::<i64, _>(i + 1).map_err(db_err)?;
+                        }
+                        Ok((agent, usage(n)))
+                    })
+                    .collect()
+            }
+
+            async fn usage_of_user(&self, user: &str) -> Result<Usage, StoreError> {
+                let mut c = self.pool.acquire().await.map_err(db_err)?;
+                usage_row(&mut c, USAGE_OF_USER, user).await
             }
 
             async fn get_command(&self, id: &str) -> Result<Option<Command>, StoreError> {

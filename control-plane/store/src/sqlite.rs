@@ -25,6 +25,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use super::rows::*;
 use super::sql::*;
 use streamspace_core::model::*;
+use streamspace_core::quota::QuotaCheck;
 use streamspace_core::store::{
     CommandFilter, SessionFilter, SessionWrite, Slot, Store, StoreError, TransitionFn, Transitioned,
 };
@@ -242,6 +243,8 @@ fn write_session(c: &Connection, s: &Session, upsert: bool) -> Result<(), StoreE
                 s.last_activity_ms,
                 s.running_since_ms,
                 s.ran_ms,
+                requested(s).0,
+                requested(s).1,
             ])
         })
         .map_err(db)?;
@@ -288,20 +291,36 @@ fn update_command(c: &Connection, cmd: &Command) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Refuses the job's write if `slot`'s agent is full. The writer thread runs
-/// one job at a time, so the count cannot go stale before the write.
+/// Reads one usage row (see `usage_cols!` in `sql.rs`) for `key`.
+fn usage_row(c: &Connection, sql: &str, key: &str) -> Result<Usage, StoreError> {
+    c.prepare_cached(sql)
+        .and_then(|mut st| {
+            st.query_row([key], |r| Ok([r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?]))
+        })
+        .map(usage)
+        .map_err(db)
+}
+
+/// Refuses the job's write if the session does not fit on `slot`'s agent.
+/// The writer thread runs one job at a time, so the sums cannot go stale
+/// before the write.
 fn check_slot(c: &Connection, slot: Option<&Slot>) -> Result<(), StoreError> {
-    let Some(slot) = slot.filter(|s| s.max_sessions > 0) else {
+    let Some(slot) = slot.filter(|s| s.limited()) else {
         return Ok(());
     };
-    let n: i64 = c
-        .prepare_cached(SESSIONS_ON_AGENT_COUNT)
-        .and_then(|mut st| st.query_row([&slot.agent], |r| r.get(0)))
-        .map_err(db)?;
-    if n >= i64::from(slot.max_sessions) {
+    if !slot.fits(&usage_row(c, USAGE_ON_AGENT, &slot.agent)?) {
         return Err(StoreError::NoRoom(slot.agent.clone()));
     }
     Ok(())
+}
+
+/// Refuses the job's write if it would break one of the user's quotas.
+fn check_quota(c: &Connection, q: Option<&QuotaCheck>) -> Result<(), StoreError> {
+    let Some(q) = q.filter(|q| !q.quotas.is_empty()) else {
+        return Ok(());
+    };
+    q.check(usage_row(c, USAGE_OF_USER, &q.user)?)
+        .map_err(StoreError::QuotaExceeded)
 }
 
 fn transition(c: &Connection, name: &str, f: TransitionFn) -> Result<Transitioned, StoreError> {
@@ -314,6 +333,7 @@ fn transition(c: &Connection, name: &str, f: TransitionFn) -> Result<Transitione
         .transpose()?;
     let before = session.clone();
     let change = f(session, active)?;
+    check_quota(c, change.quota.as_ref())?;
     check_slot(c, change.slot.as_ref())?;
     match &change.session {
         SessionWrite::Keep => {}
@@ -366,10 +386,17 @@ impl Store for SqliteStore {
         session: &Session,
         command: Option<&Command>,
         slot: Option<&Slot>,
+        quota: Option<&QuotaCheck>,
     ) -> Result<(), StoreError> {
-        let (s, cmd, slot) = (session.clone(), command.cloned(), slot.cloned());
+        let (s, cmd, slot, quota) = (
+            session.clone(),
+            command.cloned(),
+            slot.cloned(),
+            quota.cloned(),
+        );
         self.writer
             .run(move |c| {
+                check_quota(c, quota.as_ref())?;
                 check_slot(c, slot.as_ref())?;
                 write_session(c, &s, false).map_err(|e| match e {
                     StoreError::AlreadyExists(_) => {
@@ -398,18 +425,23 @@ impl Store for SqliteStore {
         self.reads.sessions_on_agent(agent).await
     }
 
-    async fn sessions_per_agent(&self) -> Result<HashMap<String, u32>, StoreError> {
+    async fn usage_per_agent(&self) -> Result<HashMap<String, Usage>, StoreError> {
         self.writer
             .run(|c| {
-                let mut st = c.prepare_cached(SESSIONS_PER_AGENT).map_err(db)?;
+                let mut st = c.prepare_cached(USAGE_PER_AGENT).map_err(db)?;
                 let rows = st
                     .query_map([], |r| {
-                        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u32))
+                        let n = [r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?];
+                        Ok((r.get::<_, String>(0)?, usage(n)))
                     })
                     .map_err(db)?;
                 rows.collect::<Result<_, _>>().map_err(db)
             })
             .await
+    }
+
+    async fn usage_of_user(&self, user: &str) -> Result<Usage, StoreError> {
+        self.reads.usage_of_user(user).await
     }
 
     async fn get_command(&self, id: &str) -> Result<Option<Command>, StoreError> {

@@ -402,11 +402,28 @@ pub fn caller(claims: &Map<String, Value>, rules: &ClaimRules, now: i64) -> Resu
         (Some(group), Some(Value::String(g))) => g == group,
         _ => false,
     };
+    // The groups are the caller's roles (for role quotas); a bounded number
+    // of them, each a valid role name, the rest ignored.
+    let roles = match claims.get(&rules.groups_claim) {
+        Some(Value::Array(groups)) => groups.iter().filter_map(Value::as_str).collect(),
+        Some(Value::String(g)) => vec![g.as_str()],
+        _ => vec![],
+    };
+    let roles = roles
+        .into_iter()
+        .filter(|r| crate::core::quota::role_name("groups", r).is_ok())
+        .take(MAX_ROLES)
+        .map(str::to_string)
+        .collect();
     Ok(Caller {
         user: user.clone(),
         admin,
+        roles,
     })
 }
+
+/// Most groups of one token taken as roles.
+const MAX_ROLES: usize = 64;
 
 /// The `kid`s of a key set, quoted (for logs: which keys a refresh brought).
 pub fn kids(keys: &KeySet) -> Vec<String> {
