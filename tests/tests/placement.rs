@@ -197,3 +197,119 @@ async fn concurrent_creates_never_place_over_capacity() {
     let _ = &mut api;
     drop(cp);
 }
+
+/// The CPU and memory each session requests, cycled over the 20 creates.
+const MIXED: [(&str, &str, u64, u64); 4] = [
+    ("250m", "256Mi", 250, 256 << 20),
+    ("500m", "512Mi", 500, 512 << 20),
+    ("1", "1Gi", 1000, 1 << 30),
+    ("2", "2Gi", 2000, 2 << 30),
+];
+
+fn capacity(cpu_millis: u64, memory_gi: u64) -> pb::Capacity {
+    pb::Capacity {
+        max_sessions: 0,
+        cpu_millis,
+        memory_bytes: memory_gi << 30,
+    }
+}
+
+async fn create_sized(api: &mut Api, name: &str, cpu: &str, mem: &str) -> pb::Session {
+    let list = pb::ResourceList {
+        cpu: cpu.into(),
+        memory: mem.into(),
+    };
+    api.sessions
+        .create_session(pb::CreateSessionRequest {
+            name: name.into(),
+            template: "static-files".into(),
+            resources: Some(pb::Resources {
+                requests: Some(list.clone()),
+                limits: Some(list),
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("create {name}: {e}"))
+        .into_inner()
+}
+
+/// Three agents with different CPU and memory; 20 sessions with mixed
+/// requests land only where they fit (the requests on each agent never sum
+/// over its capacity) and spread over all three; a session too big for all
+/// stays Pending saying what is short, and is placed once a bigger agent
+/// attaches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_land_only_where_their_requests_fit() {
+    init();
+    let pki = TestPki::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let db = database_url(tmp.path()).await;
+    let cp = start_cp(&pki, &db, &CpOptions::default()).await;
+    let mut api = Api::connect(&pki, cp.api_addr, ADMIN_TOKEN).await;
+    let agents = [
+        ("fit-a", capacity(4000, 8)),
+        ("fit-b", capacity(8000, 8)),
+        ("fit-c", capacity(12_000, 16)),
+    ];
+    let caps: BTreeMap<&str, pb::Capacity> = agents.iter().copied().collect();
+    let _agents = NoopAgents::with_capacity(&pki, cp.agent_addr, &agents);
+    api.wait_agents(3, 30).await;
+
+    let mut requested: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for i in 0..20 {
+        let (cpu, mem, c, m) = MIXED[i % MIXED.len()];
+        let s = create_sized(&mut api, &format!("fit-{i}"), cpu, mem).await;
+        assert!(
+            !s.agent_id.is_empty(),
+            "fit-{i} was not placed: {}",
+            s.message
+        );
+        let sum = requested.entry(s.agent_id.clone()).or_default();
+        *sum = (sum.0 + c, sum.1 + m);
+    }
+    for (agent, (cpu, mem)) in &requested {
+        let cap = caps[agent.as_str()];
+        assert!(
+            *cpu <= cap.cpu_millis && *mem <= cap.memory_bytes,
+            "agent {agent}: {cpu}m and {mem} bytes requested, capacity {cap:?}"
+        );
+    }
+    assert_eq!(
+        requested.len(),
+        3,
+        "least-loaded fit uses every agent: {requested:?}"
+    );
+
+    // Too big for every agent: Pending, and the condition says what is short.
+    let big = create_sized(&mut api, "fit-big", "16", "4Gi").await;
+    assert!(big.agent_id.is_empty());
+    assert_eq!(big.phase, pb::SessionPhase::Pending as i32);
+    let cond = big
+        .conditions
+        .iter()
+        .find(|c| c.r#type == "Scheduled")
+        .expect("a Scheduled condition");
+    assert_eq!(cond.reason, "InsufficientResources");
+    assert!(
+        cond.message
+            .contains("no room on the 3 matching agent(s): cpu short on 3 (needs 16000m"),
+        "{}",
+        cond.message
+    );
+    // A bigger agent attaches: the waiting session goes there.
+    let _bigger =
+        NoopAgents::with_capacity(&pki, cp.agent_addr, &[("fit-d", capacity(32_000, 64))]);
+    let placed = wait_for("fit-big to be placed", 30, || {
+        let mut api = api.clone();
+        async move {
+            api.get("fit-big")
+                .await
+                .ok()
+                .filter(|s| !s.agent_id.is_empty())
+        }
+    })
+    .await;
+    assert_eq!(placed.agent_id, "fit-d");
+    cp.shutdown().await;
+}
