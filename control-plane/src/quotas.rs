@@ -71,6 +71,10 @@ mod tests {
         assert_eq!(q[1].limits.sessions, Some(3));
         assert_eq!(q[1].limits.cpu_millis, Some(2000));
         assert!(parse("").unwrap().is_empty());
+        // Plain numbers are quantities too (what `helm --set` and YAML give).
+        let q = parse("quotas:\n  n:\n    user: bob\n    cpu: 2\n    memory: 0.5\n").unwrap();
+        assert_eq!(q[0].limits.cpu_millis, Some(2000));
+        assert_eq!(q[0].limits.memory_bytes, Some(1));
     }
 
     #[test]

@@ -76,6 +76,11 @@ const CASES: &[(&str, &[&str], &[&str])] = &[
         &["controlPlane.replicaCount"],
     ),
     (
+        "misspelled quota limit",
+        &["--set", "controlPlane.quotas.students.maxSesions=1"],
+        &["controlPlane.quotas.students.maxSesions", "maxSesions"],
+    ),
+    (
         "bad resource quantity",
         &["--set", "controlPlane.resources.limits.memory=lots"],
         &["controlPlane.resources.limits.memory"],
@@ -137,4 +142,45 @@ async fn bad_values_are_refused_and_install_nothing() {
         failures.len(),
         failures.join("\n\n")
     );
+}
+
+/// `controlPlane.quotas` becomes the `--quotas` file the control plane
+/// reads: rendered, it parses into the same quotas (plain numbers too).
+#[tokio::test]
+async fn quota_values_render_a_quotas_file_the_control_plane_reads() {
+    let Some(k) = cluster().await else { return };
+    let Some(helm) = Helm::for_cluster(&k) else {
+        return;
+    };
+    let out = helm.with_chart(
+        "template",
+        "quotas",
+        "default",
+        &[
+            "--set-json",
+            r#"controlPlane.quotas={"students":{"role":"students","maxRunningSessions":1,"cpu":2,"memory":"4Gi"}}"#,
+        ],
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let docs: Vec<serde_yaml::Value> = text
+        .split("\n---")
+        .filter_map(|d| serde_yaml::from_str(d).ok())
+        .collect();
+    let cm = docs
+        .iter()
+        .find(|d| {
+            d["kind"] == "ConfigMap"
+                && d["metadata"]["name"] == "quotas-streamspace-control-plane-quotas"
+        })
+        .expect("the quotas ConfigMap");
+    let file = cm["data"]["quotas.yaml"].as_str().unwrap();
+    let quotas = streamspace_control_plane::quotas::parse(file).unwrap();
+    assert_eq!(quotas.len(), 1);
+    assert_eq!(quotas[0].limits.running, Some(1));
+    assert_eq!(quotas[0].limits.cpu_millis, Some(2000));
+    assert!(text.contains("- --quotas=/etc/streamspace/quotas/quotas.yaml"));
+    // Without quotas: no ConfigMap, no flag.
+    let out = helm.with_chart("template", "quotas", "default", &[]);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("--quotas"));
 }

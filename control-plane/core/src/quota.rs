@@ -68,12 +68,37 @@ pub struct QuotaSpec {
     pub max_sessions: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_running_sessions: Option<u64>,
-    /// Total CPU the user's running sessions may request ("4", "2500m").
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Total CPU the user's running sessions may request ("4", "2500m";
+    /// a plain number is taken as written, like Kubernetes does).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "quantity"
+    )]
     pub cpu: Option<String>,
     /// Total memory the user's running sessions may request ("8Gi").
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "quantity"
+    )]
     pub memory: Option<String>,
+}
+
+/// A quantity written as a string or as a plain number (`cpu: 2`).
+fn quantity<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Q {
+        Text(String),
+        Whole(u64),
+        Decimal(f64),
+    }
+    Ok(Option::<Q>::deserialize(d)?.map(|q| match q {
+        Q::Text(s) => s,
+        Q::Whole(n) => n.to_string(),
+        Q::Decimal(f) => f.to_string(),
+    }))
 }
 
 /// Longest role name (a Kubernetes label value or an OIDC group).
