@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod names;
+pub mod quantity;
 pub mod version;
 
 pub use version::{PROTOCOL_VERSION, SUPPORTED_PROTOCOL_VERSIONS};

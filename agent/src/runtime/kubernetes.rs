@@ -474,16 +474,24 @@ impl Runtime for KubernetesRuntime {
         self.scale(session, 1).await
     }
 
+    /// Running sessions (Deployments scaled above 0) and what their
+    /// containers request.
     fn in_use(&self) -> pb::Capacity {
-        let running = self
-            .deploy_store
-            .state()
-            .iter()
-            .filter(|d| d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1) > 0)
-            .count();
-        pb::Capacity {
-            max_sessions: running as u32,
-            ..Default::default()
+        let mut used = pb::Capacity::default();
+        for d in self.deploy_store.state() {
+            let Some(spec) = d.spec.as_ref().filter(|s| s.replicas.unwrap_or(1) > 0) else {
+                continue;
+            };
+            used.max_sessions += 1;
+            let containers = spec.template.spec.iter().flat_map(|p| &p.containers);
+            for r in containers.filter_map(|c| c.resources.as_ref()?.requests.as_ref()) {
+                let amount = |k: &str, f: fn(&str) -> Result<u64, String>| {
+                    r.get(k).and_then(|q| f(&q.0).ok()).unwrap_or(0)
+                };
+                used.cpu_millis += amount("cpu", streamspace::quantity::cpu_millis);
+                used.memory_bytes += amount("memory", streamspace::quantity::memory_bytes);
+            }
         }
+        used
     }
 }

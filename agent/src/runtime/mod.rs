@@ -42,6 +42,22 @@ impl RuntimeError {
     }
 }
 
+/// What a workload requests: (millicores, bytes); a missing or unparsable
+/// quantity counts as 0 (the control plane validated them).
+pub fn requested(r: Option<&pb::Resources>) -> (u64, u64) {
+    let Some(req) = r.and_then(|r| r.requests.as_ref()) else {
+        return (0, 0);
+    };
+    let q = |s: &str, f: fn(&str) -> Result<u64, String>| match s {
+        "" => 0,
+        s => f(s).unwrap_or(0),
+    };
+    (
+        q(&req.cpu, streamspace::quantity::cpu_millis),
+        q(&req.memory, streamspace::quantity::memory_bytes),
+    )
+}
+
 #[async_trait]
 pub trait Runtime: Send + Sync + 'static {
     /// Every session this runtime runs now, with its observed state.

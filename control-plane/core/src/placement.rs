@@ -22,6 +22,9 @@ pub struct Candidate<'a> {
     pub region: &'a str,
     /// What the agent may hold; 0 in a field = no limit there.
     pub capacity: Capacity,
+    /// What the agent reported in use in its last heartbeat (sessions with
+    /// a workload, what they request).
+    pub in_use: Capacity,
     /// Draining agents get no new sessions.
     pub draining: bool,
 }
@@ -97,8 +100,17 @@ pub fn pick<'a>(
             sel.platform, sel.region,
         )));
     }
-    let zero = Usage::default();
-    let used_by = |a: &Candidate| used.get(a.id).copied().unwrap_or(zero);
+    // The store's sums, or what the agent reports if that is more (workloads
+    // the store does not count, e.g. started by hand).
+    let used_by = |a: &Candidate| {
+        let u = used.get(a.id).copied().unwrap_or_default();
+        Usage {
+            sessions: u.sessions.max(u64::from(a.in_use.max_sessions)),
+            running: u.running,
+            cpu_millis: u.cpu_millis.max(a.in_use.cpu_millis),
+            memory_bytes: u.memory_bytes.max(a.in_use.memory_bytes),
+        }
+    };
     matching
         .iter()
         .filter_map(|a| load(&a.capacity, &used_by(a), &request).map(|l| (l, a)))
@@ -199,6 +211,7 @@ mod tests {
                 cpu_millis: cpu,
                 memory_bytes: mem_gi << 30,
             },
+            in_use: Capacity::default(),
             draining: false,
         }
     }
@@ -243,6 +256,22 @@ mod tests {
         );
         let e = pick(&Selector::default(), req(1, 1), [], &HashMap::new()).unwrap_err();
         assert_eq!(e.reason, "NoAgentAvailable");
+    }
+
+    #[test]
+    fn reported_use_counts_when_it_is_more() {
+        let mut a = agent("a", 10, 4000, 8);
+        a.in_use.cpu_millis = 3500;
+        let b = agent("b", 10, 4000, 8);
+        // The store knows of nothing on either; a reports 3500m in use.
+        let e = pick(&Selector::default(), req(1000, 1), [a], &HashMap::new()).unwrap_err();
+        assert!(e.message.contains("most free 500m"), "{e}");
+        assert_eq!(
+            pick(&Selector::default(), req(1000, 1), [a, b], &HashMap::new())
+                .unwrap()
+                .agent,
+            "b"
+        );
     }
 
     #[test]

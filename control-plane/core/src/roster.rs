@@ -191,6 +191,7 @@ impl Roster {
             platform: &a.hello.platform,
             region: &a.hello.region,
             capacity: a.hello.capacity,
+            in_use: a.in_use,
             draining: a.draining,
         });
         f(&mut it)

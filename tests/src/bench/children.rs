@@ -114,6 +114,16 @@ pub struct CpChild {
 impl CpChild {
     /// Starts it and waits until both listeners accept connections.
     pub async fn start(lab: &Lab, name: &str, database_url: &str) -> anyhow::Result<Self> {
+        Self::start_with(lab, name, database_url, &[]).await
+    }
+
+    /// [`CpChild::start`] with more flags for `serve`.
+    pub async fn start_with(
+        lab: &Lab,
+        name: &str,
+        database_url: &str,
+        extra: &[String],
+    ) -> anyhow::Result<Self> {
         let (api_addr, agent_addr) = (free_addr()?, free_addr()?);
         let pki = lab.pki_dir();
         let args = vec![
@@ -129,7 +139,10 @@ impl CpChild {
             // The load generator is one caller: the per-caller API limits would measure themselves.
             "--api-rate=0".to_string(),
             "--max-watches=0".to_string(),
-        ];
+        ]
+        .into_iter()
+        .chain(extra.iter().cloned())
+        .collect();
         let mut cp = Self {
             api_addr,
             agent_addr,

@@ -15,6 +15,7 @@ mod failover;
 mod latency;
 mod measure;
 mod report;
+mod retention;
 mod scale;
 mod throughput;
 mod verify;
@@ -56,6 +57,9 @@ enum Scenario {
     Throughput,
     Scale,
     Failover,
+    /// Not part of `all` (it runs two 10-minute windows): the commands
+    /// table and the database file with and without `--retention 1m`.
+    Retention,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -101,6 +105,9 @@ struct RunArgs {
     /// Sessions in the failover scenario.
     #[arg(long, env = "BENCH_FAILOVER_SESSIONS")]
     failover_sessions: Option<u64>,
+    /// Seconds of each of the retention scenario's two windows.
+    #[arg(long, env = "BENCH_RETENTION_SECONDS")]
+    retention_seconds: Option<u64>,
 }
 
 /// How big each scenario is.
@@ -119,6 +126,7 @@ pub struct Sizes {
     pub concurrency: u64,
     pub scale_agents: u64,
     pub failover_sessions: u64,
+    pub retention_time: Duration,
 }
 
 impl Sizes {
@@ -138,6 +146,7 @@ impl Sizes {
             concurrency: a.concurrency.unwrap_or(q(256, 64)),
             scale_agents,
             failover_sessions: a.failover_sessions.unwrap_or(q(100, 20)),
+            retention_time: Duration::from_secs(a.retention_seconds.unwrap_or(q(600, 60))),
         }
     }
 }
@@ -243,6 +252,49 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
                 note: "ratio: to baseline 1,000-conn round trips/s".into(),
             }),
             Err(e) => fail("throughput", e),
+        }
+    }
+
+    // Only when asked for by name: two long windows.
+    if a.scenario == Scenario::Retention {
+        match retention::run(&lab, &z, &mut report).await {
+            Ok(runs) => {
+                let (base, pruned) = (&runs[0], &runs[1]);
+                let ratio = pruned.commands_per_sec / base.commands_per_sec;
+                report.target(Target {
+                    name: "--retention 1m: throughput vs no pruning (same run), >= 0.9".into(),
+                    measured: measure::fmt_rate(pruned.commands_per_sec),
+                    bound: format!("{} x 0.9", measure::fmt_rate(base.commands_per_sec)),
+                    ratio: Some(ratio),
+                    pass: Some(ratio >= 0.9),
+                    note: "ratio: to the same load with the default 7d retention".into(),
+                });
+                let half = pruned.samples.len() / 2;
+                let late = pruned.samples[half..]
+                    .iter()
+                    .map(|s| s.rows)
+                    .max()
+                    .unwrap_or(0);
+                let early = pruned.samples[..half]
+                    .iter()
+                    .map(|s| s.rows)
+                    .max()
+                    .unwrap_or(0);
+                report.target(Target {
+                    name:
+                        "--retention 1m: commands table bounded (2nd half max <= 1.2x 1st half max)"
+                            .into(),
+                    measured: measure::fmt_int(late.max(0) as u64),
+                    bound: measure::fmt_int((early.max(0) as f64 * 1.2) as u64),
+                    ratio: (early > 0).then(|| late as f64 / early as f64),
+                    pass: Some(late as f64 <= early as f64 * 1.2),
+                    note: format!(
+                        "without pruning: {} rows at the end",
+                        measure::fmt_int(base.max_rows().max(0) as u64)
+                    ),
+                });
+            }
+            Err(e) => fail("retention", e),
         }
     }
 

@@ -5,6 +5,8 @@
 //! rate is commands completed per second. Control-plane CPU and memory are
 //! sampled over the window.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::Sizes;
@@ -28,26 +30,22 @@ struct Worker {
     refused: u64,
 }
 
-pub async fn run(lab: &Lab, z: &Sizes, report: &mut Report) -> anyhow::Result<ThroughputResult> {
-    let db = format!("sqlite://{}", lab.path("throughput.db").display());
-    let cp = CpChild::start(lab, "cp-throughput", &db).await?;
-    let pid = cp.pid()?;
-    let api = Api::connect(lab, cp.api_addr, 8).await?;
-    api.put_template().await?;
-    let n = z.throughput_agents;
-    let mut agents = AgentsChild::start(lab, "tp", cp.agent_addr, n, 1000).await?;
-    agents
-        .wait_attached(Duration::from_secs(60 + n / 100))
-        .await?;
-    let watch = Watcher::start(&api).await?;
+/// The load: `concurrency` clients loop "create, wait until RUNNING, delete,
+/// wait until gone" for `window`. Returns the latencies, the commands
+/// completed and the refusals; `done` counts completed commands as they
+/// happen (for sampling during the window).
+pub async fn load(
+    api: &Api,
+    watch: &Watcher,
+    concurrency: u64,
+    window: Duration,
+    done: Arc<AtomicU64>,
+) -> anyhow::Result<(Latencies, u64, u64)> {
     let within = Duration::from_secs(120);
-
-    let s0 = sample(pid)?;
-    let t0 = Instant::now();
-    let deadline = t0 + z.throughput_time;
-    let workers: Vec<_> = (0..z.concurrency)
+    let deadline = Instant::now() + window;
+    let workers: Vec<_> = (0..concurrency)
         .map(|w| {
-            let (mut sessions, watch) = (api.sessions(), watch.clone());
+            let (mut sessions, watch, done) = (api.sessions(), watch.clone(), done.clone());
             tokio::spawn(async move {
                 let mut me = Worker {
                     lat: Latencies::default(),
@@ -66,6 +64,7 @@ pub async fn run(lab: &Lab, z: &Sizes, report: &mut Report) -> anyhow::Result<Th
                                 Some(t) => {
                                     me.lat.push(t.total);
                                     me.commands += 1;
+                                    done.fetch_add(1, Ordering::Relaxed);
                                     break;
                                 }
                                 None => {
@@ -87,6 +86,32 @@ pub async fn run(lab: &Lab, z: &Sizes, report: &mut Report) -> anyhow::Result<Th
         commands += me.commands;
         refused += me.refused;
     }
+    Ok((lat, commands, refused))
+}
+
+pub async fn run(lab: &Lab, z: &Sizes, report: &mut Report) -> anyhow::Result<ThroughputResult> {
+    let db = format!("sqlite://{}", lab.path("throughput.db").display());
+    let cp = CpChild::start(lab, "cp-throughput", &db).await?;
+    let pid = cp.pid()?;
+    let api = Api::connect(lab, cp.api_addr, 8).await?;
+    api.put_template().await?;
+    let n = z.throughput_agents;
+    let mut agents = AgentsChild::start(lab, "tp", cp.agent_addr, n, 1000).await?;
+    agents
+        .wait_attached(Duration::from_secs(60 + n / 100))
+        .await?;
+    let watch = Watcher::start(&api).await?;
+
+    let s0 = sample(pid)?;
+    let t0 = Instant::now();
+    let (mut lat, commands, refused) = load(
+        &api,
+        &watch,
+        z.concurrency,
+        z.throughput_time,
+        Arc::default(),
+    )
+    .await?;
     let elapsed = t0.elapsed();
     let s1 = sample(pid)?;
     let redelivered = verify::commands(&mut agents, &api, commands, 0).await?;

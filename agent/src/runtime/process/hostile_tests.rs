@@ -144,6 +144,8 @@ async fn a_recorded_home_outside_the_homes_is_not_deleted() {
             hibernated: false,
             home,
             persistent_home: true,
+            cpu_millis: 0,
+            memory_bytes: 0,
         };
         rt.layout.save(&st).unwrap();
         drop(rt);

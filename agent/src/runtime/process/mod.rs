@@ -329,6 +329,7 @@ impl ProcessRuntime {
             ("HOME", home_s.as_str()),
         ];
         let args: Vec<String> = w.command.iter().map(|a| substitute(a, &vars)).collect();
+        let requested = super::requested(w.resources.as_ref());
         // Record the intent before spawning (see `ProcState::pid`).
         let mut st = ProcState {
             session: session.to_string(),
@@ -340,6 +341,8 @@ impl ProcessRuntime {
             hibernated: false,
             home,
             persistent_home: w.persistent_home,
+            cpu_millis: requested.0,
+            memory_bytes: requested.1,
         };
         self.layout.save(&st).map_err(release)?;
         let forget = |e: RuntimeError| {
@@ -573,11 +576,16 @@ impl Runtime for ProcessRuntime {
         Ok(())
     }
 
+    /// Sessions with a record, and what the ones not hibernated request.
     fn in_use(&self) -> pb::Capacity {
-        let n = self.procs.try_lock().map(|p| p.len() as u32).unwrap_or(0);
+        let Ok(procs) = self.procs.try_lock() else {
+            return pb::Capacity::default();
+        };
+        let live = procs.values().filter(|p| !p.state.hibernated);
         pb::Capacity {
-            max_sessions: n,
-            ..Default::default()
+            max_sessions: procs.len() as u32,
+            cpu_millis: live.clone().map(|p| p.state.cpu_millis).sum(),
+            memory_bytes: live.map(|p| p.state.memory_bytes).sum(),
         }
     }
 
@@ -624,6 +632,8 @@ mod tests {
             hibernated: false,
             home: dir.join("scratch").join(session),
             persistent_home: false,
+            cpu_millis: 0,
+            memory_bytes: 0,
         };
         std::fs::create_dir_all(dir.join("sessions")).unwrap();
         std::fs::write(
@@ -669,6 +679,51 @@ mod tests {
         rt.stop("s1", false).await.unwrap();
         let _ = child.wait();
         assert!(find_tagged(&tag).is_none(), "stopped");
+    }
+
+    /// Heartbeats report what the running sessions request; a hibernated
+    /// session keeps its record (a session) but not its CPU and memory, and
+    /// a restarted runtime knows the requests from the records.
+    #[tokio::test]
+    async fn in_use_sums_the_requests_of_running_sessions() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sink, _rx) = StatusSink::channel(64);
+        let rt = ProcessRuntime::open(dir.path(), sink, Duration::from_secs(5), false).unwrap();
+        let start = |cpu: &str, mem: &str| pb::StartSession {
+            user: "alice".into(),
+            template: "t".into(),
+            workload: Some(pb::WorkloadSpec {
+                command: vec!["sleep".into(), "60".into()],
+                resources: Some(pb::Resources {
+                    requests: Some(pb::ResourceList {
+                        cpu: cpu.into(),
+                        memory: mem.into(),
+                    }),
+                    limits: None,
+                }),
+                ..Default::default()
+            }),
+        };
+        rt.start("u1", &start("500m", "1Gi")).await.unwrap();
+        rt.start("u2", &start("2", "512Mi")).await.unwrap();
+        let u = rt.in_use();
+        assert_eq!(
+            (u.max_sessions, u.cpu_millis, u.memory_bytes),
+            (2, 2500, 1536 << 20)
+        );
+        rt.hibernate("u2").await.unwrap();
+        let u = rt.in_use();
+        assert_eq!(
+            (u.max_sessions, u.cpu_millis, u.memory_bytes),
+            (2, 500, 1 << 30)
+        );
+        drop(rt);
+        let (sink, _rx) = StatusSink::channel(64);
+        let rt = ProcessRuntime::open(dir.path(), sink, Duration::from_secs(5), false).unwrap();
+        rt.inventory().await.unwrap();
+        assert_eq!(rt.in_use().cpu_millis, 500, "known again after a restart");
+        rt.stop("u1", false).await.unwrap();
+        rt.stop("u2", false).await.unwrap();
     }
 
     /// An agent killed after writing the intent but before spawning: nothing

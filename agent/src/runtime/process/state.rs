@@ -33,6 +33,12 @@ pub struct ProcState {
     pub hibernated: bool,
     pub home: PathBuf,
     pub persistent_home: bool,
+    /// What the session requests (millicores, bytes), reported as use in
+    /// heartbeats; 0 in records written before requests were kept.
+    #[serde(default)]
+    pub cpu_millis: u64,
+    #[serde(default)]
+    pub memory_bytes: u64,
 }
 
 impl ProcState {
