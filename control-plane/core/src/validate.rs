@@ -311,6 +311,38 @@ mod tests {
     use crate::model::ResourceList;
 
     #[test]
+    fn session_timeouts_stay_within_the_template() {
+        let t = Template {
+            name: "desk".into(),
+            timeouts: Timeouts {
+                idle_secs: 1800,
+                max_secs: 0,
+            },
+            ..Template::default()
+        };
+        let own = |idle_secs, max_secs| Timeouts {
+            idle_secs,
+            max_secs,
+        };
+        // Unset: the template's; shorter: the session's; no template limit: free.
+        assert_eq!(
+            timeouts_within("timeouts", &own(0, 0), &t),
+            Ok(own(1800, 0))
+        );
+        assert_eq!(timeouts_within("timeouts", &own(60, 0), &t), Ok(own(60, 0)));
+        assert_eq!(
+            timeouts_within("timeouts", &own(0, 99_999), &t),
+            Ok(own(1800, 99_999))
+        );
+        let e = timeouts_within("timeouts", &own(7200, 0), &t).unwrap_err();
+        assert_eq!(e.field, "timeouts.idle_timeout");
+        assert_eq!(
+            e.rule,
+            "must be at most 1800s (the limit template \"desk\" allows), got 7200s"
+        );
+    }
+
+    #[test]
     fn labels() {
         assert!(dns_label("name", "alice-firefox-1", 53).is_ok());
         assert_eq!(dns_label("name", "", 53).unwrap_err().rule, "is required");
