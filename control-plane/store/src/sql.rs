@@ -15,10 +15,25 @@ pub const UPSERT_SESSION: &str = " ON CONFLICT (name) DO UPDATE SET user_name=ex
  cpu_millis=excluded.cpu_millis, memory_bytes=excluded.memory_bytes";
 pub const ACTIVE: &str = "state IN ('pending', 'delivered', 'acknowledged')";
 /// One batch of retention: finished commands last updated before $1, oldest
-/// first, at most $2 (active commands are never pruned).
-pub const PRUNE_COMMANDS: &str = "DELETE FROM commands WHERE seq IN (SELECT seq FROM commands
-     WHERE state IN ('succeeded', 'failed', 'expired', 'superseded') AND updated_ms < $1
-     ORDER BY updated_ms LIMIT $2)";
+/// first, at most $2 (active commands are never pruned); `$hint` names the
+/// index to walk where the dialect needs telling.
+macro_rules! prune_commands {
+    ($hint:literal) => {
+        concat!(
+            "DELETE FROM commands WHERE seq IN (SELECT seq FROM commands",
+            $hint,
+            " WHERE state IN ('succeeded', 'failed', 'expired', 'superseded') AND updated_ms < $1
+             ORDER BY updated_ms LIMIT $2)"
+        )
+    };
+}
+/// PostgreSQL plans with statistics and finds the partial index itself.
+pub const PRUNE_COMMANDS: &str = prune_commands!("");
+/// SQLite, without statistics, would pick `commands_deadline (state)` and
+/// sort every finished command for each batch of 500 (measured: a quarter
+/// of the throughput gone under load); the partial index hands them over
+/// oldest first.
+pub const PRUNE_COMMANDS_SQLITE: &str = prune_commands!(" INDEXED BY commands_finished");
 
 use std::sync::LazyLock;
 
