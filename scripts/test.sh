@@ -13,6 +13,7 @@ mkdir -p "$CACHE"
 
 log "installing test tools (cached in $CACHE)"
 scripts/tools.sh install
+scripts/tools.sh install prometheus # Debian package: the metrics tests scrape with a real Prometheus
 eval "$(scripts/tools.sh env)"
 command -v grpcurl >/dev/null || { echo "grpcurl missing after install" >&2; exit 1; }
 export GRPCURL="$(command -v grpcurl)"

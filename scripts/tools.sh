@@ -5,6 +5,7 @@
 #   helm     (go install helm.sh/helm/v3/cmd/helm)
 #   kubeconform (go install github.com/yannh/kubeconform/cmd/kubeconform; schemas: scripts/chart-lint.sh)
 #   buildah  (Debian package, for scripts/image.sh; only when named: `install buildah`)
+#   prometheus (Debian package with promtool, for the metrics tests; only when named)
 #
 #   scripts/tools.sh            install whatever is missing (no-op when cached)
 #   scripts/tools.sh install    same; `install kubectl grpcurl` installs only those
@@ -136,32 +137,39 @@ install_kubeconform() {
   "$KUBECONFORM_DIR/kubeconform" -v >&2 || die "kubeconform -v failed after install"
 }
 
-# buildah is a system package (apt, needs root), not a cached tool: it is on PATH already.
-install_buildah() {
-  if buildah --version >/dev/null 2>&1; then return 0; fi
+# A Debian package (apt, needs root), not a cached tool: on PATH once installed.
+# install_apt PACKAGE CHECK-COMMAND... (the command must succeed afterwards).
+install_apt() {
+  local pkg="$1"; shift
+  if "$@" >/dev/null 2>&1; then return 0; fi
   command -v apt-get >/dev/null 2>&1 \
-    || die "buildah is not installed and apt-get is unavailable: install buildah (https://github.com/containers/buildah/blob/main/install.md)"
-  [[ "$(id -u)" == 0 ]] || die "buildah is not installed: apt-get install -y buildah (needs root)"
-  log "apt-get install buildah"
+    || die "$pkg is not installed and apt-get is unavailable: install the $pkg package"
+  [[ "$(id -u)" == 0 ]] || die "$pkg is not installed: apt-get install -y $pkg (needs root)"
+  log "apt-get install $pkg"
   export DEBIAN_FRONTEND=noninteractive
-  if ! apt-get install -y -qq --no-install-recommends buildah >&2; then
+  if ! apt-get install -y -qq --no-install-recommends "$pkg" >&2; then
     # Stale package lists on a fresh machine: refresh once and retry.
     apt-get update -qq >&2 || die "apt-get update failed (are Debian's package mirrors reachable?)"
-    apt-get install -y -qq --no-install-recommends buildah >&2 || die "apt-get install buildah failed"
+    apt-get install -y -qq --no-install-recommends "$pkg" >&2 || die "apt-get install $pkg failed"
   fi
-  buildah --version >&2 || die "buildah --version failed after install"
+  "$@" >&2 || die "$* failed after installing $pkg"
 }
+
+install_buildah() { install_apt buildah buildah --version; }
+# Prometheus 2.42 and promtool (the metrics tests); Debian starts no service
+# in a container without systemd, the tests run their own server.
+install_prometheus() { install_apt prometheus promtool --version; }
 
 install_tools() { # install_tools [TOOL...] (default: all)
   local t
   (( $# )) || set -- grpcurl kubectl helm kubeconform
   for t in "$@"; do
-    case "$t" in grpcurl|kubectl|helm|kubeconform|buildah) "install_$t" ;; *) die "unknown tool '$t' (grpcurl, kubectl, helm, kubeconform, buildah)" ;; esac
+    case "$t" in grpcurl|kubectl|helm|kubeconform|buildah|prometheus) "install_$t" ;; *) die "unknown tool '$t' (grpcurl, kubectl, helm, kubeconform, buildah, prometheus)" ;; esac
   done
 }
 
 tool_dir() {
-  case "$1" in grpcurl) echo "$GRPCURL_DIR" ;; kubectl) echo "$KUBECTL_DIR" ;; helm) echo "$HELM_DIR" ;; kubeconform) echo "$KUBECONFORM_DIR" ;; buildah) dirname "$(command -v buildah)" ;; esac
+  case "$1" in grpcurl) echo "$GRPCURL_DIR" ;; kubectl) echo "$KUBECTL_DIR" ;; helm) echo "$HELM_DIR" ;; kubeconform) echo "$KUBECONFORM_DIR" ;; buildah) dirname "$(command -v buildah)" ;; prometheus) dirname "$(command -v prometheus)" ;; esac
 }
 
 cmd="${1:-install}"

@@ -214,6 +214,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         hub: a.tuning.hub(),
         lifecycle: a.tuning.lifecycle(),
         quotas: a.tuning.quotas()?,
+        metrics_addr: a.tuning.metrics_addr,
         kube: a.kube.options(),
         edge: a.tuning.edge(),
         limits: a.tuning.limits(),

@@ -184,6 +184,7 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
         hub: a.tuning.hub(),
         lifecycle: a.tuning.lifecycle(),
         quotas: a.tuning.quotas()?,
+        metrics_addr: a.tuning.metrics_addr,
         kube: None,
         edge: a.tuning.edge(),
         limits: a.tuning.limits(),

@@ -17,6 +17,8 @@
 //! - `tuning.rs`: flags shared by `serve` and `dev` (timeouts, limits).
 //! - `dev.rs`: the embedded default (`dev`): SQLite, a dev PKI, a local agent.
 //! - `server.rs`: wires store, lifecycle, gRPC services and listeners.
+//! - `metrics.rs`: Prometheus metrics (`--metrics-addr`): command stage
+//!   histograms fed by the agent hub, gauges read at each scrape.
 //! - `listen.rs`: TLS listeners with connection limits and first-request deadlines.
 //! - `tls.rs`: the listeners' certificates, replaced without a restart when their files change.
 //! - `watch.rs`: polls files and applies a settled, usable change.
@@ -39,6 +41,7 @@ pub mod dev;
 pub mod grpc;
 pub mod k8s;
 pub mod listen;
+pub mod metrics;
 pub mod oidc_flags;
 pub mod pki;
 pub mod quotas;

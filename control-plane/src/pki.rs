@@ -69,14 +69,33 @@ fn sign(ca: &Pem, mut p: CertificateParams) -> Result<Pem, PkiError> {
     })
 }
 
-/// A server certificate for the given DNS names and IP addresses.
-pub fn new_server(ca: &Pem, dns: &[String], ips: &[IpAddr]) -> Result<Pem, PkiError> {
+fn server_params(dns: &[String], ips: &[IpAddr]) -> Result<CertificateParams, PkiError> {
     let mut p = CertificateParams::new(dns.to_vec())?;
     p.subject_alt_names
         .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
     p.distinguished_name
         .push(DnType::CommonName, "streamspace-control-plane");
     p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    Ok(p)
+}
+
+/// A server certificate for the given DNS names and IP addresses.
+pub fn new_server(ca: &Pem, dns: &[String], ips: &[IpAddr]) -> Result<Pem, PkiError> {
+    sign(ca, server_params(dns, ips)?)
+}
+
+/// [`new_server`] valid for `valid` from now (instead of rcgen's default
+/// far future): for short-lived certificates and expiry tests.
+pub fn new_server_valid_for(
+    ca: &Pem,
+    dns: &[String],
+    ips: &[IpAddr],
+    valid: std::time::Duration,
+) -> Result<Pem, PkiError> {
+    let mut p = server_params(dns, ips)?;
+    let valid = time::Duration::try_from(valid)
+        .map_err(|_| PkiError::Invalid("validity out of range".into()))?;
+    p.not_after = time::OffsetDateTime::now_utc() + valid;
     sign(ca, p)
 }
 
@@ -188,6 +207,13 @@ pub fn cert_serial(der: &[u8]) -> Result<String, String> {
     } else {
         hex.into()
     })
+}
+
+/// The notAfter of a certificate (DER), in milliseconds since the epoch.
+pub fn cert_not_after_ms(der: &[u8]) -> Result<i64, String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| format!("client certificate does not parse: {e}"))?;
+    Ok(cert.validity().not_after.timestamp().saturating_mul(1000))
 }
 
 /// [`cert_serial`] of the first certificate in a PEM text.

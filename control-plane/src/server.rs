@@ -56,6 +56,8 @@ pub struct ServerConfig {
     pub edge: EdgeLimits,
     /// Plaintext grpc.health.v1 listener for kubelet probes; None = none.
     pub health_addr: Option<SocketAddr>,
+    /// Plain-HTTP `/metrics` listener (Prometheus); None = no metrics at all.
+    pub metrics_addr: Option<SocketAddr>,
     /// Per-caller request rate and watch limits of the API.
     pub limits: crate::grpc::limits::LimitConfig,
     /// Where state-changing API calls are recorded (default: nowhere).
@@ -68,6 +70,8 @@ pub struct ControlPlane {
     pub api_addr: SocketAddr,
     /// The bound plaintext health listener, if one was asked for.
     pub health_addr: Option<SocketAddr>,
+    /// The bound metrics listener, if one was asked for.
+    pub metrics_addr: Option<SocketAddr>,
     pub lifecycle: Arc<Lifecycle>,
     /// The listeners' TLS settings (expiry of the material in force).
     pub tls: ServerTls,
@@ -136,7 +140,11 @@ impl ControlPlane {
         reporter
             .set_serving::<pb::agent_service_server::AgentServiceServer<AgentHub>>()
             .await;
-        let hub = AgentHub::new(lifecycle.clone(), cfg.hub.clone(), drain.clone());
+        let metrics = cfg
+            .metrics_addr
+            .map(|_| Arc::new(crate::metrics::Metrics::new()));
+        let hub = AgentHub::new(lifecycle.clone(), cfg.hub.clone(), drain.clone())
+            .with_metrics(metrics.clone());
         let agent_svc = pb::agent_service_server::AgentServiceServer::new(hub)
             .max_decoding_message_size(cfg.hub.max_message_bytes as usize)
             .max_encoding_message_size(cfg.hub.max_message_bytes as usize);
@@ -272,6 +280,22 @@ impl ControlPlane {
                     .context("starting the Kubernetes controller")?,
             );
         }
+        let metrics_addr = match (cfg.metrics_addr, metrics) {
+            (Some(addr), Some(m)) => {
+                let (bound, task) = crate::metrics::serve(
+                    addr,
+                    m,
+                    lifecycle.clone(),
+                    cfg.tls.clone(),
+                    stop.clone(),
+                )
+                .await
+                .with_context(|| format!("binding the metrics listener on {addr}"))?;
+                tasks.push(task);
+                Some(bound)
+            }
+            _ => None,
+        };
         if let Some(p) = &probe {
             p.set_serving(true).await;
         }
@@ -281,6 +305,7 @@ impl ControlPlane {
             agent_addr,
             api_addr,
             health_addr: probe.as_ref().map(HealthEndpoint::local_addr),
+            metrics_addr,
             lifecycle,
             tls: cfg.tls,
             probe,

@@ -67,6 +67,11 @@ pub struct Tuning {
     /// Delay before the first automatic retry; it doubles per retry.
     #[arg(long, env = "RETRY_BACKOFF", default_value = "1s", value_parser = crate::listen::parse_duration)]
     pub retry_backoff: Duration,
+    /// Plain-HTTP listener serving Prometheus metrics at `/metrics`
+    /// (OpenMetrics text), e.g. 0.0.0.0:9090; empty (the default) = no
+    /// metrics are kept at all.
+    #[arg(long, env = "METRICS_ADDR", default_value = "", value_parser = streamspace_runtime_util::parse_health_addr)]
+    pub metrics_addr: std::option::Option<std::net::SocketAddr>,
     /// Quotas per user and per role (YAML: `quotas: {name: {user|role,
     /// maxSessions, maxRunningSessions, cpu, memory}}`); read at start.
     /// Empty = none from the configuration (`Quota` objects still apply).

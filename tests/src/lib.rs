@@ -276,6 +276,8 @@ pub struct CpOptions {
     pub command_retries: u32,
     /// Quotas from the configuration.
     pub quotas: Vec<streamspace_control_plane::core::quota::Quota>,
+    /// Serve `/metrics` (on a free loopback port).
+    pub metrics: bool,
 }
 
 impl Default for CpOptions {
@@ -295,6 +297,7 @@ impl Default for CpOptions {
             max_duration_warning: Duration::from_secs(300),
             command_retries: 3,
             quotas: vec![],
+            metrics: false,
         }
     }
 }
@@ -329,6 +332,7 @@ pub fn server_config(pki: &TestPki, database_url: &str, o: &CpOptions) -> Server
             retry_backoff: Duration::from_millis(200),
         },
         quotas: o.quotas.clone(),
+        metrics_addr: o.metrics.then(|| "127.0.0.1:0".parse().unwrap()),
         kube: o.kube.clone(),
         edge: Default::default(),
         health_addr: o.health.then(|| "127.0.0.1:0".parse().unwrap()),

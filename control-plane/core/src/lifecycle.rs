@@ -169,6 +169,8 @@ pub struct Lifecycle {
     cfg: LifecycleConfig,
     /// The session of each command delivered to each agent (a cache).
     pub(crate) delivered: Delivered,
+    /// Commands written to the outbox since start (for metrics).
+    accepted: std::sync::atomic::AtomicU64,
 }
 
 impl Lifecycle {
@@ -181,6 +183,7 @@ impl Lifecycle {
             events,
             cfg,
             delivered: Delivered::default(),
+            accepted: Default::default(),
         }
     }
 
@@ -247,6 +250,16 @@ impl Lifecycle {
         }
     }
 
+    /// Commands written to the outbox since this control plane started.
+    pub fn commands_accepted(&self) -> u64 {
+        self.accepted.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn count_accepted(&self) {
+        self.accepted
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Publishes what a committed change did and wakes the agent that has a new command.
     fn committed(&self, before: Option<&Session>, change: &Change) {
         match (&change.session, before) {
@@ -266,6 +279,7 @@ impl Lifecycle {
             _ => {}
         }
         if let Some(c) = &change.new_command {
+            self.count_accepted();
             debug!(command = %c.id, session = %c.session, agent = %c.agent_id, action = c.action.name(), "command written");
             self.roster.ring(&c.agent_id);
         }
@@ -408,6 +422,9 @@ impl Lifecycle {
             {
                 Ok(()) => {
                     *s = placed;
+                    if change.new_command.is_some() {
+                        self.count_accepted();
+                    }
                     return Ok(change.new_command);
                 }
                 Err(StoreError::NoRoom(agent)) => {

@@ -27,6 +27,9 @@ pub struct AgentHello {
     /// Serial of the client certificate the stream was opened with
     /// (lowercase hex without leading zeros), for serial revocations.
     pub cert_serial: String,
+    /// That certificate's notAfter (ms since the epoch; 0 = unknown), for
+    /// the expiry metrics.
+    pub cert_expiry_ms: i64,
 }
 
 /// An attached agent.

@@ -135,8 +135,19 @@ pub struct CommandFilter {
     pub limit: u32,
 }
 
+/// What [`Store::tally`] counts (for metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tally {
+    /// Sessions per observed phase.
+    SessionsByPhase,
+    /// Commands not finished, per state (pending, delivered, acknowledged).
+    ActiveCommandsByState,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
+    /// Rows per group of `what`; groups without rows are left out.
+    async fn tally(&self, what: Tally) -> Result<Vec<(String, u64)>, StoreError>;
     async fn get_session(&self, name: &str) -> Result<Option<Session>, StoreError>;
     async fn list_sessions(&self, filter: &SessionFilter) -> Result<Vec<Session>, StoreError>;
     /// Inserts a new session and, optionally, its first command, atomically;

@@ -19,7 +19,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, info, info_span, warn};
 
 use super::convert::{self, duration_pb, invalid_status};
-use crate::core::model::Observed;
+use crate::core::model::{Observed, Outcome};
 use crate::core::roster::{AgentHello, AttachRefused};
 use crate::core::streams::AttachError;
 use crate::core::validate::{self, invalid};
@@ -67,6 +67,8 @@ pub struct AgentHub {
     cfg: Arc<HubConfig>,
     /// Cancelled on shutdown: every stream sends Drain.
     drain: CancellationToken,
+    /// Times commands and counts refusals when metrics are on.
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 type Tx = mpsc::Sender<Result<pb::ControlFrame, Status>>;
@@ -77,11 +79,24 @@ impl AgentHub {
             lifecycle,
             cfg: Arc::new(cfg),
             drain,
+            metrics: None,
         }
     }
 
-    /// The agent id and the certificate serial of the client certificate.
-    fn peer_agent_id<T>(&self, req: &Request<T>) -> Result<(String, String), Status> {
+    /// Feeds `metrics` (command stage timings, attach refusals).
+    pub fn with_metrics(mut self, metrics: Option<Arc<crate::metrics::Metrics>>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    fn rejected(&self, reason: &str) {
+        if let Some(m) = &self.metrics {
+            m.attach_rejected(reason);
+        }
+    }
+
+    /// The agent id, the serial and the notAfter (ms) of the client certificate.
+    fn peer_agent_id<T>(&self, req: &Request<T>) -> Result<(String, String, i64), Status> {
         let certs = req
             .peer_certs()
             .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
@@ -91,7 +106,8 @@ impl AgentHub {
         let id = crate::pki::agent_id_from_cert(leaf, &self.cfg.trust_domain)
             .map_err(Status::unauthenticated)?;
         let serial = crate::pki::cert_serial(leaf).map_err(Status::unauthenticated)?;
-        Ok((id, serial))
+        let not_after = crate::pki::cert_not_after_ms(leaf).unwrap_or(0);
+        Ok((id, serial, not_after))
     }
 
     /// Checks Hello against the certificate and converts it.
@@ -134,6 +150,7 @@ impl AgentHub {
                 version: h.agent_version.clone(),
                 fencing_token: h.fencing_token,
                 cert_serial: cert_serial.to_string(),
+                cert_expiry_ms: 0,
             },
             inventory,
             version,
@@ -149,7 +166,9 @@ impl pb::agent_service_server::AgentService for AgentHub {
         &self,
         req: Request<Streaming<pb::AgentFrame>>,
     ) -> Result<Response<Self::AttachStream>, Status> {
-        let (cert_id, cert_serial) = self.peer_agent_id(&req)?;
+        let (cert_id, cert_serial, cert_expiry_ms) = self
+            .peer_agent_id(&req)
+            .inspect_err(|_| self.rejected("certificate"))?;
         let mut inbound = req.into_inner();
         let first = tokio::time::timeout(self.cfg.hello_timeout, inbound.message())
             .await
@@ -174,19 +193,28 @@ impl pb::agent_service_server::AgentService for AgentHub {
                 ));
             }
         };
-        let (hello, inventory, version) = self.check_hello((&cert_id, &cert_serial), &hello)?;
+        let (mut hello, inventory, version) = self
+            .check_hello((&cert_id, &cert_serial), &hello)
+            .inspect_err(|_| self.rejected("bad_hello"))?;
+        hello.cert_expiry_ms = cert_expiry_ms;
         let reg = self.lifecycle.attach(&hello).await.map_err(|e| match e {
             AttachError::Refused(r @ AttachRefused::AlreadyAttached { .. }) => {
+                self.rejected("already_attached");
                 Status::already_exists(r.to_string())
             }
             AttachError::Refused(r @ AttachRefused::StaleFencing { .. }) => {
+                self.rejected("stale_fencing_token");
                 Status::permission_denied(r.to_string())
             }
             AttachError::Revoked(r) => {
+                self.rejected("revoked");
                 warn!(agent = %hello.id, serial = %hello.cert_serial, revocation = %r, "attach refused: revoked");
                 Status::permission_denied(r.to_string())
             }
-            AttachError::Failed(e) => convert::status(e),
+            AttachError::Failed(e) => {
+                self.rejected("store");
+                convert::status(e)
+            }
         })?;
         info!(agent = %hello.id, conn = reg.conn_id, platform = %hello.platform, region = %hello.region,
               fencing_token = hello.fencing_token, inventory = inventory.len(), replaced = reg.replaced, "agent attached");
@@ -339,6 +367,9 @@ impl Stream {
         for c in cmds {
             let span = info_span!("command", command_id = %c.id, session_id = %c.session, agent_id = %self.id, action = c.action.name());
             span.in_scope(|| info!("command delivered"));
+            if let Some(m) = &self.hub.metrics {
+                m.delivered(&c);
+            }
             let frame = pb::ControlFrame {
                 frame: Some(Out::Command(convert::command_pb(&c))),
             };
@@ -375,18 +406,31 @@ impl Stream {
             }
             Some(In::Ack(a)) => {
                 let span = info_span!("command", command_id = %a.command_id, agent_id = %self.id);
-                lc.acknowledged(&self.id, &a.command_id)
+                let r = lc
+                    .acknowledged(&self.id, &a.command_id)
                     .instrument(span)
-                    .await
+                    .await;
+                if let (Ok(()), Some(m)) = (&r, &self.hub.metrics) {
+                    m.acknowledged(&a.command_id);
+                }
+                r
             }
             Some(In::Result(r)) => {
                 let span = info_span!("command", command_id = %r.command_id, agent_id = %self.id);
                 match convert::outcome_from(&r) {
                     Ok(o) => {
+                        let (outcome, reason) = match &o {
+                            Outcome::Succeeded => ("succeeded", ""),
+                            Outcome::Failed { reason, .. } => ("failed", reason.as_str()),
+                        };
+                        let id = r.command_id.clone();
                         let r = lc
                             .finished(&self.id, &r.command_id, o)
                             .instrument(span)
                             .await;
+                        if let (Ok(()), Some(m)) = (&r, &self.hub.metrics) {
+                            m.finished(&id, outcome, reason);
+                        }
                         // A slot of the in-flight window is free again.
                         self.bell.notify_one();
                         r

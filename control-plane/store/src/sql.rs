@@ -93,6 +93,11 @@ macro_rules! usage_cols {
          CAST(COALESCE(SUM(cpu_millis), 0) AS BIGINT), CAST(COALESCE(SUM(memory_bytes), 0) AS BIGINT)"
     };
 }
+/// Sessions per phase (metrics).
+pub const TALLY_PHASES: &str = "SELECT phase, COUNT(*) FROM sessions GROUP BY phase";
+/// Unfinished commands per state (metrics; the partial index serves it).
+pub const TALLY_STATES: &str = "SELECT state, COUNT(*) FROM commands
+     WHERE state IN ('pending', 'delivered', 'acknowledged') GROUP BY state";
 /// What the sessions on each agent hold (placement).
 pub const USAGE_PER_AGENT: &str = concat!(
     "SELECT agent_id, ",
@@ -154,7 +159,7 @@ macro_rules! sql_store {
 
         use streamspace_core::model::*;
         use streamspace_core::quota::QuotaCheck;
-        use streamspace_core::store::{CommandFilter, SessionFilter, SessionWrite, Slot, Store, StoreError, TransitionFn, Transitioned};
+        use streamspace_core::store::{CommandFilter, SessionFilter, SessionWrite, Slot, Store, StoreError, Tally, TransitionFn, Transitioned};
         use crate::rows::*;
         use crate::sql::*;
         use crate::db_err;
@@ -298,6 +303,21 @@ macro_rules! sql_store {
 
         #[async_trait]
         impl Store for $store {
+            async fn tally(&self, what: Tally) -> Result<Vec<(String, u64)>, StoreError> {
+                let sql = match what {
+                    Tally::SessionsByPhase => TALLY_PHASES,
+                    Tally::ActiveCommandsByState => TALLY_STATES,
+                };
+                let rows = sqlx::query(sql).fetch_all(&self.pool).await.map_err(db_err)?;
+                rows.iter()
+                    .map(|r| {
+                        let k = r.try_get::<String, _>(0).map_err(db_err)?;
+                        let n = r.try_get::<i64, _>(1).map_err(db_err)?;
+                        Ok((k, n.max(0) as u64))
+                    })
+                    .collect()
+            }
+
             async fn get_session(&self, name: &str) -> Result<Option<Session>, StoreError> {
                 sqlx::query_as::<_, SessionRow>(sqlx::AssertSqlSafe(SELECT_SESSION.as_str()))
                     .bind(name)

@@ -27,7 +27,8 @@ use super::sql::*;
 use streamspace_core::model::*;
 use streamspace_core::quota::QuotaCheck;
 use streamspace_core::store::{
-    CommandFilter, SessionFilter, SessionWrite, Slot, Store, StoreError, TransitionFn, Transitioned,
+    CommandFilter, SessionFilter, SessionWrite, Slot, Store, StoreError, Tally, TransitionFn,
+    Transitioned,
 };
 
 /// Most jobs in one commit.
@@ -442,6 +443,10 @@ impl Store for SqliteStore {
 
     async fn usage_of_user(&self, user: &str) -> Result<Usage, StoreError> {
         self.reads.usage_of_user(user).await
+    }
+
+    async fn tally(&self, what: Tally) -> Result<Vec<(String, u64)>, StoreError> {
+        self.reads.tally(what).await
     }
 
     async fn get_command(&self, id: &str) -> Result<Option<Command>, StoreError> {
