@@ -272,7 +272,14 @@ async fn unschedulable_session_fails_with_the_cause_and_does_not_delay_others() 
     let Some(mut e) = env("sched").await else {
         return;
     };
-    let _agent = e.agent("k8s-b", "agent", &["--max-sessions=100"], &[]);
+    // The agent declares far more CPU than the cluster's nodes have, so
+    // the control plane places the session and Kubernetes is what refuses it.
+    let _agent = e.agent(
+        "k8s-b",
+        "agent",
+        &["--max-sessions=100", "--max-cpu=10000"],
+        &[],
+    );
     e.create("too-big", |r| {
         r.resources = Some(pb::Resources {
             requests: Some(pb::ResourceList {
