@@ -18,12 +18,16 @@ use crate::core::quota::Quota;
 /// The book's source name for quotas from Quota objects.
 pub const SOURCE: &str = "kubernetes";
 
+/// An object's quota name: `namespace/name`.
+fn key(o: &QuotaObject) -> String {
+    format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any())
+}
+
 /// The core quota of one object, or why it is left out.
 pub fn quota_of(o: &QuotaObject) -> Result<Quota, String> {
-    let name = format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any());
     o.spec
         .core()
-        .to_quota(&name, "spec")
+        .to_quota(&key(o), "spec")
         .map_err(|e| e.to_string())
 }
 
@@ -66,7 +70,7 @@ pub async fn run(
                 info!(quotas = known.len(), "quota objects in force");
             }
             Ok(watcher::Event::Apply(o)) => {
-                let key = format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any());
+                let key = key(&o);
                 match accepted(&o) {
                     Some(q) => {
                         info!(quota = %key, "quota object in force");
@@ -79,7 +83,7 @@ pub async fn run(
                 publish(&known);
             }
             Ok(watcher::Event::Delete(o)) => {
-                let key = format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any());
+                let key = key(&o);
                 known.remove(&key);
                 publish(&known);
                 info!(quota = %key, "quota object deleted");
