@@ -13,7 +13,16 @@ pub const UPSERT_SESSION: &str = " ON CONFLICT (name) DO UPDATE SET user_name=ex
  updated_ms=excluded.updated_ms, last_activity_ms=excluded.last_activity_ms,
  running_since_ms=excluded.running_since_ms, ran_ms=excluded.ran_ms,
  cpu_millis=excluded.cpu_millis, memory_bytes=excluded.memory_bytes";
-pub const ACTIVE: &str = "state IN ('pending', 'delivered', 'acknowledged')";
+/// The unfinished states. The dispatch and deadline indexes are partial on
+/// exactly this predicate, and SQLite uses a partial index only when the
+/// query repeats its WHERE term verbatim (`state = 'pending'` alone does not
+/// imply it there): every query meant to walk them carries this text.
+macro_rules! active {
+    () => {
+        "state IN ('pending', 'delivered', 'acknowledged')"
+    };
+}
+pub const ACTIVE: &str = active!();
 /// One batch of retention: finished commands last updated before $1, oldest
 /// first, at most $2 (active commands are never pruned); `$hint` names the
 /// index to walk where the dialect needs telling.
@@ -29,10 +38,11 @@ macro_rules! prune_commands {
 }
 /// PostgreSQL plans with statistics and finds the partial index itself.
 pub const PRUNE_COMMANDS: &str = prune_commands!("");
-/// SQLite, without statistics, would pick `commands_deadline (state)` and
-/// sort every finished command for each batch of 500 (measured: a quarter
-/// of the throughput gone under load); the partial index hands them over
-/// oldest first.
+/// SQLite plans without statistics: when `commands_deadline (state)` still
+/// held finished commands it picked that index and sorted every finished
+/// command for each batch of 500 (measured: a quarter of the throughput gone
+/// under load). The hint pins the partial index, which hands them over
+/// oldest first, whatever indexes come later.
 pub const PRUNE_COMMANDS_SQLITE: &str = prune_commands!(" INDEXED BY commands_finished");
 
 use std::sync::LazyLock;
@@ -67,14 +77,29 @@ pub const TOUCH_SESSION: &str = "UPDATE sessions SET last_activity_ms = $1
 pub static CLAIM: LazyLock<String> = LazyLock::new(|| {
     format!(
         "UPDATE commands SET state = 'delivered', updated_ms = $1
-         WHERE seq IN (SELECT seq FROM commands WHERE agent_id = $2 AND state = 'pending' AND not_before_ms <= $1 ORDER BY seq
+         WHERE seq IN (SELECT seq FROM commands WHERE agent_id = $2 AND state = 'pending' AND {ACTIVE} AND not_before_ms <= $1 ORDER BY seq
            LIMIT (SELECT CASE WHEN $3 - COUNT(*) > 0 THEN $3 - COUNT(*) ELSE 0 END FROM commands
-                  WHERE agent_id = $2 AND state IN ('delivered', 'acknowledged')))
+                  WHERE agent_id = $2 AND state IN ('delivered', 'acknowledged') AND {ACTIVE}))
          RETURNING seq, {COMMAND_COLS}"
     )
 });
 pub const ACK: &str = "UPDATE commands SET state = 'acknowledged', updated_ms = $1 WHERE id = $2 AND agent_id = $3 AND state = 'delivered'";
-pub const REQUEUE: &str = "UPDATE commands SET state = 'pending' WHERE agent_id = $1 AND state IN ('delivered', 'acknowledged')";
+pub const REQUEUE: &str = concat!(
+    "UPDATE commands SET state = 'pending' WHERE agent_id = $1 AND state IN ('delivered', 'acknowledged') AND ",
+    active!()
+);
+/// Agents with a retry whose backoff has run out.
+pub const DUE_RETRIES: &str = concat!(
+    "SELECT DISTINCT agent_id FROM commands WHERE state = 'pending' AND ",
+    active!(),
+    " AND not_before_ms > 0 AND not_before_ms <= $1"
+);
+/// Commands in flight per agent.
+pub const IN_FLIGHT_PER_AGENT: &str = concat!(
+    "SELECT agent_id, COUNT(*) FROM commands WHERE state IN ('delivered', 'acknowledged') AND ",
+    active!(),
+    " GROUP BY agent_id"
+);
 pub const UPSERT_AGENT: &str = "INSERT INTO agents (id, platform, region, capacity, version, fencing_token, last_seen_ms)
      VALUES ($1,$2,$3,$4,$5,$6,$7)
      ON CONFLICT (id) DO UPDATE SET platform=excluded.platform, region=excluded.region,
@@ -96,8 +121,11 @@ macro_rules! usage_cols {
 /// Sessions per phase (metrics).
 pub const TALLY_PHASES: &str = "SELECT phase, COUNT(*) FROM sessions GROUP BY phase";
 /// Unfinished commands per state (metrics; the partial index serves it).
-pub const TALLY_STATES: &str = "SELECT state, COUNT(*) FROM commands
-     WHERE state IN ('pending', 'delivered', 'acknowledged') GROUP BY state";
+pub const TALLY_STATES: &str = concat!(
+    "SELECT state, COUNT(*) FROM commands WHERE ",
+    active!(),
+    " GROUP BY state"
+);
 /// What the sessions on each agent hold (placement).
 pub const USAGE_PER_AGENT: &str = concat!(
     "SELECT agent_id, ",
@@ -477,7 +505,7 @@ macro_rules! sql_store {
 
             async fn agents_with_due_commands(&self, now: Millis) -> Result<Vec<String>, StoreError> {
                 let rows: Vec<(String,)> = sqlx::query_as(
-                    "SELECT DISTINCT agent_id FROM commands WHERE state = 'pending' AND not_before_ms > 0 AND not_before_ms <= $1",
+                    DUE_RETRIES,
                 )
                 .bind(now)
                 .fetch_all(&self.pool)
@@ -584,7 +612,7 @@ macro_rules! sql_store {
             async fn active_commands_per_agent(&self) -> Result<HashMap<String, u32>, StoreError> {
                 count_per_agent(
                     &self.pool,
-                    "SELECT agent_id, COUNT(*) FROM commands WHERE state IN ('delivered', 'acknowledged') GROUP BY agent_id",
+                    IN_FLIGHT_PER_AGENT,
                 )
                 .await
             }

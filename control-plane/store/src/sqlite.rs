@@ -701,6 +701,7 @@ mod tests {
             include_str!("../migrations/sqlite/0005_retention.sql"),
             include_str!("../migrations/sqlite/0006_retry.sql"),
             include_str!("../migrations/sqlite/0007_requests.sql"),
+            include_str!("../migrations/sqlite/0008_active_indexes.sql"),
         ] {
             c.execute_batch(sql).unwrap();
         }
@@ -724,8 +725,35 @@ mod tests {
         let p = plan(&c, PRUNE_COMMANDS_SQLITE);
         assert!(p.contains("USING INDEX commands_finished"), "{p}");
         assert!(!p.contains("TEMP B-TREE"), "{p}");
-        // What the hint prevents (if SQLite ever plans this well on its
-        // own, the hint can go).
-        assert!(plan(&c, PRUNE_COMMANDS).contains("TEMP B-TREE"));
+        // Since the deadline index holds only unfinished commands, SQLite
+        // finds the same plan unaided; the hint keeps it that way should a
+        // future index on `state` tempt it again.
+        assert_eq!(plan(&c, PRUNE_COMMANDS), p);
+    }
+
+    /// The hot paths over unfinished commands walk the partial indexes: a
+    /// query that forgot the active-states term would scan every finished
+    /// command instead (SQLite does not infer `state IN (...)` from
+    /// `state = 'pending'`).
+    #[test]
+    fn active_queries_use_the_partial_indexes() {
+        let c = schema();
+        let overdue =
+            format!("SELECT seq FROM commands WHERE {ACTIVE} AND deadline_ms < $1 ORDER BY seq");
+        for sql in [
+            &*CLAIM,
+            REQUEUE,
+            DUE_RETRIES,
+            IN_FLIGHT_PER_AGENT,
+            TALLY_STATES,
+            &overdue,
+        ] {
+            let p = plan(&c, sql);
+            assert!(!p.contains("SCAN commands"), "{sql}\n=> {p}");
+            assert!(
+                p.contains("commands_dispatch") || p.contains("commands_deadline"),
+                "{sql}\n=> {p}"
+            );
+        }
     }
 }
