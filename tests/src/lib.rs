@@ -17,6 +17,7 @@ pub mod oidc;
 pub mod pki;
 pub mod pods;
 pub mod procs;
+pub mod prom;
 pub mod seeds;
 
 use std::future::Future;

@@ -1,0 +1,144 @@
+//! Prometheus in tests: the real tools (Debian's `prometheus` package brings
+//! the server and `promtool`), a plain HTTP GET, and PromQL queries through
+//! the server's HTTP API.
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::in_ci;
+
+/// `program` on PATH; under CI=true a missing one fails the test.
+pub fn require(program: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(program))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        if in_ci() {
+            panic!("{program} is required under CI=true: scripts/tools.sh install prometheus");
+        }
+        eprintln!("SKIPPING: {program} not found; run scripts/tools.sh install prometheus");
+    }
+    found
+}
+
+/// A plain HTTP/1.0 GET; returns the body of a 200 answer.
+pub fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
+    body.to_string()
+}
+
+/// Percent-encodes a query-string value.
+pub fn encode(q: &str) -> String {
+    q.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Runs `promtool ARGS...` with `stdin` fed in; panics with its output when
+/// it refuses.
+pub fn promtool(promtool: &Path, args: &[&str], stdin: &str) {
+    let mut child = Command::new(promtool)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool {}: {}{}\n{stdin}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A Prometheus server scraping `targets` every second, its data in `dir`;
+/// killed on drop.
+pub struct Prometheus {
+    child: std::process::Child,
+    pub addr: SocketAddr,
+}
+
+impl Prometheus {
+    /// Starts `prometheus` scraping `targets` (job `streamspace`), with the
+    /// rule files `rules` loaded (evaluated every second).
+    pub fn start(binary: &Path, dir: &Path, targets: &[SocketAddr], rules: &[PathBuf]) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let config = dir.join("prometheus.yml");
+        let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+        let rules: Vec<String> = rules.iter().map(|r| format!("'{}'", r.display())).collect();
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [{}]\nscrape_configs:\n  - job_name: streamspace\n    static_configs:\n      - targets: [{}]\n",
+                rules.join(", "),
+                targets.join(", ")
+            ),
+        )
+        .unwrap();
+        let child = Command::new(binary)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
+            .spawn()
+            .unwrap();
+        Prometheus { child, addr }
+    }
+
+    /// The answer to an instant PromQL query (`data.result`), or None while
+    /// the server is not up yet.
+    pub fn results(&self, q: &str) -> Option<Vec<serde_json::Value>> {
+        std::net::TcpStream::connect(self.addr).ok()?;
+        let body = http_get(self.addr, &format!("/api/v1/query?query={}", encode(q)));
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["status"], "success", "query {q}: {body}");
+        v["data"]["result"].as_array().cloned()
+    }
+
+    /// The value of an instant PromQL query with one result, if any yet.
+    pub fn query(&self, q: &str) -> Option<f64> {
+        let r = self.results(q)?.first()?.clone();
+        r["value"][1].as_str()?.parse().ok()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
