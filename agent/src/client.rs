@@ -347,7 +347,14 @@ impl Client {
             self.results_tx.clone(),
             in_flight.clone(),
         );
-        let span = info_span!("command", command_id = %id, session_id = %c.session_id, generation = c.session_generation);
+        // A child of the control plane's dispatch span, when it sent one.
+        let span = info_span!("command.apply", command_id = %id, session_id = %c.session_id, generation = c.session_generation, action = action_name(&c));
+        streamspace_runtime_util::telemetry::set_parent(
+            &span,
+            c.trace_context
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        );
         tokio::spawn(
             async move {
                 let _guard = lock.lock().await;
@@ -440,5 +447,17 @@ pub async fn apply(
                 retryable: e.retryable,
             })
         }
+    }
+}
+
+/// The command's action, for spans and logs.
+fn action_name(c: &pb::Command) -> &'static str {
+    use pb::command::Action as A;
+    match &c.action {
+        Some(A::Start(_)) => "start",
+        Some(A::Stop(_)) => "stop",
+        Some(A::Hibernate(_)) => "hibernate",
+        Some(A::Wake(_)) => "wake",
+        None => "none",
     }
 }

@@ -120,6 +120,11 @@ pub struct AgentArgs {
     /// Log format: text or json.
     #[arg(long, env = "LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+    /// OTLP/gRPC endpoint for traces, e.g. http://jaeger:4317; empty = the
+    /// standard OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT, and no traces when
+    /// that is unset too.
+    #[arg(long, default_value = "")]
+    pub otlp_endpoint: String,
     /// Plaintext grpc.health.v1 listener for kubelet gRPC probes (only the
     /// health service), e.g. 0.0.0.0:8081; empty = none. SERVING while the
     /// agent runs, as leader or as HA standby.

@@ -25,6 +25,11 @@ pub struct Cli {
     /// Log format: text or json.
     #[arg(long, env = "LOG_FORMAT", default_value = "text", global = true)]
     pub log_format: String,
+    /// OTLP/gRPC endpoint for traces, e.g. http://jaeger:4317; empty = the
+    /// standard OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT, and no traces when
+    /// that is unset too. docs/OBSERVABILITY.md describes the spans.
+    #[arg(long, default_value = "", global = true)]
+    pub otlp_endpoint: String,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -236,7 +241,19 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
 pub async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
-    streamspace_runtime_util::init_logging(&cli.log_format);
+    use streamspace_runtime_util::telemetry;
+    let endpoint = telemetry::endpoint(Some(&cli.otlp_endpoint));
+    let traces = telemetry::init(
+        &cli.log_format,
+        "streamspace-control-plane",
+        endpoint.as_deref(),
+    )?;
+    if traces.enabled() {
+        crate::core::trace::install(crate::core::trace::Bridge {
+            current: telemetry::current_traceparent,
+            set_parent: telemetry::set_parent_traceparent,
+        });
+    }
     match cli.command {
         Command::Serve(a) => serve(*a).await,
         Command::Dev(a) => crate::dev::run(a).await,

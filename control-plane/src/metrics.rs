@@ -74,6 +74,17 @@ struct StateLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabels {
+    method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    method: String,
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CertLabels {
     certificate: String,
     name: String,
@@ -104,6 +115,8 @@ pub struct Metrics {
     sessions: Family<PhaseLabels, Gauge>,
     outbox: Family<StateLabels, Gauge>,
     cert_expiry: Family<CertLabels, FloatGauge>,
+    api_requests: Family<RequestLabels, Counter>,
+    api_seconds: Family<MethodLabels, Histogram>,
     timed: Mutex<HashMap<String, Timing>>,
 }
 
@@ -136,6 +149,8 @@ impl Metrics {
             sessions: Family::default(),
             outbox: Family::default(),
             cert_expiry: Family::default(),
+            api_requests: Family::default(),
+            api_seconds: Family::new_with_constructor(histogram as fn() -> Histogram),
             timed: Mutex::new(HashMap::new()),
         };
         let registry = &mut m.registry;
@@ -195,7 +210,32 @@ impl Metrics {
             "Seconds until a certificate's notAfter (negative: expired): the server's, each agent CA's, each attached agent's client certificate",
             m.cert_expiry.clone(),
         );
+        registry.register(
+            "api_requests",
+            "API calls by method and gRPC status code",
+            m.api_requests.clone(),
+        );
+        registry.register(
+            "api_request_seconds",
+            "Time from an API call's arrival to its response headers (a unary call's whole duration; a stream's opening), by method",
+            m.api_seconds.clone(),
+        );
         m
+    }
+
+    /// An API call to `method` answered with `code` after `took`.
+    pub fn api_request(&self, method: &str, code: &str, took: std::time::Duration) {
+        self.api_requests
+            .get_or_create(&RequestLabels {
+                method: method.into(),
+                code: code.into(),
+            })
+            .inc();
+        self.api_seconds
+            .get_or_create(&MethodLabels {
+                method: method.into(),
+            })
+            .observe(took.as_secs_f64());
     }
 
     /// The hub sent `c` to its agent.
@@ -499,6 +539,7 @@ mod tests {
             retryable: false,
             attempt: 1,
             not_before_ms: 0,
+            trace_context: String::new(),
         };
         m.delivered(&c);
         m.acknowledged("c1");

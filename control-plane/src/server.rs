@@ -213,6 +213,7 @@ impl ControlPlane {
             Templates::new(TemplateApi::new(lifecycle.clone()).with_audit(audit.clone()))
                 .max_decoding_message_size(API_MAX_MESSAGE);
         let router = Server::builder()
+            .layer(crate::grpc::observe::ApiObserveLayer::new(metrics.clone()))
             .layer(EdgeStatusLayer)
             .http2_keepalive_interval(keepalive)
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))

@@ -9,9 +9,13 @@
 //!   filtered by `RUST_LOG`) and [`shutdown_signal`] (SIGINT or SIGTERM).
 //! - `health.rs`: [`HealthEndpoint`], the plaintext `grpc.health.v1`
 //!   listener kubelet probes talk to (`--health-addr`).
+//! - `telemetry.rs`: [`telemetry::init`] (logs plus, when an OTLP endpoint
+//!   is configured, traces) and the W3C trace-context helpers that link a
+//!   command's spans across processes.
 #![forbid(unsafe_code)]
 
 pub mod health;
+pub mod telemetry;
 
 pub use health::{HealthEndpoint, parse_health_addr};
 

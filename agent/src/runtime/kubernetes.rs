@@ -22,7 +22,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use streamspace::v1 as pb;
-use tracing::{info, warn};
+use tracing::{Instrument, info, warn};
 
 use super::kube_objects::{self as objects, OWNED, ObjectConfig, SESSION};
 use super::names::{check_session, check_user, truncate};
@@ -50,6 +50,10 @@ pub struct KubernetesRuntime {
     pod_store: Store<Pod>,
     reported: Reported,
     status: StatusSink,
+    /// The `kubernetes.wait_ready` span of each session this process started
+    /// and has not seen ready yet; closed (dropped) when the session runs,
+    /// fails or stops.
+    waiting: std::sync::Mutex<HashMap<String, tracing::Span>>,
 }
 
 /// An API error as a runtime error. The API server's message may echo
@@ -227,6 +231,7 @@ impl KubernetesRuntime {
             pod_store,
             reported: Default::default(),
             status,
+            waiting: Default::default(),
         });
         let weak = Arc::downgrade(&rt);
         tokio::spawn(async move {
@@ -293,9 +298,23 @@ impl KubernetesRuntime {
         status(session, phase, &url, reason, &message, &workload)
     }
 
+    /// Closes the session's wait-for-ready span once `phase` ends the wait
+    /// (a stop closes it too). Not on `Stopped`: right after the apply the
+    /// cache may not hold the new Deployment yet, which reads as stopped.
+    fn settle(&self, session: &str, phase: i32) {
+        if phase != P::Running as i32 && phase != P::Failed as i32 {
+            return;
+        }
+        if let Some(span) = self.waiting.lock().expect("waiting").remove(session) {
+            let phase = P::try_from(phase).unwrap_or(P::Unspecified);
+            span.record("phase", phase.as_str_name());
+        }
+    }
+
     /// Reports the session's state if it changed since the last report.
     fn refresh(&self, session: &str) {
         let st = self.current(session);
+        self.settle(session, st.phase);
         let key = (st.phase, st.url.clone(), st.reason, st.message.clone());
         let mut reported = self.reported.lock().expect("reported");
         let known = reported.contains_key(session);
@@ -399,12 +418,22 @@ impl Runtime for KubernetesRuntime {
             let claim = objects::home_claim(start, &self.cfg);
             self.claims
                 .patch(&claim.name_any(), &pp, &Patch::Apply(&claim))
+                .instrument(tracing::info_span!(
+                    "kubernetes.apply",
+                    kind = "PersistentVolumeClaim",
+                    session
+                ))
                 .await
                 .map_err(|e| api_err("applying the home PersistentVolumeClaim", e))?;
         }
         let svc = objects::service(session, start, &self.cfg);
         self.services
             .patch(session, &pp, &Patch::Apply(&svc))
+            .instrument(tracing::info_span!(
+                "kubernetes.apply",
+                kind = "Service",
+                session
+            ))
             .await
             .map_err(|e| api_err("applying the Service", e))?;
         let mut dep = objects::deployment(session, start, 1, &self.cfg);
@@ -417,13 +446,30 @@ impl Runtime for KubernetesRuntime {
             );
         self.deployments
             .patch(session, &pp, &Patch::Apply(&dep))
+            .instrument(tracing::info_span!(
+                "kubernetes.apply",
+                kind = "Deployment",
+                session
+            ))
             .await
             .map_err(|e| api_err("applying the Deployment", e))?;
         info!(session, "session objects applied");
+        // Under the command's span: from here until the pod is ready.
+        let wait = tracing::info_span!(
+            "kubernetes.wait_ready",
+            session,
+            phase = tracing::field::Empty
+        );
+        self.waiting
+            .lock()
+            .expect("waiting")
+            .insert(session.to_string(), wait);
+        self.settle(session, self.current(session).phase);
         Ok(())
     }
 
     async fn stop(&self, session: &str, delete_home: bool) -> Result<(), RuntimeError> {
+        self.waiting.lock().expect("waiting").remove(session);
         check_session(session)?;
         let user = match self.deployment(session) {
             Some(d) => d.annotations().get(objects::USER).cloned(),

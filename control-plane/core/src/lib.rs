@@ -31,6 +31,8 @@
 //!   commands).
 //! - `validate.rs`: what a template or a request must satisfy.
 //! - `quantity.rs`: Kubernetes-style CPU and memory quantities.
+//! - `trace.rs`: the trace context a command carries, and the seam through
+//!   which the binary links spans (the core has no OpenTelemetry).
 #![forbid(unsafe_code)]
 
 pub mod activity;
@@ -46,6 +48,7 @@ pub mod roster;
 pub mod steps;
 pub mod store;
 pub mod streams;
+pub mod trace;
 pub mod validate;
 
 pub use lifecycle::{

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::broadcast;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::model::*;
 use super::placement;
@@ -15,6 +15,7 @@ use super::roster::Roster;
 use super::steps::{self, StepConfig};
 use super::store::{Change, SessionFilter, SessionWrite, Store, StoreError};
 use super::streams::Delivered;
+use super::trace;
 use super::validate::{self, Invalid, invalid};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -294,15 +295,23 @@ impl Lifecycle {
             + Send
             + 'static,
     {
+        // Read here: the closure may run on the store's writer thread,
+        // outside the caller's span.
+        let parent = trace::current();
         let f = move |s: Option<Session>, active: Option<Command>| {
             let before = s.clone();
             let mut change = f(s, active)?;
             if let SessionWrite::Upsert(after) = &mut change.session {
                 crate::policy::account(before.as_ref(), after, now_ms());
             }
+            stamp(&mut change, parent);
             Ok(change)
         };
-        let t = self.store.transition(name, Box::new(f)).await?;
+        let t = self
+            .store
+            .transition(name, Box::new(f))
+            .instrument(info_span!("store.transition", session = name))
+            .await?;
         if !t.change.is_empty() {
             self.committed(t.before.as_ref(), &t.change);
         }
@@ -409,7 +418,8 @@ impl Lifecycle {
             };
             let mut placed = s.clone();
             steps::mark_placed(&mut placed, &slot.agent);
-            let change = steps::plan(placed.clone(), None, cfg);
+            let mut change = steps::plan(placed.clone(), None, cfg);
+            stamp(&mut change, trace::current());
             match self
                 .store
                 .insert_session(
@@ -417,6 +427,9 @@ impl Lifecycle {
                     change.new_command.as_ref(),
                     Some(&slot),
                     quota.as_ref(),
+                )
+                .instrument(
+                    info_span!("store.insert_session", session = %placed.name, agent = %slot.agent),
                 )
                 .await
             {
@@ -605,11 +618,19 @@ impl Lifecycle {
     /// The agent acknowledged a command. One statement on the normal path;
     /// an ack for a command this agent was never sent is refused.
     pub async fn acknowledged(&self, agent: &str, cmd_id: &str) -> Result<(), LifecycleError> {
-        if !self.store.ack_command(agent, cmd_id, now_ms()).await? {
-            // Not delivered any more (a late ack) is fine; unknown is not.
-            self.command_of(agent, cmd_id).await?;
+        let span = info_span!("command.ack", command_id = cmd_id, agent_id = agent);
+        if let Some(parent) = self.delivered.trace_of(agent, cmd_id) {
+            trace::set_parent(&span, &parent);
         }
-        Ok(())
+        async {
+            if !self.store.ack_command(agent, cmd_id, now_ms()).await? {
+                // Not delivered any more (a late ack) is fine; unknown is not.
+                self.command_of(agent, cmd_id).await?;
+            }
+            Ok(())
+        }
+        .instrument(span)
+        .await
     }
 
     /// The agent finished a command. The command's session comes from what
@@ -621,10 +642,21 @@ impl Lifecycle {
         cmd_id: &str,
         outcome: Outcome,
     ) -> Result<(), LifecycleError> {
-        let session = match self.delivered.take(agent, cmd_id) {
-            Some(s) => s,
-            None => self.command_of(agent, cmd_id).await?.session,
+        let (session, parent) = match self.delivered.take(agent, cmd_id) {
+            Some(d) => (d.session, d.trace),
+            None => {
+                let c = self.command_of(agent, cmd_id).await?;
+                (c.session, c.trace_context)
+            }
         };
+        let span = info_span!(
+            "command.result",
+            command_id = cmd_id,
+            agent_id = agent,
+            session_id = %session,
+            outcome = outcome.name(),
+        );
+        trace::set_parent(&span, &parent);
         let cfg = self.step_cfg();
         let (a, id) = (agent.to_string(), cmd_id.to_string());
         let change = self
@@ -632,6 +664,7 @@ impl Lifecycle {
                 let active = active.filter(|c| c.agent_id == a);
                 Ok(steps::finished(s, active, &id, &outcome, cfg))
             })
+            .instrument(span)
             .await?;
         if let Some(c) = change.update_command {
             info!(command = %c.id, session = %c.session, agent, action = c.action.name(), state = %c.state, message = %c.message, "command finished");
@@ -744,5 +777,17 @@ impl Lifecycle {
             )));
         }
         Ok(())
+    }
+}
+
+/// Gives a new command the trace it is accepted in, unless it already has
+/// one (a retry keeps its first attempt's).
+fn stamp(change: &mut Change, parent: String) {
+    if let Some(c) = change
+        .new_command
+        .as_mut()
+        .filter(|c| c.trace_context.is_empty())
+    {
+        c.trace_context = parent;
     }
 }

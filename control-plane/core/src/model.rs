@@ -360,6 +360,10 @@ pub struct Command {
     pub attempt: i64,
     /// Not sent before this time (a retry's backoff); 0: at once.
     pub not_before_ms: Millis,
+    /// The W3C `traceparent` of the span that accepted the command (a retry
+    /// keeps its first attempt's), so its delivery, the agent's work and its
+    /// result join that trace; "" when tracing is off.
+    pub trace_context: String,
 }
 
 /// What an agent may hold (0 = no limit declared).
@@ -403,6 +407,16 @@ pub enum Outcome {
         message: String,
         retryable: bool,
     },
+}
+
+impl Outcome {
+    /// `succeeded` or `failed`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::Failed { .. } => "failed",
+        }
+    }
 }
 
 /// What a revocation refuses: every stream of an agent id, or only the

@@ -103,6 +103,7 @@ fn new_command(s: &Session, agent: &str, action: Action, cfg: StepConfig) -> Com
         retryable: false,
         attempt: 1,
         not_before_ms: 0,
+        trace_context: String::new(),
     }
 }
 
@@ -381,6 +382,7 @@ fn retried(mut s: Session, cmd: Command, message: &str, total: i64, cfg: StepCon
         .filter(|n| n.action.name() == cmd.action.name())
     {
         next.attempt = cmd.attempt + 1;
+        next.trace_context = cmd.trace_context.clone();
         next.not_before_ms = cfg.now + delay;
         next.deadline_ms = next.not_before_ms + cfg.command_timeout_ms;
     }

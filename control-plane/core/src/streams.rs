@@ -3,8 +3,9 @@
 //! gRPC adapter translates frames into these calls and knows nothing of the
 //! store or the roster behind them.
 //!
-//! The core also remembers, per agent, which session each delivered command
-//! belongs to, so a result is applied with no extra read of its command (the
+//! The core also remembers, per agent, which session (and trace) each
+//! delivered command belongs to, so a result is applied with no extra read of
+//! its command (the
 //! command path is hot: one statement per claim, ack or result). The memory is
 //! only a cache: a miss (a command delivered before a restart, or forgotten
 //! when the memory filled up) falls back to the store.
@@ -22,10 +23,18 @@ use super::roster::{AgentHello, AttachRefused, Registration};
 /// comes would otherwise stay forever).
 const DELIVERED_MEMORY: usize = 4096;
 
-/// Command id -> session of what was delivered to each agent.
+/// What the core remembers of a delivered command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DeliveredCommand {
+    pub session: String,
+    /// The command's `traceparent` ("" when it has none).
+    pub trace: String,
+}
+
+/// Command id -> what was delivered to each agent.
 #[derive(Default)]
 pub(crate) struct Delivered {
-    by_agent: Mutex<HashMap<String, HashMap<String, String>>>,
+    by_agent: Mutex<HashMap<String, HashMap<String, DeliveredCommand>>>,
 }
 
 impl Delivered {
@@ -38,13 +47,27 @@ impl Delivered {
         if d.len() + cmds.len() > DELIVERED_MEMORY {
             d.clear();
         }
-        d.extend(cmds.iter().map(|c| (c.id.clone(), c.session.clone())));
+        d.extend(cmds.iter().map(|c| {
+            let what = DeliveredCommand {
+                session: c.session.clone(),
+                trace: c.trace_context.clone(),
+            };
+            (c.id.clone(), what)
+        }));
     }
 
-    /// The session of `agent`'s delivered command `cmd_id`, forgotten once taken.
-    pub(crate) fn take(&self, agent: &str, cmd_id: &str) -> Option<String> {
+    /// `agent`'s delivered command `cmd_id`, forgotten once taken.
+    pub(crate) fn take(&self, agent: &str, cmd_id: &str) -> Option<DeliveredCommand> {
         let mut all = self.by_agent.lock().expect("delivered lock");
         all.get_mut(agent).and_then(|d| d.remove(cmd_id))
+    }
+
+    /// The trace of `agent`'s delivered command `cmd_id`, if remembered.
+    pub(crate) fn trace_of(&self, agent: &str, cmd_id: &str) -> Option<String> {
+        let all = self.by_agent.lock().expect("delivered lock");
+        all.get(agent)
+            .and_then(|d| d.get(cmd_id))
+            .map(|c| c.trace.clone())
     }
 
     fn forget(&self, agent: &str) {
@@ -190,6 +213,7 @@ mod tests {
             retryable: false,
             attempt: 1,
             not_before_ms: 0,
+            trace_context: String::new(),
         }
     }
 
@@ -202,7 +226,7 @@ mod tests {
             None,
             "another agent's command is not known"
         );
-        assert_eq!(d.take("a", "c2").as_deref(), Some("s2"));
+        assert_eq!(d.take("a", "c2").map(|c| c.session).as_deref(), Some("s2"));
         assert_eq!(d.take("a", "c2"), None, "taken once");
         d.forget("a");
         assert_eq!(d.take("a", "c1"), None, "forgotten when the agent detached");
@@ -221,11 +245,13 @@ mod tests {
             "full: the old entries are forgotten"
         );
         assert_eq!(
-            d.take("a", &format!("c{DELIVERED_MEMORY}")).as_deref(),
+            d.take("a", &format!("c{DELIVERED_MEMORY}"))
+                .map(|c| c.session)
+                .as_deref(),
             Some("s")
         );
         assert_eq!(
-            d.take("b", "c0").as_deref(),
+            d.take("b", "c0").map(|c| c.session).as_deref(),
             Some("other"),
             "other agents keep theirs"
         );

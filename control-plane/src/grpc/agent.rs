@@ -12,6 +12,7 @@ use std::time::Duration;
 use streamspace::v1 as pb;
 use streamspace::v1::agent_frame::Frame as In;
 use streamspace::v1::control_frame::Frame as Out;
+use streamspace_runtime_util::telemetry;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -365,13 +366,18 @@ impl Stream {
             .await
             .map_err(|e| End::Status(convert::status(e)))?;
         for c in cmds {
-            let span = info_span!("command", command_id = %c.id, session_id = %c.session, agent_id = %self.id, action = c.action.name());
+            // The agent's spans for this command are children of this one,
+            // which is a child of the span that accepted the command.
+            let span = info_span!("command.dispatch", command_id = %c.id, session_id = %c.session, agent_id = %self.id, action = c.action.name(), attempt = c.attempt);
+            telemetry::set_parent_traceparent(&span, &c.trace_context);
             span.in_scope(|| info!("command delivered"));
             if let Some(m) = &self.hub.metrics {
                 m.delivered(&c);
             }
+            let mut cmd = convert::command_pb(&c);
+            cmd.trace_context = telemetry::inject(&span);
             let frame = pb::ControlFrame {
-                frame: Some(Out::Command(convert::command_pb(&c))),
+                frame: Some(Out::Command(cmd)),
             };
             if self.tx.send(Ok(frame)).await.is_err() {
                 return Err(End::Closed("agent stream gone while sending".into()));
@@ -405,18 +411,13 @@ impl Stream {
                 }
             }
             Some(In::Ack(a)) => {
-                let span = info_span!("command", command_id = %a.command_id, agent_id = %self.id);
-                let r = lc
-                    .acknowledged(&self.id, &a.command_id)
-                    .instrument(span)
-                    .await;
+                let r = lc.acknowledged(&self.id, &a.command_id).await;
                 if let (Ok(()), Some(m)) = (&r, &self.hub.metrics) {
                     m.acknowledged(&a.command_id);
                 }
                 r
             }
             Some(In::Result(r)) => {
-                let span = info_span!("command", command_id = %r.command_id, agent_id = %self.id);
                 match convert::outcome_from(&r) {
                     Ok(o) => {
                         let (outcome, reason) = match &o {
@@ -424,10 +425,7 @@ impl Stream {
                             Outcome::Failed { reason, .. } => ("failed", reason.as_str()),
                         };
                         let id = r.command_id.clone();
-                        let r = lc
-                            .finished(&self.id, &r.command_id, o)
-                            .instrument(span)
-                            .await;
+                        let r = lc.finished(&self.id, &r.command_id, o).await;
                         if let (Ok(()), Some(m)) = (&r, &self.hub.metrics) {
                             m.finished(&id, outcome, reason);
                         }

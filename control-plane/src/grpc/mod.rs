@@ -7,5 +7,6 @@ pub mod auth;
 pub mod convert;
 pub mod edge_status;
 pub mod limits;
+pub mod observe;
 pub mod oidc;
 pub mod session;

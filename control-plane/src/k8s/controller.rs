@@ -372,7 +372,7 @@ impl Ctx {
     }
 }
 
-#[instrument(skip(obj, ctx), fields(session = %obj.name_any(), namespace = obj.namespace().unwrap_or_default()))]
+#[instrument(name = "controller.reconcile", skip(obj, ctx), fields(session = %obj.name_any(), namespace = obj.namespace().unwrap_or_default()))]
 async fn reconcile(
     obj: Arc<Session>,
     ctx: Arc<Ctx>,

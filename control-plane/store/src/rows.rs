@@ -54,6 +54,7 @@ pub struct CommandRow {
     pub retryable: bool,
     pub attempt: i64,
     pub not_before_ms: i64,
+    pub trace_context: String,
 }
 
 #[derive(sqlx::FromRow)]
@@ -144,6 +145,7 @@ impl TryFrom<CommandRow> for Command {
             retryable: r.retryable,
             attempt: r.attempt,
             not_before_ms: r.not_before_ms,
+            trace_context: r.trace_context,
         })
     }
 }

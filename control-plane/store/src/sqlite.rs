@@ -203,6 +203,7 @@ fn command_row(r: &Row, at: usize) -> rusqlite::Result<CommandRow> {
         retryable: r.get(at + 11)?,
         attempt: r.get(at + 12)?,
         not_before_ms: r.get(at + 13)?,
+        trace_context: r.get(at + 14)?,
     })
 }
 
@@ -270,6 +271,7 @@ fn insert_command(c: &Connection, cmd: &Command) -> Result<(), StoreError> {
                 cmd.retryable,
                 cmd.attempt,
                 cmd.not_before_ms,
+                cmd.trace_context,
             ])
         })
         .map_err(db)?;
@@ -702,6 +704,7 @@ mod tests {
             include_str!("../migrations/sqlite/0006_retry.sql"),
             include_str!("../migrations/sqlite/0007_requests.sql"),
             include_str!("../migrations/sqlite/0008_active_indexes.sql"),
+            include_str!("../migrations/sqlite/0009_trace_context.sql"),
         ] {
             c.execute_batch(sql).unwrap();
         }

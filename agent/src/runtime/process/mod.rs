@@ -230,8 +230,13 @@ impl ProcessRuntime {
             self.ports.clone(),
             self.ready_timeout,
         );
+        // Under the command's span (the caller's); it ends when the port
+        // answers or the wait gives up, not when the process exits.
+        let probe_span =
+            tracing::info_span!("process.port_probe", session = %st.session, port = st.port);
         tokio::spawn(async move {
             let probe = async {
+                let _span = probe_span;
                 let deadline = tokio::time::Instant::now() + ready_timeout;
                 loop {
                     if tokio::net::TcpStream::connect(("127.0.0.1", st.port))
@@ -281,6 +286,7 @@ impl ProcessRuntime {
         });
     }
 
+    #[tracing::instrument(name = "process.spawn", skip_all, fields(session))]
     async fn spawn(&self, session: &str, start: &pb::StartSession) -> Result<Proc, RuntimeError> {
         let w = start.workload.clone().unwrap_or_default();
         if w.command.is_empty() {

@@ -1065,7 +1065,13 @@ type Command struct {
 	// after a long disconnect); what it then reports in SessionStatus is
 	// applied as usual, so the session's phase follows what really runs.
 	Deadline *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=deadline,proto3" json:"deadline,omitempty"`
-	// W3C trace context ("traceparent", "tracestate") for distributed tracing.
+	// W3C trace context for distributed tracing: "traceparent" (and
+	// "tracestate" when there is one), lowercase keys, values as in the HTTP
+	// headers. When the control plane exports traces it names its span that
+	// dispatched this command, itself a child of the span that accepted it
+	// (the API call or the Session controller's reconcile); an agent that
+	// exports traces makes the spans of applying the command its children.
+	// Empty when tracing is off; an agent must work the same either way.
 	TraceContext map[string]string `protobuf:"bytes,5,rep,name=trace_context,json=traceContext,proto3" json:"trace_context,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Types that are valid to be assigned to Action:
 	//
