@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test: installs or builds what the tests need (PostgreSQL, grpcurl,
-# kubectl, helm, kubeconform, buildah; the Kubernetes test control plane), then
+# kubectl, helm, kubeconform, buildah, Prometheus, Jaeger; the Kubernetes test control plane), then
 # runs lint checks (rustfmt, clippy, the Helm chart), builds the image from the
 # test binaries and checks it, smoke-runs the fuzz targets, and runs the
 # whole suite on SQLite and on PostgreSQL.
@@ -14,7 +14,9 @@ mkdir -p "$CACHE"
 log "installing test tools (cached in $CACHE)"
 scripts/tools.sh install
 scripts/tools.sh install prometheus # Debian package: the metrics tests scrape with a real Prometheus
+scripts/tools.sh install jaeger     # built with Go once (cached): the tracing tests read traces back from it
 eval "$(scripts/tools.sh env)"
+eval "$(scripts/tools.sh env jaeger)"
 command -v grpcurl >/dev/null || { echo "grpcurl missing after install" >&2; exit 1; }
 export GRPCURL="$(command -v grpcurl)"
 

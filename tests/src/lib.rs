@@ -12,6 +12,7 @@ pub mod chaos;
 pub mod edge;
 pub mod faults;
 pub mod helm;
+pub mod jaeger;
 pub mod k8s;
 pub mod oidc;
 pub mod pki;

@@ -12,6 +12,12 @@ use crate::in_ci;
 
 /// `program` on PATH; under CI=true a missing one fails the test.
 pub fn require(program: &str) -> Option<PathBuf> {
+    require_with(program, "scripts/tools.sh install prometheus")
+}
+
+/// `program` on PATH, else None (a skip) or, under CI=true, a failure that
+/// says how to get it (`install`).
+pub fn require_with(program: &str, install: &str) -> Option<PathBuf> {
     let found = std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
             .map(|d| d.join(program))
@@ -19,9 +25,9 @@ pub fn require(program: &str) -> Option<PathBuf> {
     });
     if found.is_none() {
         if in_ci() {
-            panic!("{program} is required under CI=true: scripts/tools.sh install prometheus");
+            panic!("{program} is required under CI=true: {install}");
         }
-        eprintln!("SKIPPING: {program} not found; run scripts/tools.sh install prometheus");
+        eprintln!("SKIPPING: {program} not found; run {install}");
     }
     found
 }
@@ -110,7 +116,10 @@ impl Prometheus {
         .unwrap();
         let child = Command::new(binary)
             .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
             .arg(format!("--web.listen-address={addr}"))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
