@@ -14,6 +14,7 @@ mod echo;
 mod failover;
 mod latency;
 mod measure;
+mod overhead;
 mod report;
 mod retention;
 mod scale;
@@ -60,6 +61,9 @@ enum Scenario {
     /// Not part of `all` (it runs two 10-minute windows): the commands
     /// table and the database file with and without `--retention 1m`.
     Retention,
+    /// Not part of `all` (six windows and a Jaeger): throughput and p99 with
+    /// metrics and with tracing on, against neither.
+    Overhead,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -108,6 +112,9 @@ struct RunArgs {
     /// Seconds of each of the retention scenario's two windows.
     #[arg(long, env = "BENCH_RETENTION_SECONDS")]
     retention_seconds: Option<u64>,
+    /// Seconds of each of the overhead scenario's six windows.
+    #[arg(long, env = "BENCH_OVERHEAD_SECONDS")]
+    overhead_seconds: Option<u64>,
 }
 
 /// How big each scenario is.
@@ -127,6 +134,7 @@ pub struct Sizes {
     pub scale_agents: u64,
     pub failover_sessions: u64,
     pub retention_time: Duration,
+    pub overhead_time: Duration,
 }
 
 impl Sizes {
@@ -147,6 +155,7 @@ impl Sizes {
             scale_agents,
             failover_sessions: a.failover_sessions.unwrap_or(q(100, 20)),
             retention_time: Duration::from_secs(a.retention_seconds.unwrap_or(q(600, 60))),
+            overhead_time: Duration::from_secs(a.overhead_seconds.unwrap_or(q(60, 10))),
         }
     }
 }
@@ -295,6 +304,39 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
                 });
             }
             Err(e) => fail("retention", e),
+        }
+    }
+
+    // Only when asked for by name: six windows and a trace backend.
+    if a.scenario == Scenario::Overhead {
+        match overhead::run(&lab, &z, &mut report).await {
+            Ok(o) => {
+                let off = o.configs[0].rate();
+                let noise = format!("noise (two off windows): {:.1}%", o.noise * 100.0);
+                for (c, floor, goal) in [
+                    (&o.configs[1], 0.97, "metrics: throughput >= 0.97x off"),
+                    (
+                        &o.configs[2],
+                        0.85,
+                        "tracing at 1.0: throughput >= 0.85x off",
+                    ),
+                ] {
+                    let ratio = c.rate() / off;
+                    report.target(Target {
+                        name: goal.into(),
+                        measured: measure::fmt_rate(c.rate()),
+                        bound: format!("{} x {floor}", measure::fmt_rate(off)),
+                        ratio: Some(ratio),
+                        pass: Some(ratio >= floor),
+                        note: format!(
+                            "p99 {} vs {} off; {noise}",
+                            fmt_dur(c.p99()),
+                            fmt_dur(o.configs[0].p99())
+                        ),
+                    });
+                }
+            }
+            Err(e) => fail("overhead", e),
         }
     }
 
