@@ -20,16 +20,11 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use streamspace_runtime_util::metrics_http::{self, SECONDS_BUCKETS as BUCKETS};
 
 use crate::core::Lifecycle;
 use crate::core::model::{Command, Millis, now_ms};
 use crate::core::store::Tally;
-
-/// Upper bounds of the command latency histograms, in seconds: 1 ms to
-/// about 2 minutes (the default command timeout), roughly x2.5 per bucket.
-const BUCKETS: [f64; 14] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0, 120.0,
-];
 
 /// Most commands timed at once (each is in flight on some agent); beyond it
 /// new ones are not timed rather than growing without bound.
@@ -353,39 +348,8 @@ impl Metrics {
                 .set(until(ca.not_after));
         }
 
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &self.registry)
-            .map_err(|e| e.to_string())?;
-        Ok(text)
+        metrics_http::encode(&self.registry)
     }
-}
-
-/// The classic Prometheus text format (0.0.4) of an OpenMetrics text, for
-/// clients that do not ask for OpenMetrics (curl, `promtool check
-/// metrics`): a counter's family is named with its `_total` suffix, and the
-/// `# UNIT` and `# EOF` lines go.
-pub fn prometheus_text(openmetrics: &str) -> String {
-    let counters: std::collections::HashSet<&str> = openmetrics
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|l| l.strip_suffix(" counter"))
-        .collect();
-    let mut out = String::with_capacity(openmetrics.len());
-    for line in openmetrics.lines() {
-        if line == "# EOF" || line.starts_with("# UNIT ") {
-            continue;
-        }
-        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|p| {
-            let rest = line.strip_prefix(p)?;
-            let (name, tail) = rest.split_once(' ')?;
-            counters
-                .contains(name)
-                .then(|| format!("{p}{name}_total {tail}"))
-        });
-        out.push_str(renamed.as_deref().unwrap_or(line));
-        out.push('\n');
-    }
-    out
 }
 
 /// Serves `/metrics` on `addr` until `stop`; returns the bound address.
@@ -396,88 +360,16 @@ pub async fn serve(
     tls: crate::tls::ServerTls,
     stop: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    use http_body_util::Full;
-    use hyper::body::Bytes;
-    use hyper::{Response, StatusCode};
-
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let bound = listener.local_addr()?;
-    let task = tokio::spawn(async move {
-        loop {
-            let conn = tokio::select! {
-                _ = stop.cancelled() => return,
-                c = listener.accept() => c,
-            };
-            let Ok((stream, _)) = conn else { continue };
-            let (metrics, lifecycle, tls) = (metrics.clone(), lifecycle.clone(), tls.clone());
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(
-                    move |req: hyper::Request<hyper::body::Incoming>| {
-                        let (metrics, lifecycle, tls) =
-                            (metrics.clone(), lifecycle.clone(), tls.clone());
-                        async move {
-                            let reply = |code: StatusCode, ctype: &'static str, body: String| {
-                                Response::builder()
-                                    .status(code)
-                                    .header("content-type", ctype)
-                                    .body(Full::new(Bytes::from(body)))
-                            };
-                            if req.uri().path() != "/metrics" {
-                                return reply(
-                                    StatusCode::NOT_FOUND,
-                                    "text/plain",
-                                    "only /metrics is served here\n".into(),
-                                );
-                            }
-                            let openmetrics = req.headers().get_all("accept").iter().any(|v| {
-                                v.to_str()
-                                    .is_ok_and(|v| v.contains("application/openmetrics-text"))
-                            });
-                            match metrics.render(&lifecycle, &tls).await {
-                                Ok(text) if openmetrics => reply(
-                                    StatusCode::OK,
-                                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                                    text,
-                                ),
-                                Ok(text) => reply(
-                                    StatusCode::OK,
-                                    "text/plain; version=0.0.4; charset=utf-8",
-                                    prometheus_text(&text),
-                                ),
-                                Err(e) => reply(
-                                    StatusCode::SERVICE_UNAVAILABLE,
-                                    "text/plain",
-                                    format!("metrics unavailable: {e}\n"),
-                                ),
-                            }
-                        }
-                    },
-                );
-                let io = hyper_util::rt::TokioIo::new(stream);
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(io, svc)
-                    .await;
-            });
-        }
-    });
-    Ok((bound, task))
+    let render = move || {
+        let (metrics, lifecycle, tls) = (metrics.clone(), lifecycle.clone(), tls.clone());
+        async move { metrics.render(&lifecycle, &tls).await }
+    };
+    Ok(metrics_http::serve(addr, render, stop.cancelled_owned()).await?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_classic_format_names_counters_with_total() {
-        let om = "# HELP s_commands_accepted Commands.\n# TYPE s_commands_accepted counter\n\
-                  s_commands_accepted_total 3\n# HELP s_up Up.\n# TYPE s_up gauge\n# UNIT s_up seconds\n\
-                  s_up 1\n# EOF\n";
-        assert_eq!(
-            prometheus_text(om),
-            "# HELP s_commands_accepted_total Commands.\n# TYPE s_commands_accepted_total counter\n\
-             s_commands_accepted_total 3\n# HELP s_up Up.\n# TYPE s_up gauge\ns_up 1\n"
-        );
-    }
 
     /// Stages are timed per command id; a result for a command never
     /// delivered (another replica sent it) is not observed.

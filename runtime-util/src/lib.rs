@@ -9,9 +9,13 @@
 //!   filtered by `RUST_LOG`) and [`shutdown_signal`] (SIGINT or SIGTERM).
 //! - `health.rs`: [`HealthEndpoint`], the plaintext `grpc.health.v1`
 //!   listener kubelet probes talk to (`--health-addr`).
+//! - `metrics_http.rs`: the plain-HTTP `/metrics` listener (`--metrics-addr`)
+//!   serving a registry rendered at scrape time, and the shared histogram
+//!   buckets.
 #![forbid(unsafe_code)]
 
 pub mod health;
+pub mod metrics_http;
 
 pub use health::{HealthEndpoint, parse_health_addr};
 
