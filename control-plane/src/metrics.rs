@@ -6,7 +6,9 @@
 //! Two kinds: what happens is counted where it happens (the agent hub times
 //! each command's stages as its frames pass: sent, acknowledged, finished),
 //! and what *is* (agents connected, sessions by phase, the outbox by state,
-//! certificate expiry) is read when Prometheus scrapes.
+//! certificate expiry) is read when Prometheus scrapes. The store reports
+//! each committed write transaction through [`WriteObserver`], and the
+//! embedded Session controller its reconciles.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -24,7 +26,7 @@ use streamspace_runtime_util::metrics_http::{self, SECONDS_BUCKETS as BUCKETS};
 
 use crate::core::Lifecycle;
 use crate::core::model::{Command, Millis, now_ms};
-use crate::core::store::Tally;
+use crate::core::store::{Tally, WriteObserver};
 
 /// Most commands timed at once (each is in flight on some agent); beyond it
 /// new ones are not timed rather than growing without bound.
@@ -51,6 +53,16 @@ struct FinishedLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StoreLabels {
+    store: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReconcileLabels {
+    outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -100,10 +112,31 @@ pub struct Metrics {
     outbox: Family<StateLabels, Gauge>,
     cert_expiry: Family<CertLabels, FloatGauge>,
     timed: Mutex<HashMap<String, Timing>>,
+    store_transaction: Family<StoreLabels, Histogram>,
+    group_commit: Histogram,
+    controller_running: Gauge,
+    reconciles: Family<ReconcileLabels, Counter>,
+    reconcile_seconds: Histogram,
 }
 
 fn histogram() -> Histogram {
     Histogram::new(BUCKETS)
+}
+
+/// Operations per commit: 1, 2, 4, ..., 512 (the SQLite writer's largest group).
+fn group_sizes() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        1.0, 2.0, 10,
+    ))
+}
+
+/// Holds `streamspace_controller_running` at 1 while it lives.
+pub struct ControllerRunning(Gauge);
+
+impl Drop for ControllerRunning {
+    fn drop(&mut self) {
+        self.0.set(0);
+    }
 }
 
 impl Default for Metrics {
@@ -132,6 +165,11 @@ impl Metrics {
             outbox: Family::default(),
             cert_expiry: Family::default(),
             timed: Mutex::new(HashMap::new()),
+            store_transaction: Family::new_with_constructor(histogram as fn() -> Histogram),
+            group_commit: group_sizes(),
+            controller_running: Gauge::default(),
+            reconciles: Family::default(),
+            reconcile_seconds: histogram(),
         };
         let registry = &mut m.registry;
         registry.register(
@@ -190,7 +228,47 @@ impl Metrics {
             "Seconds until a certificate's notAfter (negative: expired): the server's, each agent CA's, each attached agent's client certificate",
             m.cert_expiry.clone(),
         );
+        registry.register(
+            "store_transaction_seconds",
+            "Wall time of each committed write transaction, by store (sqlite: one group commit of the writer; postgres: one write)",
+            m.store_transaction.clone(),
+        );
+        registry.register(
+            "store_group_commit_size",
+            "Operations committed together per write transaction (SQLite groups the writer's queue; PostgreSQL always 1)",
+            m.group_commit.clone(),
+        );
+        registry.register(
+            "controller_running",
+            "1 while this replica runs the embedded Session controller",
+            m.controller_running.clone(),
+        );
+        registry.register(
+            "controller_reconciles",
+            "Session reconciles of the embedded controller, by outcome (ok, error)",
+            m.reconciles.clone(),
+        );
+        registry.register(
+            "controller_reconcile_seconds",
+            "Time one Session reconcile took",
+            m.reconcile_seconds.clone(),
+        );
         m
+    }
+
+    /// The Session controller runs until the returned guard is dropped.
+    pub fn controller_running(&self) -> ControllerRunning {
+        self.controller_running.set(1);
+        ControllerRunning(self.controller_running.clone())
+    }
+
+    /// A Session reconcile ended after `seconds`: `ok`, or with an error.
+    pub fn reconciled(&self, ok: bool, seconds: f64) {
+        let outcome = if ok { "ok" } else { "error" };
+        self.reconciles
+            .get_or_create(&ReconcileLabels { outcome })
+            .inc();
+        self.reconcile_seconds.observe(seconds);
     }
 
     /// The hub sent `c` to its agent.
@@ -352,6 +430,15 @@ impl Metrics {
     }
 }
 
+impl WriteObserver for Metrics {
+    fn write_committed(&self, store: &'static str, seconds: f64, ops: usize) {
+        self.store_transaction
+            .get_or_create(&StoreLabels { store })
+            .observe(seconds);
+        self.group_commit.observe(ops as f64);
+    }
+}
+
 /// Serves `/metrics` on `addr` until `stop`; returns the bound address.
 pub async fn serve(
     addr: SocketAddr,
@@ -429,6 +516,41 @@ mod tests {
         assert!(
             m.timed.lock().unwrap().is_empty(),
             "finished commands are forgotten"
+        );
+    }
+
+    /// Store commits land in the store's transaction histogram and the group
+    /// size histogram; the controller's guard holds the gauge at 1 until it
+    /// goes; reconciles count by outcome.
+    #[test]
+    fn store_commits_and_controller_reconciles_are_kept() {
+        let m = Metrics::new();
+        m.write_committed("sqlite", 0.002, 3);
+        m.write_committed("sqlite", 0.2, 512);
+        let running = m.controller_running();
+        m.reconciled(true, 0.01);
+        m.reconciled(true, 0.02);
+        m.reconciled(false, 3.0);
+        let text = metrics_http::encode(&m.registry).unwrap();
+        for line in [
+            "streamspace_store_transaction_seconds_count{store=\"sqlite\"} 2",
+            "streamspace_store_transaction_seconds_bucket{le=\"0.0025\",store=\"sqlite\"} 1",
+            "streamspace_store_group_commit_size_count 2",
+            "streamspace_store_group_commit_size_bucket{le=\"2.0\"} 0",
+            "streamspace_store_group_commit_size_bucket{le=\"4.0\"} 1",
+            "streamspace_store_group_commit_size_bucket{le=\"512.0\"} 2",
+            "streamspace_controller_running 1",
+            "streamspace_controller_reconciles_total{outcome=\"ok\"} 2",
+            "streamspace_controller_reconciles_total{outcome=\"error\"} 1",
+            "streamspace_controller_reconcile_seconds_count 3",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        drop(running);
+        let text = metrics_http::encode(&m.registry).unwrap();
+        assert!(
+            text.contains("streamspace_controller_running 0\n"),
+            "{text}"
         );
     }
 }
