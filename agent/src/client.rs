@@ -82,6 +82,8 @@ pub struct Client {
     leadership: Option<crate::lease::Leadership>,
     /// The last usable TLS material (see [`crate::identity::refresh`]).
     tls: std::sync::Mutex<ClientTls>,
+    /// Prometheus metrics, when `--metrics-addr` asks for them.
+    metrics: Option<Arc<crate::metrics::AgentMetrics>>,
 }
 
 enum SessionEnd {
@@ -122,7 +124,14 @@ impl Client {
             stats: Default::default(),
             leadership: None,
             tls,
+            metrics: None,
         }
+    }
+
+    /// Counts results, dials and the connection into `metrics`.
+    pub fn with_metrics(mut self, metrics: Option<Arc<crate::metrics::AgentMetrics>>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Attach only while `leadership` says this replica leads, with its fencing token.
@@ -205,6 +214,9 @@ impl Client {
     }
 
     async fn attach_once(&self, shutdown: &CancellationToken) -> anyhow::Result<SessionEnd> {
+        if let Some(m) = &self.metrics {
+            m.dialing();
+        }
         let channel: Channel = self.endpoint()?.connect().await?;
         let mut client = pb::agent_service_client::AgentServiceClient::new(channel)
             .max_decoding_message_size(16 << 20)
@@ -274,6 +286,7 @@ impl Client {
             .filter(|d| !d.is_zero())
             .unwrap_or(Duration::from_secs(10));
         self.stats.attaches.fetch_add(1, Ordering::Relaxed);
+        let _connected = self.metrics.as_ref().map(|m| m.connected());
         info!(agent = %self.cfg.agent_id, heartbeat = ?interval, "connected to the control plane");
         let mut results = self.results_rx.lock().await;
         let mut heartbeat = tokio::time::interval(interval);
@@ -347,6 +360,7 @@ impl Client {
             self.results_tx.clone(),
             in_flight.clone(),
         );
+        let metrics = self.metrics.clone();
         // A child of the control plane's dispatch span, when it sent one.
         let span = info_span!("command.apply", command_id = %id, session_id = %c.session_id, generation = c.session_generation, action = action_name(&c));
         streamspace_runtime_util::telemetry::set_parent(
@@ -359,7 +373,11 @@ impl Client {
             async move {
                 let _guard = lock.lock().await;
                 let _permit = in_flight.acquire().await;
+                let started = Instant::now();
                 let outcome = apply(&*runtime, &admission, &c).await;
+                if let Some(m) = &metrics {
+                    m.applied(&c, &outcome, started.elapsed());
+                }
                 let result = pb::CommandResult {
                     command_id: id.clone(),
                     outcome: Some(outcome),

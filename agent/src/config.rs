@@ -130,6 +130,11 @@ pub struct AgentArgs {
     /// agent runs, as leader or as HA standby.
     #[arg(long, env = "HEALTH_ADDR", default_value = "", value_parser = streamspace_runtime_util::parse_health_addr)]
     pub health_addr: std::option::Option<SocketAddr>,
+    /// Plain-HTTP listener serving Prometheus metrics at `/metrics`
+    /// (OpenMetrics text), e.g. 0.0.0.0:9091; empty (the default) = no
+    /// metrics are kept at all.
+    #[arg(long, env = "METRICS_ADDR", default_value = "", value_parser = streamspace_runtime_util::parse_health_addr)]
+    pub metrics_addr: std::option::Option<SocketAddr>,
 }
 
 fn read(path: &PathBuf, what: &str) -> anyhow::Result<String> {
@@ -237,7 +242,8 @@ mod tests {
     use super::{AgentArgs, check_identity};
     use clap::Parser;
 
-    /// `--health-addr` takes an address; empty (the default) means none.
+    /// `--health-addr` and `--metrics-addr` take an address; empty (the
+    /// default) means none.
     #[test]
     fn health_addr_is_optional() {
         let parse = |extra: &[&str]| {
@@ -250,15 +256,24 @@ mod tests {
                 "--ca-cert=ca",
             ];
             argv.extend(extra);
-            AgentArgs::try_parse_from(argv).map(|a| a.health_addr)
+            AgentArgs::try_parse_from(argv).map(|a| (a.health_addr, a.metrics_addr))
         };
-        assert_eq!(parse(&[]).unwrap(), None);
-        assert_eq!(parse(&["--health-addr="]).unwrap(), None);
+        assert_eq!(parse(&[]).unwrap(), (None, None));
+        assert_eq!(parse(&["--health-addr="]).unwrap(), (None, None));
         assert_eq!(
             parse(&["--health-addr=0.0.0.0:8081"]).unwrap(),
-            Some("0.0.0.0:8081".parse().unwrap())
+            (Some("0.0.0.0:8081".parse().unwrap()), None)
         );
         assert!(parse(&["--health-addr=8081"]).is_err());
+        assert_eq!(
+            parse(&["--metrics-addr=127.0.0.1:9091"]).unwrap(),
+            (None, Some("127.0.0.1:9091".parse().unwrap()))
+        );
+        let e = parse(&["--metrics-addr=9091"]).unwrap_err().to_string();
+        assert!(
+            e.contains("--metrics-addr") && e.contains("HOST:PORT"),
+            "{e}"
+        );
     }
 
     fn pair() -> (String, String) {

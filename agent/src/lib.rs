@@ -10,6 +10,7 @@ pub mod dedup;
 pub mod frames;
 pub mod identity;
 pub mod lease;
+pub mod metrics;
 pub mod runtime;
 
 use std::sync::Arc;
@@ -65,6 +66,7 @@ pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> anyhow::Result
     };
     let mut client = Client::new(cfg, rt, statuses);
     let mut elector = None;
+    let mut leadership = None;
     if args.enable_ha {
         let mut lease_cfg = args.lease_config()?;
         let kube = kube.clone().expect("kube client with HA");
@@ -78,13 +80,26 @@ pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> anyhow::Result
             tx,
             shutdown.clone(),
         )));
-        client = client.with_leadership(rx);
+        client = client.with_leadership(rx.clone());
+        leadership = Some(rx);
+    }
+    let mut metrics_task = None;
+    if let Some(addr) = args.metrics_addr {
+        let m = Arc::new(metrics::AgentMetrics::new(leadership));
+        let (_, task) = metrics::serve(addr, m.clone(), shutdown.clone())
+            .await
+            .with_context(|| format!("binding the metrics listener on {addr}"))?;
+        metrics_task = Some(task);
+        client = client.with_metrics(Some(m));
     }
     client.run(shutdown).await;
     if let Some(e) = elector {
         let _ = e.await;
     }
     if let Some((_, task)) = probe {
+        let _ = task.await;
+    }
+    if let Some(task) = metrics_task {
         let _ = task.await;
     }
     Ok(())

@@ -18,7 +18,8 @@
 //! - `dev.rs`: the embedded default (`dev`): SQLite, a dev PKI, a local agent.
 //! - `server.rs`: wires store, lifecycle, gRPC services and listeners.
 //! - `metrics.rs`: Prometheus metrics (`--metrics-addr`): command stage
-//!   histograms fed by the agent hub, gauges read at each scrape.
+//!   histograms fed by the agent hub, the store's write transactions, the
+//!   Session controller's reconciles, gauges read at each scrape.
 //! - `listen.rs`: TLS listeners with connection limits and first-request deadlines.
 //! - `tls.rs`: the listeners' certificates, replaced without a restart when their files change.
 //! - `watch.rs`: polls files and applies a settled, usable change.

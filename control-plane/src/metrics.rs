@@ -6,7 +6,9 @@
 //! Two kinds: what happens is counted where it happens (the agent hub times
 //! each command's stages as its frames pass: sent, acknowledged, finished),
 //! and what *is* (agents connected, sessions by phase, the outbox by state,
-//! certificate expiry) is read when Prometheus scrapes.
+//! certificate expiry) is read when Prometheus scrapes. The store reports
+//! each committed write transaction through [`WriteObserver`], and the
+//! embedded Session controller its reconciles.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -20,16 +22,11 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use streamspace_runtime_util::metrics_http::{self, SECONDS_BUCKETS as BUCKETS};
 
 use crate::core::Lifecycle;
 use crate::core::model::{Command, Millis, now_ms};
-use crate::core::store::Tally;
-
-/// Upper bounds of the command latency histograms, in seconds: 1 ms to
-/// about 2 minutes (the default command timeout), roughly x2.5 per bucket.
-const BUCKETS: [f64; 14] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0, 120.0,
-];
+use crate::core::store::{Tally, WriteObserver};
 
 /// Most commands timed at once (each is in flight on some agent); beyond it
 /// new ones are not timed rather than growing without bound.
@@ -56,6 +53,16 @@ struct FinishedLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StoreLabels {
+    store: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReconcileLabels {
+    outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -118,10 +125,31 @@ pub struct Metrics {
     api_requests: Family<RequestLabels, Counter>,
     api_seconds: Family<MethodLabels, Histogram>,
     timed: Mutex<HashMap<String, Timing>>,
+    store_transaction: Family<StoreLabels, Histogram>,
+    group_commit: Histogram,
+    controller_running: Gauge,
+    reconciles: Family<ReconcileLabels, Counter>,
+    reconcile_seconds: Histogram,
 }
 
 fn histogram() -> Histogram {
     Histogram::new(BUCKETS)
+}
+
+/// Operations per commit: 1, 2, 4, ..., 512 (the SQLite writer's largest group).
+fn group_sizes() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        1.0, 2.0, 10,
+    ))
+}
+
+/// Holds `streamspace_controller_running` at 1 while it lives.
+pub struct ControllerRunning(Gauge);
+
+impl Drop for ControllerRunning {
+    fn drop(&mut self) {
+        self.0.set(0);
+    }
 }
 
 impl Default for Metrics {
@@ -152,6 +180,11 @@ impl Metrics {
             api_requests: Family::default(),
             api_seconds: Family::new_with_constructor(histogram as fn() -> Histogram),
             timed: Mutex::new(HashMap::new()),
+            store_transaction: Family::new_with_constructor(histogram as fn() -> Histogram),
+            group_commit: group_sizes(),
+            controller_running: Gauge::default(),
+            reconciles: Family::default(),
+            reconcile_seconds: histogram(),
         };
         let registry = &mut m.registry;
         registry.register(
@@ -220,6 +253,31 @@ impl Metrics {
             "Time from an API call's arrival to its response headers (a unary call's whole duration; a stream's opening), by method",
             m.api_seconds.clone(),
         );
+        registry.register(
+            "store_transaction_seconds",
+            "Wall time of each committed write transaction, by store (sqlite: one group commit of the writer; postgres: one write)",
+            m.store_transaction.clone(),
+        );
+        registry.register(
+            "store_group_commit_size",
+            "Operations committed together per write transaction (SQLite groups the writer's queue; PostgreSQL always 1)",
+            m.group_commit.clone(),
+        );
+        registry.register(
+            "controller_running",
+            "1 while this replica runs the embedded Session controller",
+            m.controller_running.clone(),
+        );
+        registry.register(
+            "controller_reconciles",
+            "Session reconciles of the embedded controller, by outcome (ok, error)",
+            m.reconciles.clone(),
+        );
+        registry.register(
+            "controller_reconcile_seconds",
+            "Time one Session reconcile took",
+            m.reconcile_seconds.clone(),
+        );
         m
     }
 
@@ -236,6 +294,21 @@ impl Metrics {
                 method: method.into(),
             })
             .observe(took.as_secs_f64());
+    }
+
+    /// The Session controller runs until the returned guard is dropped.
+    pub fn controller_running(&self) -> ControllerRunning {
+        self.controller_running.set(1);
+        ControllerRunning(self.controller_running.clone())
+    }
+
+    /// A Session reconcile ended after `seconds`: `ok`, or with an error.
+    pub fn reconciled(&self, ok: bool, seconds: f64) {
+        let outcome = if ok { "ok" } else { "error" };
+        self.reconciles
+            .get_or_create(&ReconcileLabels { outcome })
+            .inc();
+        self.reconcile_seconds.observe(seconds);
     }
 
     /// The hub sent `c` to its agent.
@@ -393,39 +466,17 @@ impl Metrics {
                 .set(until(ca.not_after));
         }
 
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &self.registry)
-            .map_err(|e| e.to_string())?;
-        Ok(text)
+        metrics_http::encode(&self.registry)
     }
 }
 
-/// The classic Prometheus text format (0.0.4) of an OpenMetrics text, for
-/// clients that do not ask for OpenMetrics (curl, `promtool check
-/// metrics`): a counter's family is named with its `_total` suffix, and the
-/// `# UNIT` and `# EOF` lines go.
-pub fn prometheus_text(openmetrics: &str) -> String {
-    let counters: std::collections::HashSet<&str> = openmetrics
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|l| l.strip_suffix(" counter"))
-        .collect();
-    let mut out = String::with_capacity(openmetrics.len());
-    for line in openmetrics.lines() {
-        if line == "# EOF" || line.starts_with("# UNIT ") {
-            continue;
-        }
-        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|p| {
-            let rest = line.strip_prefix(p)?;
-            let (name, tail) = rest.split_once(' ')?;
-            counters
-                .contains(name)
-                .then(|| format!("{p}{name}_total {tail}"))
-        });
-        out.push_str(renamed.as_deref().unwrap_or(line));
-        out.push('\n');
+impl WriteObserver for Metrics {
+    fn write_committed(&self, store: &'static str, seconds: f64, ops: usize) {
+        self.store_transaction
+            .get_or_create(&StoreLabels { store })
+            .observe(seconds);
+        self.group_commit.observe(ops as f64);
     }
-    out
 }
 
 /// Serves `/metrics` on `addr` until `stop`; returns the bound address.
@@ -436,88 +487,16 @@ pub async fn serve(
     tls: crate::tls::ServerTls,
     stop: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    use http_body_util::Full;
-    use hyper::body::Bytes;
-    use hyper::{Response, StatusCode};
-
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let bound = listener.local_addr()?;
-    let task = tokio::spawn(async move {
-        loop {
-            let conn = tokio::select! {
-                _ = stop.cancelled() => return,
-                c = listener.accept() => c,
-            };
-            let Ok((stream, _)) = conn else { continue };
-            let (metrics, lifecycle, tls) = (metrics.clone(), lifecycle.clone(), tls.clone());
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(
-                    move |req: hyper::Request<hyper::body::Incoming>| {
-                        let (metrics, lifecycle, tls) =
-                            (metrics.clone(), lifecycle.clone(), tls.clone());
-                        async move {
-                            let reply = |code: StatusCode, ctype: &'static str, body: String| {
-                                Response::builder()
-                                    .status(code)
-                                    .header("content-type", ctype)
-                                    .body(Full::new(Bytes::from(body)))
-                            };
-                            if req.uri().path() != "/metrics" {
-                                return reply(
-                                    StatusCode::NOT_FOUND,
-                                    "text/plain",
-                                    "only /metrics is served here\n".into(),
-                                );
-                            }
-                            let openmetrics = req.headers().get_all("accept").iter().any(|v| {
-                                v.to_str()
-                                    .is_ok_and(|v| v.contains("application/openmetrics-text"))
-                            });
-                            match metrics.render(&lifecycle, &tls).await {
-                                Ok(text) if openmetrics => reply(
-                                    StatusCode::OK,
-                                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                                    text,
-                                ),
-                                Ok(text) => reply(
-                                    StatusCode::OK,
-                                    "text/plain; version=0.0.4; charset=utf-8",
-                                    prometheus_text(&text),
-                                ),
-                                Err(e) => reply(
-                                    StatusCode::SERVICE_UNAVAILABLE,
-                                    "text/plain",
-                                    format!("metrics unavailable: {e}\n"),
-                                ),
-                            }
-                        }
-                    },
-                );
-                let io = hyper_util::rt::TokioIo::new(stream);
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(io, svc)
-                    .await;
-            });
-        }
-    });
-    Ok((bound, task))
+    let render = move || {
+        let (metrics, lifecycle, tls) = (metrics.clone(), lifecycle.clone(), tls.clone());
+        async move { metrics.render(&lifecycle, &tls).await }
+    };
+    Ok(metrics_http::serve(addr, render, stop.cancelled_owned()).await?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_classic_format_names_counters_with_total() {
-        let om = "# HELP s_commands_accepted Commands.\n# TYPE s_commands_accepted counter\n\
-                  s_commands_accepted_total 3\n# HELP s_up Up.\n# TYPE s_up gauge\n# UNIT s_up seconds\n\
-                  s_up 1\n# EOF\n";
-        assert_eq!(
-            prometheus_text(om),
-            "# HELP s_commands_accepted_total Commands.\n# TYPE s_commands_accepted_total counter\n\
-             s_commands_accepted_total 3\n# HELP s_up Up.\n# TYPE s_up gauge\ns_up 1\n"
-        );
-    }
 
     /// Stages are timed per command id; a result for a command never
     /// delivered (another replica sent it) is not observed.
@@ -578,6 +557,41 @@ mod tests {
         assert!(
             m.timed.lock().unwrap().is_empty(),
             "finished commands are forgotten"
+        );
+    }
+
+    /// Store commits land in the store's transaction histogram and the group
+    /// size histogram; the controller's guard holds the gauge at 1 until it
+    /// goes; reconciles count by outcome.
+    #[test]
+    fn store_commits_and_controller_reconciles_are_kept() {
+        let m = Metrics::new();
+        m.write_committed("sqlite", 0.002, 3);
+        m.write_committed("sqlite", 0.2, 512);
+        let running = m.controller_running();
+        m.reconciled(true, 0.01);
+        m.reconciled(true, 0.02);
+        m.reconciled(false, 3.0);
+        let text = metrics_http::encode(&m.registry).unwrap();
+        for line in [
+            "streamspace_store_transaction_seconds_count{store=\"sqlite\"} 2",
+            "streamspace_store_transaction_seconds_bucket{le=\"0.0025\",store=\"sqlite\"} 1",
+            "streamspace_store_group_commit_size_count 2",
+            "streamspace_store_group_commit_size_bucket{le=\"2.0\"} 0",
+            "streamspace_store_group_commit_size_bucket{le=\"4.0\"} 1",
+            "streamspace_store_group_commit_size_bucket{le=\"512.0\"} 2",
+            "streamspace_controller_running 1",
+            "streamspace_controller_reconciles_total{outcome=\"ok\"} 2",
+            "streamspace_controller_reconciles_total{outcome=\"error\"} 1",
+            "streamspace_controller_reconcile_seconds_count 3",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        drop(running);
+        let text = metrics_http::encode(&m.registry).unwrap();
+        assert!(
+            text.contains("streamspace_controller_running 0\n"),
+            "{text}"
         );
     }
 }

@@ -143,6 +143,9 @@ impl ControlPlane {
         let metrics = cfg
             .metrics_addr
             .map(|_| Arc::new(crate::metrics::Metrics::new()));
+        if let Some(m) = &metrics {
+            lifecycle.store().observe_writes(m.clone());
+        }
         let hub = AgentHub::new(lifecycle.clone(), cfg.hub.clone(), drain.clone())
             .with_metrics(metrics.clone());
         let agent_svc = pb::agent_service_server::AgentServiceServer::new(hub)
@@ -276,7 +279,7 @@ impl ControlPlane {
         }));
         if let Some(k) = &cfg.kube {
             tasks.extend(
-                crate::k8s::start(k, lifecycle.clone(), stop.clone())
+                crate::k8s::start(k, lifecycle.clone(), metrics.clone(), stop.clone())
                     .await
                     .context("starting the Kubernetes controller")?,
             );

@@ -12,9 +12,13 @@
 //! - `telemetry.rs`: [`telemetry::init`] (logs plus, when an OTLP endpoint
 //!   is configured, traces) and the W3C trace-context helpers that link a
 //!   command's spans across processes.
+//! - `metrics_http.rs`: the plain-HTTP `/metrics` listener (`--metrics-addr`)
+//!   serving a registry rendered at scrape time, and the shared histogram
+//!   buckets.
 #![forbid(unsafe_code)]
 
 pub mod health;
+pub mod metrics_http;
 pub mod telemetry;
 
 pub use health::{HealthEndpoint, parse_health_addr};

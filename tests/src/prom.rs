@@ -32,19 +32,25 @@ pub fn require_with(program: &str, install: &str) -> Option<PathBuf> {
     found
 }
 
-/// A plain HTTP/1.0 GET; returns the body of a 200 answer.
-pub fn http_get(addr: SocketAddr, path: &str) -> String {
+/// A plain HTTP/1.0 GET; returns the status line and headers, and the body.
+fn http_answer(addr: SocketAddr, path: &str) -> (String, String) {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    (head.to_string(), body.to_string())
+}
+
+/// A plain HTTP/1.0 GET; returns the body of a 200 answer.
+pub fn http_get(addr: SocketAddr, path: &str) -> String {
+    let (head, body) = http_answer(addr, path);
     assert!(
         head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
         "{head}"
     );
-    body.to_string()
+    body
 }
 
 /// Percent-encodes a query-string value.
@@ -129,10 +135,13 @@ impl Prometheus {
     }
 
     /// The answer to an instant PromQL query (`data.result`), or None while
-    /// the server is not up yet.
+    /// the server is not up yet (not listening, or 503 while it starts).
     pub fn results(&self, q: &str) -> Option<Vec<serde_json::Value>> {
         std::net::TcpStream::connect(self.addr).ok()?;
-        let body = http_get(self.addr, &format!("/api/v1/query?query={}", encode(q)));
+        let (head, body) = http_answer(self.addr, &format!("/api/v1/query?query={}", encode(q)));
+        if head.contains(" 503 ") {
+            return None;
+        }
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["status"], "success", "query {q}: {body}");
         v["data"]["result"].as_array().cloned()

@@ -1,13 +1,14 @@
 //! The Session custom resource, reconciled by the controller embedded in the
 //! control plane (the P0 of seed 000), against the real API server with a
 //! real agent and KWOK. Seed 000's manifests and testing-plan steps are used
-//! verbatim with kubectl.
+//! verbatim with kubectl. The control plane's `/metrics` shows the
+//! controller running and reconciling.
 
 use std::process::Command;
 
 use streamspace::v1 as pb;
 use streamspace_tests::k8s::{TestCluster, cluster};
-use streamspace_tests::procs::{AgentProc, CpProc};
+use streamspace_tests::procs::{AgentProc, CpProc, free_addr};
 use streamspace_tests::*;
 
 use streamspace_tests::seeds::{
@@ -108,10 +109,13 @@ async fn session_objects_are_reconciled() {
     let tmp = tempfile::tempdir().unwrap();
     let db = database_url(tmp.path()).await;
     let kubeconfig = format!("--kubeconfig={}", k.admin_kubeconfig.display());
+    let metrics = free_addr();
+    let metrics_flag = format!("--metrics-addr={metrics}");
     let cp_args = [
         "--kubernetes=true",
         kubeconfig.as_str(),
         "--mirror-namespace=streamspace",
+        metrics_flag.as_str(),
     ];
     let mut cp = CpProc::spawn_with(&pki, &db, &tmp.path().join("cp"), 500, &cp_args);
     cp.ready().await;
@@ -174,6 +178,21 @@ async fn session_objects_are_reconciled() {
         agent.log().contains("test-controller-firefox"),
         "the agent's log shows the start"
     );
+    // The controller says it runs and has reconciled the objects.
+    let text = streamspace_tests::prom::http_get(metrics, "/metrics");
+    let value = |series: &str| {
+        text.lines().find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .parse::<f64>()
+                .ok()
+        })
+    };
+    assert_eq!(value("streamspace_controller_running"), Some(1.0), "{text}");
+    let ok = value(r#"streamspace_controller_reconciles_total{outcome="ok"}"#).unwrap_or(0.0);
+    assert!(ok > 0.0, "reconciles counted: {text}");
+    let timed = value("streamspace_controller_reconcile_seconds_count").unwrap_or(0.0);
+    assert!(timed >= ok, "every reconcile timed: {text}");
     let events = k.kubectl(&[
         "get",
         "events",

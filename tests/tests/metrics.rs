@@ -4,11 +4,15 @@
 //! Prometheus server (Debian's, started here) scrapes it; PromQL then
 //! shows the accepted→finished histogram counting every accepted command,
 //! the connected agents, and the server certificate's expiry as generated.
+//! A second run scrapes a real agent process (`--metrics-addr`) beside the
+//! control plane: every command it applied, its connection and leadership,
+//! and the store's write transactions on the control plane.
 
 use std::time::Duration;
 
 use streamspace::v1 as pb;
 use streamspace_tests::chaos::noop::NoopAgents;
+use streamspace_tests::procs::{AgentProc, free_addr};
 use streamspace_tests::prom::{Prometheus, http_get, promtool, require};
 use streamspace_tests::*;
 
@@ -104,5 +108,114 @@ async fn prometheus_scrapes_what_happened() {
         .query(r#"streamspace_certificate_expiry_seconds{certificate="agent",name="prom-a"}"#)
         .unwrap();
     assert!(agent > 0.0, "{agent}");
+    cp.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_an_agent_and_the_store() {
+    init();
+    let (Some(promtool_bin), Some(prometheus)) = (require("promtool"), require("prometheus"))
+    else {
+        return;
+    };
+    let pki = TestPki::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let db = database_url(tmp.path()).await;
+    let store = if db.starts_with("postgres") {
+        "postgres"
+    } else {
+        "sqlite"
+    };
+    let o = CpOptions {
+        metrics: true,
+        ..Default::default()
+    };
+    let cp = start_cp(&pki, &db, &o).await;
+    let cp_metrics = cp.metrics_addr.expect("a metrics listener");
+    let agent_metrics = free_addr();
+    let flag = format!("--metrics-addr={agent_metrics}");
+    let _agent = AgentProc::spawn_with(
+        &pki,
+        "prom-agent",
+        cp.agent_addr,
+        &tmp.path().join("agent"),
+        &["--platform=process", &flag],
+        &[],
+    );
+    let mut api = Api::connect(&pki, cp.api_addr, ADMIN_TOKEN).await;
+    api.wait_agents(1, 30).await;
+
+    const N: usize = 4;
+    for i in 0..N {
+        api.create(&format!("agent-prom-{i}"), "static-files")
+            .await
+            .unwrap();
+    }
+    for i in 0..N {
+        api.wait_phase(&format!("agent-prom-{i}"), pb::SessionPhase::Running, 60)
+            .await;
+    }
+    for i in 0..N {
+        api.sessions
+            .delete_session(pb::DeleteSessionRequest {
+                name: format!("agent-prom-{i}"),
+                delete_home: false,
+            })
+            .await
+            .unwrap();
+    }
+    for i in 0..N {
+        api.wait_gone(&format!("agent-prom-{i}"), 60).await;
+    }
+
+    // The agent's exposition passes promtool's checks too.
+    let text = http_get(agent_metrics, "/metrics");
+    promtool(&promtool_bin, &["check", "metrics"], &text);
+
+    let prom = Prometheus::start(&prometheus, tmp.path(), &[cp_metrics, agent_metrics], &[]);
+    let applied = wait_for("Prometheus to scrape the agent", 60, || async {
+        prom.query(r#"sum(streamspace_agent_commands_applied_total{outcome="succeeded"})"#)
+    })
+    .await;
+    assert_eq!(applied, (2 * N) as f64, "a start and a stop per session");
+    let failed = prom.query(r#"sum(streamspace_agent_commands_applied_total{outcome="failed"})"#);
+    assert!(failed.is_none_or(|f| f == 0.0), "failed: {failed:?}");
+    assert_eq!(
+        prom.query(r#"sum(streamspace_agent_commands_applied_total{type="start"})"#),
+        Some(N as f64)
+    );
+    assert_eq!(
+        prom.query("sum(streamspace_agent_runtime_seconds_count)"),
+        Some((2 * N) as f64),
+        "every applied command was timed"
+    );
+    assert_eq!(prom.query("streamspace_agent_connected"), Some(1.0));
+    assert_eq!(prom.query("streamspace_agent_leader"), Some(1.0));
+    assert_eq!(
+        prom.query("streamspace_agent_reconnects_total"),
+        Some(0.0),
+        "one dial, no reconnect"
+    );
+
+    // The control plane's store timed its write transactions.
+    let q = format!(r#"streamspace_store_transaction_seconds_count{{store="{store}"}}"#);
+    let txns = wait_for("Prometheus to scrape the control plane", 60, || async {
+        prom.query(&q)
+    })
+    .await;
+    assert!(txns > 0.0, "{q}: {txns}");
+    let groups = prom
+        .query("streamspace_store_group_commit_size_count")
+        .unwrap();
+    assert!(groups > 0.0, "group commit size count: {groups}");
+    let ops = prom
+        .query("streamspace_store_group_commit_size_sum")
+        .unwrap();
+    assert!(
+        ops >= groups,
+        "at least one operation per commit: {ops} < {groups}"
+    );
+    // No controller on this control plane: the gauge says so.
+    assert_eq!(prom.query("streamspace_controller_running"), Some(0.0));
     cp.shutdown().await;
 }

@@ -1,7 +1,8 @@
 //! The store's command queue on the store the run asks for (SQLite, or the
 //! real PostgreSQL server under STREAMSPACE_TEST_STORE=postgres): the
 //! per-agent in-flight window, acks, re-queueing, duplicate names, and
-//! agent slots that hold under concurrent writes.
+//! agent slots that hold under concurrent writes; committed writes reported
+//! to an observer (the metrics' seam).
 
 use streamspace_control_plane::core::model::{
     Capacity, Command, CommandState, Desired, Phase, Session, Usage, now_ms,
@@ -380,4 +381,69 @@ async fn retention_prunes_old_finished_commands_only() {
     // Even the active one, however old, survives a cut in the future.
     assert_eq!(store.prune_commands(now_ms() + day, 100).await.unwrap(), 1);
     assert!(store.get_command(&claimed[5].id).await.unwrap().is_some());
+}
+
+/// Records what a store reports.
+#[derive(Default)]
+struct Commits(std::sync::Mutex<Vec<(&'static str, f64, usize)>>);
+
+impl streamspace_control_plane::core::store::WriteObserver for Commits {
+    fn write_committed(&self, store: &'static str, seconds: f64, ops: usize) {
+        self.0.lock().unwrap().push((store, seconds, ops));
+    }
+}
+
+/// Each committed write transaction is reported once with its store's name
+/// and its operations: concurrent writes that SQLite's writer commits
+/// together add up to all of them; on PostgreSQL each is its own. Nothing
+/// is reported before an observer is set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_writes_are_reported_to_the_observer() {
+    let (_tmp, store) = open_store().await;
+    let name = if std::env::var("STREAMSPACE_TEST_STORE").as_deref() == Ok("postgres") {
+        "postgres"
+    } else {
+        "sqlite"
+    };
+    add(&*store, "unobserved", "agent-a").await;
+    let commits = std::sync::Arc::new(Commits::default());
+    store.observe_writes(commits.clone());
+    let mut tasks = vec![];
+    for i in 0..40 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            add(&*store, &format!("seen-{i}"), "agent-a").await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let seen = commits.0.lock().unwrap().clone();
+    assert!(!seen.is_empty());
+    assert!(
+        seen.iter()
+            .all(|(s, secs, ops)| *s == name && *secs >= 0.0 && *ops >= 1),
+        "{seen:?}"
+    );
+    let ops: usize = seen.iter().map(|(_, _, n)| n).sum();
+    match name {
+        // The 40 inserts, and nothing else ran on the writer meanwhile.
+        "sqlite" => assert_eq!(ops, 40, "{seen:?}"),
+        _ => assert_eq!((seen.len(), ops), (40, 40), "{seen:?}"),
+    }
+    // A failed write is not a committed one.
+    let before = commits.0.lock().unwrap().len();
+    let mut s = Session::named("seen-0", Desired::Running, Phase::Pending);
+    s.agent_id = Some("agent-a".into());
+    assert!(store.insert_session(&s, None, None, None).await.is_err());
+    let after = commits.0.lock().unwrap().clone();
+    match name {
+        // SQLite commits the group the failed job was in (its savepoint
+        // rolled back): one commit of one operation.
+        "sqlite" => {
+            let ops: Vec<usize> = after[before..].iter().map(|c| c.2).collect();
+            assert_eq!(ops, [1], "{after:?}");
+        }
+        _ => assert_eq!(after.len(), before, "{after:?}"),
+    }
 }

@@ -2,6 +2,7 @@
 //! each decision atomic. Implementations: SQLite and PostgreSQL (crate `streamspace-store`).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 
@@ -144,8 +145,23 @@ pub enum Tally {
     ActiveCommandsByState,
 }
 
+/// Told of each committed write transaction (the control plane's metrics
+/// implement it). A store calls it on its write path, the SQLite writer
+/// thread included, so it must be quick and must not block.
+pub trait WriteObserver: Send + Sync + 'static {
+    /// A write transaction of `store` (`sqlite` or `postgres`) committed
+    /// `seconds` after it began, carrying `ops` operations: the jobs of one
+    /// SQLite group commit; always 1 on PostgreSQL, where each write is its
+    /// own transaction.
+    fn write_committed(&self, store: &'static str, seconds: f64, ops: usize);
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
+    /// Reports every write transaction committed from now on to `observer`;
+    /// the first observer set stays. Without one (the default) nothing is
+    /// timed at all.
+    fn observe_writes(&self, _observer: Arc<dyn WriteObserver>) {}
     /// Rows per group of `what`; groups without rows are left out.
     async fn tally(&self, what: Tally) -> Result<Vec<(String, u64)>, StoreError>;
     async fn get_session(&self, name: &str) -> Result<Option<Session>, StoreError>;

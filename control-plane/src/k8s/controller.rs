@@ -7,10 +7,11 @@
 //!
 //! Reconciles are triggered by the objects (watch) and by the store (every
 //! lifecycle event of a session re-reconciles its object), so status follows
-//! the agent without polling.
+//! the agent without polling. With metrics on, each reconcile is timed and
+//! counted by outcome, and a gauge says the controller runs.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use kube::api::{Patch, PatchParams};
@@ -39,6 +40,8 @@ pub struct Ctx {
     pub client: Client,
     pub lifecycle: Arc<Lifecycle>,
     pub recorder: Recorder,
+    /// Reconciles are timed and counted here, when metrics are on.
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -377,15 +380,32 @@ async fn reconcile(
     obj: Arc<Session>,
     ctx: Arc<Ctx>,
 ) -> Result<Action, kube::runtime::finalizer::Error<Error>> {
+    let started = Instant::now();
     let api: Api<Session> =
         Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
-    finalizer(&api, FINALIZER, obj, |ev| async {
+    let r = finalizer(&api, FINALIZER, obj, |ev| async {
         match ev {
             Finalizer::Apply(o) => ctx.apply(&o).await,
             Finalizer::Cleanup(o) => ctx.cleanup(&o).await,
         }
     })
-    .await
+    .await;
+    if let Some(m) = &ctx.metrics {
+        m.reconciled(reconciled_ok(&r), started.elapsed().as_secs_f64());
+    }
+    r
+}
+
+/// Whether a reconcile counts as `ok` in the metrics: it succeeded, or it
+/// is a deletion waiting for the agent (retried shortly, not a failure).
+fn reconciled_ok(r: &Result<Action, kube::runtime::finalizer::Error<Error>>) -> bool {
+    matches!(
+        r,
+        Ok(_)
+            | Err(kube::runtime::finalizer::Error::CleanupFailed(
+                Error::Waiting(_)
+            ))
+    )
 }
 
 fn error_policy(
@@ -409,8 +429,10 @@ pub async fn run(
     client: Client,
     lifecycle: Arc<Lifecycle>,
     namespace: Option<String>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
+    let _running = metrics.as_ref().map(|m| m.controller_running());
     let api: Api<Session> = match &namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
@@ -452,6 +474,7 @@ pub async fn run(
         client,
         lifecycle,
         recorder,
+        metrics,
     });
     info!(namespace = ?namespace, "session controller started");
     controller
@@ -460,4 +483,25 @@ pub async fn run(
         .run(reconcile, error_policy, ctx)
         .for_each(|_| async {})
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::finalizer::Error as F;
+
+    #[test]
+    fn a_deletion_waiting_for_its_agent_is_not_an_error() {
+        assert!(reconciled_ok(&Ok(Action::await_change())));
+        assert!(reconciled_ok(&Err(F::CleanupFailed(Error::Waiting(
+            "agent a is not connected".into()
+        )))));
+        assert!(!reconciled_ok(&Err(F::ApplyFailed(Error::Waiting(
+            "not a cleanup".into()
+        )))));
+        assert!(!reconciled_ok(&Err(F::CleanupFailed(Error::Lifecycle(
+            LifecycleError::Unavailable("store".into())
+        )))));
+        assert!(!reconciled_ok(&Err(F::UnnamedObject)));
+    }
 }

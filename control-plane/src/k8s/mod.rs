@@ -44,10 +44,12 @@ pub async fn client_for(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<
     Ok(kube::Client::try_from(config)?)
 }
 
-/// Starts the controller, the template and quota watchers and the mirror.
+/// Starts the controller (timing its reconciles into `metrics`, if any),
+/// the template and quota watchers and the mirror.
 pub async fn start(
     o: &KubeOptions,
     lifecycle: Arc<Lifecycle>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     let c = client(o).await?;
@@ -56,6 +58,7 @@ pub async fn start(
             c.clone(),
             lifecycle.clone(),
             o.namespace.clone(),
+            metrics,
             shutdown.clone(),
         )),
         tokio::spawn(templates::run(

@@ -13,10 +13,13 @@
 //! - `sqlite.rs`: [`SqliteStore`], the SQLite writer thread (rusqlite, group
 //!   commit) that runs writes and the command path's reads.
 //! - `rows.rs`: database rows <-> domain types (`streamspace_core::model`).
+//! - `observe.rs`: the slot through which committed write transactions are
+//!   timed for an observer (metrics), free while none is set.
 //! - `../migrations/{sqlite,postgres}`: the schema of each dialect, applied
 //!   by [`open`] through `sqlx::migrate!`.
 #![forbid(unsafe_code)]
 
+mod observe;
 mod rows;
 pub(crate) mod sql;
 mod sqlite;
@@ -32,7 +35,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-use streamspace_core::store::{Store, StoreError};
+use streamspace_core::store::{Store, StoreError, WriteObserver};
 
 /// The SQL store on a read-only SQLite pool: `SqliteStore` serves its cold
 /// reads from here and everything else from its writer thread.
@@ -40,9 +43,30 @@ pub(crate) struct SqliteReads {
     pool: SqlitePool,
 }
 
+impl SqliteReads {
+    /// Writes never come here: the writer thread times its own.
+    fn write_started(&self) -> observe::Timer<'_> {
+        observe::Timer::off()
+    }
+
+    fn observe(&self, _: Arc<dyn WriteObserver>) {}
+}
+
 /// PostgreSQL: a pool; transitions lock the session row.
 pub struct PgStore {
     pool: PgPool,
+    observer: observe::Observer,
+}
+
+impl PgStore {
+    /// Times one write transaction (each is one operation).
+    fn write_started(&self) -> observe::Timer<'_> {
+        self.observer.start()
+    }
+
+    fn observe(&self, o: Arc<dyn WriteObserver>) {
+        self.observer.set(o)
+    }
 }
 
 mod sqlite_impl {
@@ -84,7 +108,10 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
             .run(&pool)
             .await
             .map_err(|e| StoreError::Backend(format!("PostgreSQL migrations: {e}")))?;
-        Ok(Arc::new(PgStore { pool }))
+        Ok(Arc::new(PgStore {
+            pool,
+            observer: observe::Observer::new("postgres"),
+        }))
     } else if url.starts_with("sqlite:") {
         let opts = SqliteConnectOptions::from_str(url)
             .map_err(|e| StoreError::Backend(format!("database url {url:?}: {e}")))?

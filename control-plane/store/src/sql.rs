@@ -178,6 +178,9 @@ pub fn requested(s: &streamspace_core::model::Session) -> (i64, i64) {
     (cpu as i64, mem.min(i64::MAX as u64) as i64)
 }
 
+/// Implements `Store` for `$store` over its sqlx `pool`. `$store` also
+/// brings `write_started()` (a timer for one write transaction, see
+/// `observe.rs`) and `observe(observer)`.
 macro_rules! sql_store {
     ($store:ident, $db:ty, $lock:literal, $slot_lock:expr, $quota_lock:expr) => {
         use std::collections::HashMap;
@@ -187,7 +190,7 @@ macro_rules! sql_store {
 
         use streamspace_core::model::*;
         use streamspace_core::quota::QuotaCheck;
-        use streamspace_core::store::{CommandFilter, SessionFilter, SessionWrite, Slot, Store, StoreError, Tally, TransitionFn, Transitioned};
+        use streamspace_core::store::{CommandFilter, SessionFilter, SessionWrite, Slot, Store, StoreError, Tally, TransitionFn, Transitioned, WriteObserver};
         use crate::rows::*;
         use crate::sql::*;
         use crate::db_err;
@@ -332,6 +335,10 @@ macro_rules! sql_store {
 
         #[async_trait]
         impl Store for $store {
+            fn observe_writes(&self, o: std::sync::Arc<dyn WriteObserver>) {
+                self.observe(o)
+            }
+
             async fn tally(&self, what: Tally) -> Result<Vec<(String, u64)>, StoreError> {
                 let sql = match what {
                     Tally::SessionsByPhase => TALLY_PHASES,
@@ -390,6 +397,7 @@ macro_rules! sql_store {
             }
 
             async fn insert_session(&self, s: &Session, cmd: Option<&Command>, slot: Option<&Slot>, quota: Option<&QuotaCheck>) -> Result<(), StoreError> {
+                let timer = self.write_started();
                 let mut tx = self.pool.begin().await.map_err(db_err)?;
                 check_quota(&mut tx, quota).await?;
                 check_slot(&mut tx, slot).await?;
@@ -400,10 +408,13 @@ macro_rules! sql_store {
                 if let Some(c) = cmd {
                     insert_command(&mut tx, c).await?;
                 }
-                tx.commit().await.map_err(db_err)
+                tx.commit().await.map_err(db_err)?;
+                timer.committed(1);
+                Ok(())
             }
 
             async fn transition(&self, name: &str, f: TransitionFn) -> Result<Transitioned, StoreError> {
+                let timer = self.write_started();
                 let mut tx = self.pool.begin().await.map_err(db_err)?;
                 let session = sqlx::query_as::<_, SessionRow>(sqlx::AssertSqlSafe(format!("{}{}", *SELECT_SESSION, $lock)))
                 .bind(name)
@@ -441,6 +452,7 @@ macro_rules! sql_store {
                     insert_command(&mut tx, c).await?;
                 }
                 tx.commit().await.map_err(db_err)?;
+                timer.committed(1);
                 Ok(Transitioned { change, before })
             }
 
@@ -495,12 +507,14 @@ macro_rules! sql_store {
             }
 
             async fn prune_commands(&self, before: Millis, limit: u32) -> Result<u64, StoreError> {
+                let timer = self.write_started();
                 let r = sqlx::query(PRUNE_COMMANDS)
                 .bind(before)
                 .bind(i64::from(limit))
                 .execute(&self.pool)
                 .await
                 .map_err(db_err)?;
+                timer.committed(1);
                 Ok(r.rows_affected())
             }
 
@@ -553,6 +567,7 @@ macro_rules! sql_store {
             }
 
             async fn claim_commands(&self, agent: &str, window: u32, now: Millis) -> Result<Vec<Command>, StoreError> {
+                let timer = self.write_started();
                 let mut rows = sqlx::query_as::<_, ClaimedRow>(sqlx::AssertSqlSafe(CLAIM.as_str()))
                 .bind(now)
                 .bind(agent)
@@ -560,11 +575,13 @@ macro_rules! sql_store {
                 .fetch_all(&self.pool)
                 .await
                 .map_err(db_err)?;
+                timer.committed(1);
                 rows.sort_by_key(|r| r.seq);
                 commands(rows.into_iter().map(|r| r.command).collect())
             }
 
             async fn ack_command(&self, agent: &str, id: &str, now: Millis) -> Result<bool, StoreError> {
+                let timer = self.write_started();
                 let r = sqlx::query(ACK)
                 .bind(now)
                 .bind(id)
@@ -572,12 +589,14 @@ macro_rules! sql_store {
                 .execute(&self.pool)
                 .await
                 .map_err(db_err)?;
+                timer.committed(1);
                 Ok(r.rows_affected() > 0)
             }
 
             async fn touch_sessions(&self, agent: &str, names: &[String], now: Millis) -> Result<u64, StoreError> {
                 let mut n = 0;
                 for name in names {
+                    let timer = self.write_started();
                     let r = sqlx::query(TOUCH_SESSION)
                     .bind(now)
                     .bind(name)
@@ -585,17 +604,20 @@ macro_rules! sql_store {
                     .execute(&self.pool)
                     .await
                     .map_err(db_err)?;
+                    timer.committed(1);
                     n += r.rows_affected();
                 }
                 Ok(n)
             }
 
             async fn requeue_commands(&self, agent: &str) -> Result<u64, StoreError> {
+                let timer = self.write_started();
                 let r = sqlx::query(REQUEUE)
                 .bind(agent)
                 .execute(&self.pool)
                 .await
                 .map_err(db_err)?;
+                timer.committed(1);
                 Ok(r.rows_affected())
             }
 
@@ -619,6 +641,7 @@ macro_rules! sql_store {
             }
 
             async fn upsert_agent(&self, a: &AgentRecord) -> Result<(), StoreError> {
+                let timer = self.write_started();
                 sqlx::query(UPSERT_AGENT)
                 .bind(&a.id)
                 .bind(&a.platform)
@@ -630,6 +653,7 @@ macro_rules! sql_store {
                 .execute(&self.pool)
                 .await
                 .map_err(db_err)?;
+                timer.committed(1);
                 Ok(())
             }
 
@@ -654,6 +678,7 @@ macro_rules! sql_store {
             }
 
             async fn put_template(&self, t: &Template) -> Result<(), StoreError> {
+                let timer = self.write_started();
                 sqlx::query(PUT_TEMPLATE)
                 .bind(&t.name)
                 .bind(to_json(t))
@@ -661,6 +686,7 @@ macro_rules! sql_store {
                 .execute(&self.pool)
                 .await
                 .map_err(db_err)?;
+                timer.committed(1);
                 Ok(())
             }
 
@@ -685,15 +711,18 @@ macro_rules! sql_store {
             }
 
             async fn delete_template(&self, name: &str) -> Result<bool, StoreError> {
+                let timer = self.write_started();
                 let r = sqlx::query(DELETE_TEMPLATE)
                     .bind(name)
                     .execute(&self.pool)
                     .await
                     .map_err(db_err)?;
+                timer.committed(1);
                 Ok(r.rows_affected() > 0)
             }
 
             async fn insert_revocation(&self, r: &Revocation) -> Result<(), StoreError> {
+                let timer = self.write_started();
                 sqlx::query(INSERT_REVOCATION)
                     .bind(r.target.kind())
                     .bind(r.target.value())
@@ -703,18 +732,20 @@ macro_rules! sql_store {
                     .execute(&self.pool)
                     .await
                     .map_err(db_err)?;
+                timer.committed(1);
                 Ok(())
             }
 
             async fn delete_revocation(&self, target: &RevokedTarget) -> Result<Option<Revocation>, StoreError> {
-                sqlx::query_as::<_, RevocationRow>(DELETE_REVOCATION)
+                let timer = self.write_started();
+                let row = sqlx::query_as::<_, RevocationRow>(DELETE_REVOCATION)
                     .bind(target.kind())
                     .bind(target.value())
                     .fetch_optional(&self.pool)
                     .await
-                    .map_err(db_err)?
-                    .map(Revocation::try_from)
-                    .transpose()
+                    .map_err(db_err)?;
+                timer.committed(1);
+                row.map(Revocation::try_from).transpose()
             }
 
             async fn list_revocations(&self) -> Result<Vec<Revocation>, StoreError> {

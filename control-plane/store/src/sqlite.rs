@@ -16,19 +16,20 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
+use super::observe::Observer;
 use super::rows::*;
 use super::sql::*;
 use streamspace_core::model::*;
 use streamspace_core::quota::QuotaCheck;
 use streamspace_core::store::{
     CommandFilter, SessionFilter, SessionWrite, Slot, Store, StoreError, Tally, TransitionFn,
-    Transitioned,
+    Transitioned, WriteObserver,
 };
 
 /// Most jobs in one commit.
@@ -79,7 +80,7 @@ struct Writer {
 }
 
 impl Writer {
-    fn start(path: &Path) -> Result<Self, StoreError> {
+    fn start(path: &Path, observer: Arc<Observer>) -> Result<Self, StoreError> {
         let conn = Connection::open(path).map_err(|e| backend("opening SQLite", e))?;
         conn.busy_timeout(Duration::from_secs(10))
             .map_err(|e| backend("SQLite busy timeout", e))?;
@@ -89,7 +90,7 @@ impl Writer {
         let (tx, rx) = mpsc::channel::<Box<dyn Job>>();
         std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx))
+            .spawn(move || writer_loop(conn, rx, &observer))
             .map_err(|e| backend("starting the SQLite writer", e))?;
         Ok(Self { jobs: tx })
     }
@@ -113,7 +114,7 @@ impl Writer {
     }
 }
 
-fn writer_loop(conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>) {
+fn writer_loop(conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>, observer: &Observer) {
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH {
@@ -122,6 +123,7 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>) {
                 Err(_) => break,
             }
         }
+        let timer = observer.start();
         if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
             for j in jobs {
                 j.finish(Err(e.to_string()));
@@ -139,6 +141,8 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>) {
         let committed = conn.execute_batch("COMMIT").map_err(|e| e.to_string());
         if committed.is_err() {
             let _ = conn.execute_batch("ROLLBACK");
+        } else {
+            timer.committed(jobs.len());
         }
         for j in jobs {
             j.finish(committed.clone());
@@ -361,20 +365,28 @@ fn transition(c: &Connection, name: &str, f: TransitionFn) -> Result<Transitione
 pub struct SqliteStore {
     writer: Writer,
     reads: super::SqliteReads,
+    /// Shared with the writer thread, which times its group commits.
+    observer: Arc<Observer>,
 }
 
 impl SqliteStore {
     /// `path` has been migrated already (through `pool`, which must be read-only).
     pub(crate) fn new(path: PathBuf, pool: sqlx::SqlitePool) -> Result<Self, StoreError> {
+        let observer = Arc::new(Observer::new("sqlite"));
         Ok(Self {
-            writer: Writer::start(&path)?,
+            writer: Writer::start(&path, observer.clone())?,
             reads: super::SqliteReads { pool },
+            observer,
         })
     }
 }
 
 #[async_trait]
 impl Store for SqliteStore {
+    fn observe_writes(&self, observer: Arc<dyn WriteObserver>) {
+        self.observer.set(observer)
+    }
+
     async fn get_session(&self, name: &str) -> Result<Option<Session>, StoreError> {
         let name = name.to_string();
         self.writer.run(move |c| get_session(c, &name)).await
