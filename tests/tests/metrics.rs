@@ -15,7 +15,8 @@ use streamspace_tests::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scrapes_what_happened() {
     init();
-    let (Some(promtool_bin), Some(prometheus)) = (require("promtool"), require("prometheus")) else {
+    let (Some(promtool_bin), Some(prometheus)) = (require("promtool"), require("prometheus"))
+    else {
         return;
     };
     // The server certificate expires in exactly 10 days.
@@ -74,14 +75,16 @@ async fn prometheus_scrapes_what_happened() {
     })
     .await;
     assert_eq!(accepted, (2 * N) as f64, "a start and a stop per session");
-    let latency = prom.query("sum(streamspace_command_latency_seconds_count)").unwrap();
+    let latency = prom
+        .query("sum(streamspace_command_latency_seconds_count)")
+        .unwrap();
     assert_eq!(
         latency, accepted,
         "every accepted command finished and was timed"
     );
-    let ok = prom.query(r#"sum(streamspace_commands_finished_total{outcome="succeeded"})"#,
-    )
-    .unwrap();
+    let ok = prom
+        .query(r#"sum(streamspace_commands_finished_total{outcome="succeeded"})"#)
+        .unwrap();
     assert_eq!(ok, accepted);
     assert_eq!(prom.query("streamspace_agents_connected"), Some(2.0));
     assert_eq!(
@@ -90,16 +93,16 @@ async fn prometheus_scrapes_what_happened() {
     );
     // The server certificate's 10 days, less the moments since it was made.
     let expected = VALID.as_secs_f64();
-    let gauge = prom.query(r#"streamspace_certificate_expiry_seconds{certificate="server"}"#,
-    )
-    .unwrap();
+    let gauge = prom
+        .query(r#"streamspace_certificate_expiry_seconds{certificate="server"}"#)
+        .unwrap();
     assert!(
         gauge <= expected && gauge > expected - 300.0,
         "server certificate expiry: gauge {gauge} s, certificate says {expected} s"
     );
-    let agent = prom.query(r#"streamspace_certificate_expiry_seconds{certificate="agent",name="prom-a"}"#,
-    )
-    .unwrap();
+    let agent = prom
+        .query(r#"streamspace_certificate_expiry_seconds{certificate="agent",name="prom-a"}"#)
+        .unwrap();
     assert!(agent > 0.0, "{agent}");
     cp.shutdown().await;
 }
