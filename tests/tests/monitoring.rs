@@ -7,7 +7,8 @@
 //!   a server certificate 10 days from expiry raises CertificateExpiringSoon,
 //!   an agent that goes away raises AgentDisconnected and nothing else fires;
 //!   every PromQL expression of the Grafana dashboard evaluates, names only
-//!   documented metrics, and those the control plane exports show data.
+//!   documented metrics, and those the control plane exports show data;
+//!   the dashboard is what Grafana loads (schema, variables, grid).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -256,6 +257,52 @@ fn dashboard_exprs() -> Vec<String> {
     }
     assert!(exprs.len() >= 10, "{exprs:?}");
     exprs
+}
+
+/// What Grafana needs of the dashboard beyond PromQL: schema 39, a stable
+/// uid, the `datasource` variable every panel reads, unique panel ids, and
+/// panels that fit the 24-column grid without overlapping.
+#[test]
+fn the_dashboard_is_well_formed() {
+    let path = repo().join("chart/files/dashboards/streamspace.json");
+    let dash: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(dash["schemaVersion"], 39);
+    assert_eq!(dash["uid"], "streamspace");
+    let var = &dash["templating"]["list"][0];
+    assert_eq!(
+        (&var["name"], &var["type"], &var["query"]),
+        (
+            &serde_json::json!("datasource"),
+            &serde_json::json!("datasource"),
+            &serde_json::json!("prometheus")
+        )
+    );
+    let panels = dash["panels"].as_array().unwrap();
+    let mut ids = BTreeSet::new();
+    let mut boxes: Vec<(i64, i64, i64, i64, String)> = vec![];
+    for p in panels {
+        let title = p["title"].as_str().unwrap().to_string();
+        assert!(
+            ids.insert(p["id"].as_i64().unwrap()),
+            "duplicate id: {title}"
+        );
+        if p["type"] != "row" {
+            assert_eq!(p["datasource"]["uid"], "${datasource}", "{title}");
+            assert!(
+                p["targets"].as_array().is_some_and(|t| !t.is_empty()),
+                "{title}"
+            );
+        }
+        let g = &p["gridPos"];
+        let [x, y, w, h] = ["x", "y", "w", "h"].map(|k| g[k].as_i64().unwrap());
+        assert!(x >= 0 && w > 0 && h > 0 && x + w <= 24, "{title}: {g}");
+        for (x2, y2, w2, h2, other) in &boxes {
+            let apart = x + w <= *x2 || x2 + w2 <= x || y + h <= *y2 || y2 + h2 <= y;
+            assert!(apart, "{title} overlaps {other}");
+        }
+        boxes.push((x, y, w, h, title));
+    }
 }
 
 /// The alerts Prometheus holds: (name, state, labels).
