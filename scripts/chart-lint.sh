@@ -10,7 +10,12 @@
 #     tests/k8s/build/kubernetes/go.mod; its module zip holds api/openapi-spec),
 #   * our CRDs (CHART/crds/*.yaml) for Session/Template objects,
 #   * cert-manager's Certificate and Issuer CRDs (deploy/crds in the
-#     github.com/cert-manager/cert-manager module at $CERT_MANAGER_VERSION).
+#     github.com/cert-manager/cert-manager module at $CERT_MANAGER_VERSION),
+#   * the Prometheus Operator's ServiceMonitor, PodMonitor and PrometheusRule
+#     CRDs (example/prometheus-operator-crd in the
+#     github.com/prometheus-operator/prometheus-operator module at
+#     $PROMETHEUS_OPERATOR_VERSION) for the monitoring.* objects.
+# Every kind the chart renders has a schema: none is skipped.
 #
 #   scripts/chart-lint.sh [CHART_DIR]    lint (default: chart)
 #   scripts/chart-lint.sh schemas        make the cached schemas, print the
@@ -30,6 +35,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE="${STREAMSPACE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/streamspace}"
 CONVERTER="$ROOT/scripts/k8s-schemas.py"
 CERT_MANAGER_VERSION="v1.21.2"
+PROMETHEUS_OPERATOR_VERSION="v0.85.0"
 PYYAML_VERSION="6.0.3"
 K8S_GOMOD="$ROOT/tests/k8s/build/kubernetes/go.mod"
 K8S_VERSION="$(awk '$1 == "k8s.io/kubernetes" && $2 ~ /^v/ {print $2; exit}' "$K8S_GOMOD")"
@@ -75,6 +81,7 @@ HASH="$(sha256sum "$CONVERTER" | cut -c1-12)"
 SCHEMAS="$CACHE/kubeconform-schemas"
 K8S_SCHEMAS="$SCHEMAS/k8s-$K8S_VERSION-$HASH"
 CM_SCHEMAS="$SCHEMAS/cert-manager-$CERT_MANAGER_VERSION-k8s-$K8S_VERSION-$HASH"
+PO_SCHEMAS="$SCHEMAS/prometheus-operator-$PROMETHEUS_OPERATOR_VERSION-k8s-$K8S_VERSION-$HASH"
 
 # make_schemas DIR COMMAND... : run COMMAND with $out (a temp dir), then move it to DIR
 make_schemas() {
@@ -103,14 +110,26 @@ gen_cert_manager() {
   python3 "$CONVERTER" crds "$K8S_SCHEMAS/$K8S_VERSION-standalone" "$out" "${crds[@]}" >&2
 }
 
+gen_prometheus_operator() {
+  local d; d="$(module_dir "github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION")"
+  local f crds=()
+  for f in servicemonitors podmonitors prometheusrules; do
+    f="$d/example/prometheus-operator-crd/monitoring.coreos.com_$f.yaml"
+    [[ -f "$f" ]] || die "$f is missing"
+    crds+=("$f")
+  done
+  python3 "$CONVERTER" crds "$K8S_SCHEMAS/$K8S_VERSION-standalone" "$out" "${crds[@]}" >&2
+}
+
 ensure_schemas() {
   ensure_pyyaml
-  if [[ ! -f "$K8S_SCHEMAS/.done" || ! -f "$CM_SCHEMAS/.done" ]]; then
+  if [[ ! -f "$K8S_SCHEMAS/.done" || ! -f "$CM_SCHEMAS/.done" || ! -f "$PO_SCHEMAS/.done" ]]; then
     local t0=$SECONDS
-    find_go || missing "go is not installed (needed to fetch the Kubernetes OpenAPI and cert-manager CRDs)"
-    log "making kubeconform schemas: Kubernetes $K8S_VERSION, cert-manager $CERT_MANAGER_VERSION (cached in $SCHEMAS)"
+    find_go || missing "go is not installed (needed to fetch the Kubernetes OpenAPI, cert-manager and Prometheus Operator CRDs)"
+    log "making kubeconform schemas: Kubernetes $K8S_VERSION, cert-manager $CERT_MANAGER_VERSION, Prometheus Operator $PROMETHEUS_OPERATOR_VERSION (cached in $SCHEMAS)"
     make_schemas "$K8S_SCHEMAS" gen_k8s
     make_schemas "$CM_SCHEMAS" gen_cert_manager
+    make_schemas "$PO_SCHEMAS" gen_prometheus_operator
     log "schemas made in $((SECONDS - t0))s"
   fi
 }
@@ -122,6 +141,7 @@ schema_flags() {
     -schema-location "$K8S_SCHEMAS/{{.NormalizedKubernetesVersion}}-standalone{{.StrictSuffix}}/{{.ResourceKind}}{{.KindSuffix}}.json"
     -schema-location "$1/{{.Group}}/{{.ResourceKind}}_{{.ResourceAPIVersion}}{{.StrictSuffix}}.json"
     -schema-location "$CM_SCHEMAS/{{.Group}}/{{.ResourceKind}}_{{.ResourceAPIVersion}}{{.StrictSuffix}}.json"
+    -schema-location "$PO_SCHEMAS/{{.Group}}/{{.ResourceKind}}_{{.ResourceAPIVersion}}{{.StrictSuffix}}.json"
   )
 }
 
@@ -185,4 +205,4 @@ if (( ${#failed[@]} )); then
   for f in "${failed[@]}"; do log "  $f"; done
   exit 1
 fi
-log "chart ok: helm lint --strict and kubeconform -strict (Kubernetes $K8S_VERSION, cert-manager $CERT_MANAGER_VERSION schemas) on ${#values_files[@]} values sets"
+log "chart ok: helm lint --strict and kubeconform -strict (Kubernetes $K8S_VERSION, cert-manager $CERT_MANAGER_VERSION, Prometheus Operator $PROMETHEUS_OPERATOR_VERSION schemas) on ${#values_files[@]} values sets"

@@ -103,6 +103,16 @@ app.kubernetes.io/component: {{ .component }}
 {{- if and .Values.certManager.enabled (or .Values.tls.serverSecret .Values.tls.agentSecret) -}}
 {{- fail "certManager.enabled=true issues the certificates itself: leave tls.serverSecret and tls.agentSecret empty" -}}
 {{- end -}}
+{{- $mon := .Values.monitoring -}}
+{{- if and $mon.serviceMonitor.enabled (not (and $cp.enabled $cp.metrics.enabled)) -}}
+{{- fail "monitoring.serviceMonitor.enabled=true needs controlPlane.enabled=true and controlPlane.metrics.enabled=true: the ServiceMonitor scrapes the control plane's metrics Service, which exists only then" -}}
+{{- end -}}
+{{- if and $mon.podMonitor.enabled (not (and $agent.enabled $agent.metrics.enabled)) -}}
+{{- fail "monitoring.podMonitor.enabled=true needs k8sAgent.enabled=true and k8sAgent.metrics.enabled=true: the PodMonitor scrapes the agent pods' metrics port, which exists only then" -}}
+{{- end -}}
+{{- if and $agent.enabled $agent.metrics.enabled (eq (int $agent.metrics.port) (int $agent.healthPort)) -}}
+{{- fail (printf "k8sAgent.metrics.port=%d is k8sAgent.healthPort too: the metrics and health listeners need ports of their own" (int $agent.metrics.port)) -}}
+{{- end -}}
 {{- end -}}
 
 {{/* The control plane's RBAC rules (see control-plane-rbac.yaml for why each verb). */}}

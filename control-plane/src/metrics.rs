@@ -127,7 +127,9 @@ pub struct Metrics {
     timed: Mutex<HashMap<String, Timing>>,
     store_transaction: Family<StoreLabels, Histogram>,
     group_commit: Histogram,
-    controller_running: Gauge,
+    /// No sample until a controller starts on this replica: a control
+    /// plane run without `--kubernetes` does not look like a stopped one.
+    controller_running: Family<Vec<(String, String)>, Gauge>,
     reconciles: Family<ReconcileLabels, Counter>,
     reconcile_seconds: Histogram,
 }
@@ -182,7 +184,7 @@ impl Metrics {
             timed: Mutex::new(HashMap::new()),
             store_transaction: Family::new_with_constructor(histogram as fn() -> Histogram),
             group_commit: group_sizes(),
-            controller_running: Gauge::default(),
+            controller_running: Family::default(),
             reconciles: Family::default(),
             reconcile_seconds: histogram(),
         };
@@ -298,8 +300,9 @@ impl Metrics {
 
     /// The Session controller runs until the returned guard is dropped.
     pub fn controller_running(&self) -> ControllerRunning {
-        self.controller_running.set(1);
-        ControllerRunning(self.controller_running.clone())
+        let g = self.controller_running.get_or_create(&Vec::new()).clone();
+        g.set(1);
+        ControllerRunning(g)
     }
 
     /// A Session reconcile ended after `seconds`: `ok`, or with an error.
@@ -568,6 +571,11 @@ mod tests {
         let m = Metrics::new();
         m.write_committed("sqlite", 0.002, 3);
         m.write_committed("sqlite", 0.2, 512);
+        let text = metrics_http::encode(&m.registry).unwrap();
+        assert!(
+            !text.contains("streamspace_controller_running "),
+            "no sample before a controller starts:\n{text}"
+        );
         let running = m.controller_running();
         m.reconciled(true, 0.01);
         m.reconciled(true, 0.02);
@@ -580,7 +588,7 @@ mod tests {
             "streamspace_store_group_commit_size_bucket{le=\"2.0\"} 0",
             "streamspace_store_group_commit_size_bucket{le=\"4.0\"} 1",
             "streamspace_store_group_commit_size_bucket{le=\"512.0\"} 2",
-            "streamspace_controller_running 1",
+            "streamspace_controller_running{} 1",
             "streamspace_controller_reconciles_total{outcome=\"ok\"} 2",
             "streamspace_controller_reconciles_total{outcome=\"error\"} 1",
             "streamspace_controller_reconcile_seconds_count 3",
@@ -590,7 +598,7 @@ mod tests {
         drop(running);
         let text = metrics_http::encode(&m.registry).unwrap();
         assert!(
-            text.contains("streamspace_controller_running 0\n"),
+            text.contains("streamspace_controller_running{} 0\n"),
             "{text}"
         );
     }

@@ -33,8 +33,9 @@ pub fn encode(registry: &Registry) -> Result<String, String> {
 
 /// The classic Prometheus text format (0.0.4) of an OpenMetrics text, for
 /// clients that do not ask for OpenMetrics (curl, `promtool check
-/// metrics`): a counter's family is named with its `_total` suffix, and the
-/// `# UNIT` and `# EOF` lines go.
+/// metrics`): a counter's family is named with its `_total` suffix, the
+/// `# UNIT` and `# EOF` lines go, and an empty label set (`name{} 1`, how a
+/// family without labels encodes) is written without its braces.
 pub fn prometheus_text(openmetrics: &str) -> String {
     let counters: std::collections::HashSet<&str> = openmetrics
         .lines()
@@ -53,7 +54,15 @@ pub fn prometheus_text(openmetrics: &str) -> String {
                 .contains(name)
                 .then(|| format!("{p}{name}_total {tail}"))
         });
-        out.push_str(renamed.as_deref().unwrap_or(line));
+        let line = renamed.as_deref().unwrap_or(line);
+        match line.split_once("{} ") {
+            Some((name, value)) if !line.starts_with('#') => {
+                out.push_str(name);
+                out.push(' ');
+                out.push_str(value);
+            }
+            _ => out.push_str(line),
+        }
         out.push('\n');
     }
     out
@@ -152,11 +161,12 @@ mod tests {
     fn the_classic_format_names_counters_with_total() {
         let om = "# HELP s_commands_accepted Commands.\n# TYPE s_commands_accepted counter\n\
                   s_commands_accepted_total 3\n# HELP s_up Up.\n# TYPE s_up gauge\n# UNIT s_up seconds\n\
-                  s_up 1\n# EOF\n";
+                  s_up 1\n# HELP s_on On.\n# TYPE s_on gauge\ns_on{} 0\n# EOF\n";
         assert_eq!(
             prometheus_text(om),
             "# HELP s_commands_accepted_total Commands.\n# TYPE s_commands_accepted_total counter\n\
-             s_commands_accepted_total 3\n# HELP s_up Up.\n# TYPE s_up gauge\ns_up 1\n"
+             s_commands_accepted_total 3\n# HELP s_up Up.\n# TYPE s_up gauge\ns_up 1\n\
+             # HELP s_on On.\n# TYPE s_on gauge\ns_on 0\n"
         );
     }
 

@@ -45,37 +45,69 @@ pub fn describe(out: &Output) -> String {
     )
 }
 
-impl Helm {
-    /// Helm for the test cluster, or None (after a loud message) when helm is
-    /// missing outside CI; under CI=true a missing helm fails the test.
-    pub fn for_cluster(k: &TestCluster) -> Option<Helm> {
-        let name = std::env::var("HELM").unwrap_or_else(|_| "helm".into());
-        let Some(bin) = which(&name) else {
-            if crate::in_ci() {
-                panic!(
-                    "helm ({name}) is required under CI=true: scripts/test.sh installs it with scripts/tools.sh"
-                );
-            }
-            eprintln!(
-                "SKIPPING: helm ({name}) not found; run `eval \"$(scripts/tools.sh env)\"` first"
+/// The helm binary ($HELM, else `helm` on PATH), or None (after a loud
+/// message) when it is missing outside CI; under CI=true a missing helm fails
+/// the test.
+fn find_helm() -> Option<PathBuf> {
+    let name = std::env::var("HELM").unwrap_or_else(|_| "helm".into());
+    let found = which(&name);
+    if found.is_none() {
+        if crate::in_ci() {
+            panic!(
+                "helm ({name}) is required under CI=true: scripts/test.sh installs it with scripts/tools.sh"
             );
-            return None;
-        };
+        }
+        eprintln!(
+            "SKIPPING: helm ({name}) not found; run `eval \"$(scripts/tools.sh env)\"` first"
+        );
+    }
+    found
+}
+
+impl Helm {
+    /// Helm for the test cluster (see [`find_helm`] for a missing binary).
+    pub fn for_cluster(k: &TestCluster) -> Option<Helm> {
         Some(Helm {
-            bin,
+            bin: find_helm()?,
             kubeconfig: k.admin_kubeconfig.clone(),
         })
     }
 
-    /// `helm --kubeconfig <admin> ARGS...`, run from the repository root so
-    /// `./chart` works as an operator types it.
+    /// Helm without a cluster, for `helm template` (see [`find_helm`] for a
+    /// missing binary).
+    pub fn offline() -> Option<Helm> {
+        Some(Helm {
+            bin: find_helm()?,
+            kubeconfig: PathBuf::new(),
+        })
+    }
+
+    /// `helm --kubeconfig <admin> ARGS...` (no kubeconfig when offline), run
+    /// from the repository root so `./chart` works as an operator types it.
     pub fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(&self.bin);
-        c.arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args(args)
-            .current_dir(chart_dir().join(".."));
+        if !self.kubeconfig.as_os_str().is_empty() {
+            c.arg("--kubeconfig").arg(&self.kubeconfig);
+        }
+        c.args(args).current_dir(chart_dir().join(".."));
         c
+    }
+
+    /// The objects `helm template RELEASE <chart> --namespace NS ARGS...`
+    /// renders; panics with helm's output when it fails.
+    pub fn render(&self, release: &str, ns: &str, args: &[&str]) -> Vec<serde_yaml::Value> {
+        use serde::Deserialize;
+        let out = self.with_chart("template", release, ns, args);
+        assert!(
+            out.status.success(),
+            "helm template {args:?}: {}",
+            describe(&out)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        serde_yaml::Deserializer::from_str(&text)
+            .map(|doc| serde_yaml::Value::deserialize(doc).expect("helm renders YAML"))
+            .filter(|v| !v.is_null())
+            .collect()
     }
 
     /// [`Helm::command`]'s output, whatever the exit status.

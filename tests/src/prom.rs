@@ -32,8 +32,8 @@ pub fn require_with(program: &str, install: &str) -> Option<PathBuf> {
     found
 }
 
-/// A plain HTTP/1.0 GET; returns the status line and headers, and the body.
-fn http_answer(addr: SocketAddr, path: &str) -> (String, String) {
+/// A plain HTTP/1.0 GET: the status line and headers, and the body.
+fn get(addr: SocketAddr, path: &str) -> (String, String) {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
@@ -45,7 +45,7 @@ fn http_answer(addr: SocketAddr, path: &str) -> (String, String) {
 
 /// A plain HTTP/1.0 GET; returns the body of a 200 answer.
 pub fn http_get(addr: SocketAddr, path: &str) -> String {
-    let (head, body) = http_answer(addr, path);
+    let (head, body) = get(addr, path);
     assert!(
         head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
         "{head}"
@@ -134,15 +134,23 @@ impl Prometheus {
         Prometheus { child, addr }
     }
 
+    /// Whether the server is up and ready to answer queries (it answers 503
+    /// while it starts).
+    pub fn ready(&self) -> bool {
+        std::net::TcpStream::connect(self.addr).is_ok()
+            && get(self.addr, "/-/ready").0.split(' ').nth(1) == Some("200")
+    }
+
     /// The answer to an instant PromQL query (`data.result`), or None while
-    /// the server is not up yet (not listening, or 503 while it starts).
+    /// the server is not ready yet.
     pub fn results(&self, q: &str) -> Option<Vec<serde_json::Value>> {
-        std::net::TcpStream::connect(self.addr).ok()?;
-        let (head, body) = http_answer(self.addr, &format!("/api/v1/query?query={}", encode(q)));
-        if head.contains(" 503 ") {
+        if !self.ready() {
             return None;
         }
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        // A refused query is a 400 whose JSON body says why.
+        let (head, body) = get(self.addr, &format!("/api/v1/query?query={}", encode(q)));
+        let v: serde_json::Value = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("query {q}: {head}\n{body}\n({e})"));
         assert_eq!(v["status"], "success", "query {q}: {body}");
         v["data"]["result"].as_array().cloned()
     }

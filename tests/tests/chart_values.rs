@@ -4,6 +4,7 @@
 //! chart/values.schema.json (unknown keys, types, ranges, patterns) and from
 //! the chart's rules across keys (templates/validate.yaml).
 
+use serde_yaml::Value;
 use streamspace_tests::helm::{Helm, describe, release_name};
 use streamspace_tests::k8s::cluster;
 
@@ -84,6 +85,49 @@ const CASES: &[(&str, &[&str], &[&str])] = &[
         "bad resource quantity",
         &["--set", "controlPlane.resources.limits.memory=lots"],
         &["controlPlane.resources.limits.memory"],
+    ),
+    (
+        "ServiceMonitor without the control plane's metrics",
+        &["--set", "monitoring.serviceMonitor.enabled=true"],
+        &["controlPlane.metrics.enabled"],
+    ),
+    (
+        "PodMonitor without the agent's metrics",
+        &["--set", "monitoring.podMonitor.enabled=true"],
+        &["k8sAgent.metrics.enabled"],
+    ),
+    (
+        "agent metrics on the health port",
+        &[
+            "--set",
+            "k8sAgent.metrics.enabled=true",
+            "--set",
+            "k8sAgent.metrics.port=8081",
+        ],
+        &["k8sAgent.metrics.port"],
+    ),
+    (
+        "scrape interval not a duration",
+        &["--set", "monitoring.serviceMonitor.interval=30"],
+        &["monitoring.serviceMonitor.interval"],
+    ),
+    (
+        "latency SLO of 0 seconds",
+        &[
+            "--set",
+            "monitoring.prometheusRule.commandLatencySloSeconds=0",
+        ],
+        &["monitoring.prometheusRule.commandLatencySloSeconds"],
+    ),
+    (
+        "certificate expiry bound of 0 days",
+        &["--set", "monitoring.prometheusRule.certificateExpiryDays=0"],
+        &["monitoring.prometheusRule.certificateExpiryDays"],
+    ),
+    (
+        "unknown monitoring key",
+        &["--set", "monitoring.grafanaDashboard.folder=x"],
+        &["monitoring.grafanaDashboard.folder"],
     ),
 ];
 
@@ -183,4 +227,208 @@ async fn quota_values_render_a_quotas_file_the_control_plane_reads() {
     // Without quotas: no ConfigMap, no flag.
     let out = helm.with_chart("template", "quotas", "default", &[]);
     assert!(!String::from_utf8_lossy(&out.stdout).contains("--quotas"));
+}
+
+/// The object of `kind` named `name` among `objects`.
+fn object<'a>(objects: &'a [Value], kind: &str, name: &str) -> Option<&'a Value> {
+    objects
+        .iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+}
+
+/// Whether every label of `selector` is among `labels`.
+fn selects(selector: &Value, labels: &Value) -> bool {
+    let selector = selector.as_mapping().expect("matchLabels");
+    !selector.is_empty()
+        && selector
+            .iter()
+            .all(|(k, v)| labels[k.as_str().unwrap()] == *v)
+}
+
+/// The agent container of the rendered agent Deployment.
+fn agent_container(objects: &[Value], release: &str) -> Value {
+    let d = object(
+        objects,
+        "Deployment",
+        &format!("{release}-streamspace-k8s-agent"),
+    )
+    .expect("the agent Deployment");
+    d["spec"]["template"]["spec"]["containers"][0].clone()
+}
+
+fn has_metrics_port(container: &Value, port: u64) -> bool {
+    container["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .any(|p| p["name"] == "metrics" && p["containerPort"].as_u64() == Some(port))
+}
+
+/// The monitoring values render nothing by default; turned on, a
+/// ServiceMonitor selecting the control plane's metrics Service, a
+/// PodMonitor selecting the agent pods (which then serve metrics on a named
+/// port), the PrometheusRule and the dashboard ConfigMap for Grafana's
+/// sidecar, each with its extra labels.
+#[test]
+fn monitoring_values_render_the_monitoring_objects() {
+    let Some(helm) = Helm::offline() else { return };
+    const MONITORING_KINDS: [&str; 3] = ["ServiceMonitor", "PodMonitor", "PrometheusRule"];
+
+    let off = helm.render("mon", "monitoring", &[]);
+    for o in &off {
+        let kind = o["kind"].as_str().unwrap_or_default();
+        assert!(
+            !MONITORING_KINDS.contains(&kind),
+            "rendered by default: {kind}"
+        );
+        assert!(
+            o["metadata"]["labels"]["grafana_dashboard"].is_null(),
+            "a dashboard ConfigMap by default"
+        );
+    }
+    let agent = agent_container(&off, "mon");
+    assert!(!format!("{:?}", agent["args"]).contains("--metrics-addr"));
+    assert!(!has_metrics_port(&agent, 9091));
+
+    let on = helm.render(
+        "mon",
+        "monitoring",
+        &[
+            "--set",
+            "controlPlane.metrics.enabled=true",
+            "--set",
+            "k8sAgent.metrics.enabled=true",
+            "--set",
+            "k8sAgent.extraArgs={--stop-grace-seconds=5}",
+            "--set",
+            "monitoring.serviceMonitor.enabled=true",
+            "--set",
+            "monitoring.serviceMonitor.interval=15s",
+            "--set",
+            "monitoring.serviceMonitor.labels.release=prom",
+            "--set",
+            "monitoring.podMonitor.enabled=true",
+            "--set",
+            "monitoring.podMonitor.labels.release=prom",
+            "--set",
+            "monitoring.prometheusRule.enabled=true",
+            "--set",
+            "monitoring.grafanaDashboard.enabled=true",
+            "--set",
+            "monitoring.grafanaDashboard.annotations.grafana_folder=StreamSpace",
+        ],
+    );
+
+    // ServiceMonitor -> the headless metrics Service, its `metrics` port.
+    let sm =
+        object(&on, "ServiceMonitor", "mon-streamspace-control-plane").expect("ServiceMonitor");
+    assert_eq!(sm["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(sm["metadata"]["labels"]["release"], "prom");
+    let endpoint = &sm["spec"]["endpoints"][0];
+    assert_eq!(endpoint["port"], "metrics");
+    assert_eq!(endpoint["path"], "/metrics");
+    assert_eq!(endpoint["interval"], "15s");
+    assert_eq!(
+        sm["spec"]["namespaceSelector"]["matchNames"][0],
+        "monitoring"
+    );
+    let services: Vec<&Value> = on
+        .iter()
+        .filter(|o| o["kind"] == "Service")
+        .filter(|s| {
+            selects(
+                &sm["spec"]["selector"]["matchLabels"],
+                &s["metadata"]["labels"],
+            )
+        })
+        .collect();
+    assert_eq!(services.len(), 1, "the ServiceMonitor selects {services:?}");
+    assert_eq!(services[0]["metadata"]["name"], "mon-streamspace-metrics");
+    assert_eq!(services[0]["spec"]["ports"][0]["name"], "metrics");
+
+    // PodMonitor -> the agent pods, which serve metrics on port `metrics`.
+    let pm = object(&on, "PodMonitor", "mon-streamspace-k8s-agent").expect("PodMonitor");
+    assert_eq!(pm["metadata"]["labels"]["release"], "prom");
+    assert_eq!(pm["spec"]["podMetricsEndpoints"][0]["port"], "metrics");
+    let deployment = object(&on, "Deployment", "mon-streamspace-k8s-agent").unwrap();
+    assert!(selects(
+        &pm["spec"]["selector"]["matchLabels"],
+        &deployment["spec"]["template"]["metadata"]["labels"]
+    ));
+    let cp = object(&on, "Deployment", "mon-streamspace-control-plane").unwrap();
+    assert!(!selects(
+        &pm["spec"]["selector"]["matchLabels"],
+        &cp["spec"]["template"]["metadata"]["labels"]
+    ));
+    let agent = agent_container(&on, "mon");
+    let args: Vec<&str> = agent["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        args,
+        ["--metrics-addr=0.0.0.0:9091", "--stop-grace-seconds=5"]
+    );
+    assert!(has_metrics_port(&agent, 9091));
+
+    // The PrometheusRule, controller alert included (the controller is on).
+    let rule = object(&on, "PrometheusRule", "mon-streamspace").expect("PrometheusRule");
+    let alerts: Vec<&str> = rule["spec"]["groups"][0]["rules"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|r| r["alert"].as_str().unwrap())
+        .collect();
+    for a in [
+        "AgentDisconnected",
+        "OutboxGrowing",
+        "CommandLatencySLO",
+        "CertificateExpiringSoon",
+        "ControllerNotReconciling",
+    ] {
+        assert!(alerts.contains(&a), "{a} missing from {alerts:?}");
+    }
+
+    // The dashboard ConfigMap holds the dashboard file as it is.
+    let cm = object(&on, "ConfigMap", "mon-streamspace-dashboard").expect("dashboard ConfigMap");
+    assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1");
+    assert_eq!(
+        cm["metadata"]["annotations"]["grafana_folder"],
+        "StreamSpace"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(cm["data"]["streamspace.json"].as_str().unwrap()).unwrap();
+    let file = std::fs::read_to_string(
+        streamspace_tests::helm::chart_dir().join("files/dashboards/streamspace.json"),
+    )
+    .unwrap();
+    assert_eq!(
+        json,
+        serde_json::from_str::<serde_json::Value>(&file).unwrap()
+    );
+
+    // Another agent metrics port; no controller, no controller alert.
+    let other = helm.render(
+        "mon",
+        "monitoring",
+        &[
+            "--set",
+            "k8sAgent.metrics.enabled=true",
+            "--set",
+            "k8sAgent.metrics.port=9300",
+            "--set",
+            "controller.enabled=false",
+            "--set",
+            "monitoring.prometheusRule.enabled=true",
+        ],
+    );
+    let agent = agent_container(&other, "mon");
+    assert_eq!(agent["args"][0], "--metrics-addr=0.0.0.0:9300");
+    assert!(has_metrics_port(&agent, 9300));
+    let rule = object(&other, "PrometheusRule", "mon-streamspace").unwrap();
+    let text = serde_yaml::to_string(&rule["spec"]).unwrap();
+    assert!(text.contains("AgentDisconnected"));
+    assert!(!text.contains("ControllerNotReconciling"), "{text}");
 }
