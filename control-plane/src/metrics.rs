@@ -314,6 +314,19 @@ impl Metrics {
         self.reconcile_seconds.observe(seconds);
     }
 
+    /// `c` passed its deadline without a result: counted as finished with
+    /// outcome `expired` (reason `deadline`), and no longer timed.
+    pub fn expired(&self, c: &Command) {
+        self.finished
+            .get_or_create(&FinishedLabels {
+                r#type: c.action.name().into(),
+                outcome: "expired".into(),
+                reason: "deadline".into(),
+            })
+            .inc();
+        self.timed.lock().expect("metrics lock").remove(&c.id);
+    }
+
     /// The hub sent `c` to its agent.
     pub fn delivered(&self, c: &Command) {
         let waited = (now_ms() - c.created_ms).max(0) as f64 / 1000.0;
@@ -530,14 +543,18 @@ mod tests {
         c.id = "c2".into();
         m.delivered(&c);
         m.finished("c2", "failed", "image");
+        c.id = "c3".into();
+        m.delivered(&c);
+        m.expired(&c);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &m.registry).unwrap();
         for line in [
             "streamspace_command_latency_seconds_count{type=\"wake\",outcome=\"succeeded\"} 1",
             "streamspace_command_latency_seconds_count{type=\"wake\",outcome=\"failed\"} 1",
             "streamspace_command_ack_seconds_count{type=\"wake\"} 1",
-            "streamspace_command_delivery_seconds_count{type=\"wake\"} 2",
+            "streamspace_command_delivery_seconds_count{type=\"wake\"} 3",
             "streamspace_commands_finished_total{type=\"wake\",outcome=\"failed\",reason=\"image\"} 1",
+            "streamspace_commands_finished_total{type=\"wake\",outcome=\"expired\",reason=\"deadline\"} 1",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }

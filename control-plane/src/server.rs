@@ -250,6 +250,7 @@ impl ControlPlane {
         // another replica), enforce the session policies, retry placement.
         let lc = lifecycle.clone();
         let s = stop.clone();
+        let sweep_metrics = metrics.clone();
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             let mut n = 0u64;
@@ -257,7 +258,14 @@ impl ControlPlane {
                 tokio::select! {
                     _ = s.cancelled() => return,
                     _ = tick.tick() => {
-                        if let Err(e) = lc.expire_overdue().await { warn!(error = %e, "expiring commands"); }
+                        match lc.expire_overdue().await {
+                            Ok(expired) => if let Some(m) = &sweep_metrics {
+                                for c in &expired {
+                                    m.expired(c);
+                                }
+                            },
+                            Err(e) => warn!(error = %e, "expiring commands"),
+                        }
                         if let Err(e) = lc.enforce_revocations().await { warn!(error = %e, "enforcing revocations"); }
                         if let Err(e) = lc.enforce_policies().await { warn!(error = %e, "enforcing session policies"); }
                         if let Err(e) = lc.ring_due().await { warn!(error = %e, "waking agents with due retries"); }

@@ -731,7 +731,8 @@ impl Lifecycle {
     }
 
     /// Expires every active command past its deadline.
-    pub async fn expire_overdue(&self) -> Result<usize, LifecycleError> {
+    /// Expires the commands past their deadline; returns them.
+    pub async fn expire_overdue(&self) -> Result<Vec<Command>, LifecycleError> {
         let now = now_ms();
         let overdue = self.store.overdue_commands(now).await?;
         for c in &overdue {
@@ -744,7 +745,7 @@ impl Lifecycle {
             // Its in-flight slot is free: let the agent's stream send more.
             self.roster.ring(&c.agent_id);
         }
-        Ok(overdue.len())
+        Ok(overdue)
     }
 
     // ---- templates ---------------------------------------------------------
