@@ -146,3 +146,21 @@ app.kubernetes.io/component: {{ .component }}
   resources: ["leases"]
   verbs: ["get", "create", "update"]
 {{- end -}}
+
+{{/* The OpenTelemetry variables both the control plane and the agent read
+(monitoring.tracing); nothing when no endpoint is set. */}}
+{{- define "streamspace.tracingEnv" -}}
+{{- $t := .Values.monitoring.tracing -}}
+{{- if $t.otlpEndpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ $t.otlpEndpoint | quote }}
+{{- with $t.sampler }}
+- name: OTEL_TRACES_SAMPLER
+  value: {{ . | quote }}
+{{- end }}
+{{- with $t.samplerArg }}
+- name: OTEL_TRACES_SAMPLER_ARG
+  value: {{ . | quote }}
+{{- end }}
+{{- end }}
+{{- end -}}

@@ -27,6 +27,14 @@ fn names_key(text: &str, key: &str) -> bool {
 /// (what is wrong, helm arguments, the keys of which the message must name one).
 const CASES: &[(&str, &[&str], &[&str])] = &[
     (
+        "a TLS trace collector (only plain http:// is supported)",
+        &[
+            "--set",
+            "monitoring.tracing.otlpEndpoint=https://collector:4317",
+        ],
+        &["monitoring.tracing.otlpEndpoint"],
+    ),
+    (
         "unknown top-level key",
         &["--set", "nosuchKey=1"],
         &["nosuchKey"],
@@ -431,4 +439,58 @@ fn monitoring_values_render_the_monitoring_objects() {
     let text = serde_yaml::to_string(&rule["spec"]).unwrap();
     assert!(text.contains("AgentDisconnected"));
     assert!(!text.contains("ControllerNotReconciling"), "{text}");
+}
+
+/// `monitoring.tracing` gives both the control plane and the agent the
+/// standard OpenTelemetry variables; unset, neither gets any.
+#[test]
+fn tracing_values_set_the_otel_variables_of_both() {
+    let Some(helm) = Helm::offline() else { return };
+    let env_of = |objects: &[Value], name: &str| -> Vec<(String, String)> {
+        let d = object(objects, "Deployment", name).expect("the Deployment");
+        d["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .filter(|e| e["name"].as_str().unwrap_or("").starts_with("OTEL_"))
+            .map(|e| {
+                let v = match &e["value"] {
+                    Value::String(s) => s.clone(),
+                    other => format!("{other:?}"),
+                };
+                (e["name"].as_str().unwrap().to_string(), v)
+            })
+            .collect()
+    };
+    let deployments = ["tr-streamspace-control-plane", "tr-streamspace-k8s-agent"];
+    let off = helm.render("tr", "tracing", &[]);
+    for d in deployments {
+        assert_eq!(env_of(&off, d), vec![], "{d}");
+    }
+    let on = helm.render(
+        "tr",
+        "tracing",
+        &[
+            "--set",
+            "monitoring.tracing.otlpEndpoint=http://jaeger.observability:4317",
+            "--set",
+            "monitoring.tracing.sampler=parentbased_traceidratio",
+            "--set",
+            "monitoring.tracing.samplerArg=0.25",
+        ],
+    );
+    let want: Vec<(String, String)> = [
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "http://jaeger.observability:4317",
+        ),
+        ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+        ("OTEL_TRACES_SAMPLER_ARG", "0.25"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    for d in deployments {
+        assert_eq!(env_of(&on, d), want, "{d}");
+    }
 }
