@@ -25,6 +25,12 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 /// Set once traces are exported; every helper checks it first.
 static ENABLED: AtomicBool = AtomicBool::new(false);
 
+/// Spans that only give logs their context and would make poor traces: an
+/// agent's stream lives for days, and everything its task does would pile
+/// up under it. Left out of the traces (what runs inside them starts or
+/// joins its own trace), kept in the logs.
+const LOG_ONLY_SPANS: &[&str] = &["agent_stream"];
+
 /// The W3C header that carries a span's identity.
 pub const TRACEPARENT: &str = "traceparent";
 
@@ -109,9 +115,12 @@ pub fn init(format: &str, service: &str, endpoint: Option<&str>) -> anyhow::Resu
     } else {
         fmt.with_filter(log_filter).boxed()
     };
+    use tracing_subscriber::filter::{FilterExt, LevelFilter, filter_fn};
     let otel = tracing_opentelemetry::layer()
         .with_tracer(tracer)
-        .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
+        .with_filter(LevelFilter::INFO.and(filter_fn(|m| {
+            !(m.is_span() && LOG_ONLY_SPANS.contains(&m.name()))
+        })));
     tracing_subscriber::registry()
         .with(fmt)
         .with(otel)

@@ -298,6 +298,7 @@ impl Lifecycle {
         // Read here: the closure may run on the store's writer thread,
         // outside the caller's span.
         let parent = trace::current();
+        let traced = !parent.is_empty();
         let f = move |s: Option<Session>, active: Option<Command>| {
             let before = s.clone();
             let mut change = f(s, active)?;
@@ -307,10 +308,18 @@ impl Lifecycle {
             stamp(&mut change, parent);
             Ok(change)
         };
+        // A span only inside a trace (a command's result, an API call):
+        // status frames and sweeps change sessions outside any, and a span
+        // each would only be a one-span trace.
+        let span = if !traced {
+            tracing::Span::none()
+        } else {
+            info_span!("store.transition", session = name)
+        };
         let t = self
             .store
             .transition(name, Box::new(f))
-            .instrument(info_span!("store.transition", session = name))
+            .instrument(span)
             .await?;
         if !t.change.is_empty() {
             self.committed(t.before.as_ref(), &t.change);

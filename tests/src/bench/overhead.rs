@@ -70,9 +70,27 @@ async fn window(
     z: &Sizes,
     label: &str,
     round: usize,
-    extra: Vec<String>,
-    metrics: Option<SocketAddr>,
 ) -> anyhow::Result<(f64, Duration)> {
+    // Jaeger runs only during its window (and is gone before the next), so
+    // its ingest does not weigh on the other configurations.
+    let mut jaeger = None;
+    let (extra, metrics) = match label {
+        "metrics" => {
+            let addr = free_addr()?;
+            (vec![format!("--metrics-addr={addr}")], Some(addr))
+        }
+        "tracing" => {
+            let j = streamspace_tests::jaeger::Jaeger::start(&lab.path(&format!("jaeger-{round}")))
+                .await
+                .ok_or_else(|| {
+                    anyhow::anyhow!("jaeger is not on PATH (scripts/tools.sh install jaeger)")
+                })?;
+            let extra = vec![format!("--otlp-endpoint=http://{}", j.otlp)];
+            jaeger = Some(j);
+            (extra, None)
+        }
+        _ => (vec![], None),
+    };
     let db = format!(
         "sqlite://{}",
         lab.path(&format!("overhead-{label}-{round}.db")).display()
@@ -97,6 +115,7 @@ async fn window(
     }
     agents.stop().await?;
     drop(cp);
+    drop(jaeger);
     let rate = commands as f64 / elapsed.as_secs_f64();
     let p99 = lat.pct(99.0);
     eprintln!(
@@ -108,11 +127,6 @@ async fn window(
 }
 
 pub async fn run(lab: &Lab, z: &Sizes, report: &mut Report) -> anyhow::Result<Overhead> {
-    let jaeger = streamspace_tests::jaeger::Jaeger::start(&lab.path("jaeger"))
-        .await
-        .ok_or_else(|| {
-            anyhow::anyhow!("jaeger is not on PATH (scripts/tools.sh install jaeger)")
-        })?;
     let mut configs = vec![
         Config {
             label: "off",
@@ -129,18 +143,7 @@ pub async fn run(lab: &Lab, z: &Sizes, report: &mut Report) -> anyhow::Result<Ov
     ];
     for round in 0..2 {
         for c in configs.iter_mut() {
-            let (extra, metrics) = match c.label {
-                "metrics" => {
-                    let addr = free_addr()?;
-                    (vec![format!("--metrics-addr={addr}")], Some(addr))
-                }
-                "tracing" => (
-                    vec![format!("--otlp-endpoint=http://{}", jaeger.otlp)],
-                    None,
-                ),
-                _ => (vec![], None),
-            };
-            let (rate, p99) = window(lab, z, c.label, round, extra, metrics).await?;
+            let (rate, p99) = window(lab, z, c.label, round).await?;
             c.rates.push(rate);
             c.p99s.push(p99);
         }
