@@ -362,7 +362,7 @@ impl Client {
         );
         let metrics = self.metrics.clone();
         // A child of the control plane's dispatch span, when it sent one.
-        let span = info_span!("command.apply", command_id = %id, session_id = %c.session_id, generation = c.session_generation, action = action_name(&c));
+        let span = info_span!("command.apply", command_id = %id, session_id = %c.session_id, generation = c.session_generation, action = crate::metrics::command_type(&c));
         streamspace_runtime_util::telemetry::set_parent(
             &span,
             c.trace_context
@@ -465,17 +465,5 @@ pub async fn apply(
                 retryable: e.retryable,
             })
         }
-    }
-}
-
-/// The command's action, for spans and logs.
-fn action_name(c: &pb::Command) -> &'static str {
-    use pb::command::Action as A;
-    match &c.action {
-        Some(A::Start(_)) => "start",
-        Some(A::Stop(_)) => "stop",
-        Some(A::Hibernate(_)) => "hibernate",
-        Some(A::Wake(_)) => "wake",
-        None => "none",
     }
 }

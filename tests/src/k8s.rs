@@ -18,25 +18,12 @@ fn kubectl() -> String {
 
 /// Runs kubectl with the admin kubeconfig; panics with its output on failure.
 pub fn kubectl_ok(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> String {
-    use std::io::Write;
-    let mut child = Command::new(kubectl())
-        .arg(format!("--kubeconfig={}", kubeconfig.display()))
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("kubectl runs (scripts/tools.sh installs it)");
-    if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-    }
-    drop(child.stdin.take());
-    let out = child.wait_with_output().unwrap();
+    let out = crate::procs::output_with_stdin(
+        Command::new(kubectl())
+            .arg(format!("--kubeconfig={}", kubeconfig.display()))
+            .args(args),
+        stdin.unwrap_or(""),
+    );
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
         out.status.success(),

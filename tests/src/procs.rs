@@ -11,6 +11,24 @@ use nix::unistd::Pid;
 use crate::pki::{TRUST_DOMAIN, TestPki};
 
 /// A free loopback port (bound and released).
+/// Runs `c` with `stdin` written to its standard input (then closed) and
+/// its output captured; panics if it cannot be started.
+pub fn output_with_stdin(c: &mut Command, stdin: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = c
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{:?} must run: {e}", c.get_program()));
+    let mut input = child.stdin.take().unwrap();
+    // A program that exits without reading (a refusal) closes the pipe:
+    // what it printed is the answer, not the write error.
+    let _ = input.write_all(stdin.as_bytes());
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
 pub fn free_addr() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -68,20 +68,7 @@ pub fn encode(q: &str) -> String {
 /// Runs `promtool ARGS...` with `stdin` fed in; panics with its output when
 /// it refuses.
 pub fn promtool(promtool: &Path, args: &[&str], stdin: &str) {
-    let mut child = Command::new(promtool)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = crate::procs::output_with_stdin(Command::new(promtool).args(args), stdin);
     assert!(
         out.status.success(),
         "promtool {}: {}{}\n{stdin}",

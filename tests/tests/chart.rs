@@ -124,26 +124,13 @@ fn helm_with_hook(k: &TestCluster, helm: &Helm, args: &[&str], root: &std::path:
 
 /// `kubectl apply` (server-side dry run if asked); fails on any warning.
 fn apply_quietly(k: &TestCluster, manifest: &str, dry_run: bool) -> String {
-    use std::io::Write;
     let mut c = Command::new(tool("KUBECTL", "kubectl"));
     c.arg(format!("--kubeconfig={}", k.admin_kubeconfig.display()))
         .args(["apply", "-f", "-"]);
     if dry_run {
         c.arg("--dry-run=server");
     }
-    let mut child = c
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(manifest.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = streamspace_tests::procs::output_with_stdin(&mut c, manifest);
     assert!(out.status.success(), "kubectl apply: {}", text(&out));
     assert!(
         !String::from_utf8_lossy(&out.stderr).contains("Warning"),

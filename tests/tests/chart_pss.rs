@@ -5,8 +5,7 @@
 //! say. A deliberately privileged Deployment in the same namespace shows
 //! that it would.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use streamspace_tests::helm::{Helm, describe};
 use streamspace_tests::init;
@@ -14,21 +13,12 @@ use streamspace_tests::k8s::cluster;
 
 /// `kubectl apply --dry-run=server -f -` in `ns`; (succeeded, stderr).
 fn dry_run(kubeconfig: &std::path::Path, ns: &str, manifest: &str) -> (bool, String) {
-    let mut child = Command::new(std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into()))
-        .arg(format!("--kubeconfig={}", kubeconfig.display()))
-        .args(["apply", "--dry-run=server", "-n", ns, "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kubectl runs");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(manifest.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = streamspace_tests::procs::output_with_stdin(
+        Command::new(std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into()))
+            .arg(format!("--kubeconfig={}", kubeconfig.display()))
+            .args(["apply", "--dry-run=server", "-n", ns, "-f", "-"]),
+        manifest,
+    );
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stderr).into_owned(),

@@ -36,22 +36,12 @@ async fn wait_status(k: &TestCluster, name: &str, phase: &str, secs: u64) -> ser
 }
 
 fn kubectl_fails(k: &TestCluster, args: &[&str], stdin: &str) -> String {
-    use std::io::Write;
-    let mut child = Command::new(std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into()))
-        .arg(format!("--kubeconfig={}", k.admin_kubeconfig.display()))
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = streamspace_tests::procs::output_with_stdin(
+        Command::new(std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into()))
+            .arg(format!("--kubeconfig={}", k.admin_kubeconfig.display()))
+            .args(args),
+        stdin,
+    );
     assert!(
         !out.status.success(),
         "kubectl {args:?} should have been refused"

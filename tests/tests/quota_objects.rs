@@ -96,19 +96,12 @@ async fn quota_objects_hold_users_and_sessions() {
 
     // A malformed quantity never reaches the controller: the CRD refuses it.
     let bad = QUOTA.replace("  maxSessions: 1", "  cpu: lots");
-    let out =
+    let out = streamspace_tests::procs::output_with_stdin(
         std::process::Command::new(std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into()))
             .arg(&kubeconfig)
-            .args(["apply", "-f", "-"])
-            .stdin(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .and_then(|mut c| {
-                use std::io::Write;
-                c.stdin.take().unwrap().write_all(bad.as_bytes())?;
-                c.wait_with_output()
-            })
-            .unwrap();
+            .args(["apply", "-f", "-"]),
+        &bad,
+    );
     assert!(!out.status.success(), "a Quota with cpu: lots was accepted");
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("spec.cpu"),
