@@ -92,10 +92,14 @@ async fn the_charts_pods_pass_the_restricted_pod_security_standard() {
             describe(&out)
         );
         let manifest = String::from_utf8_lossy(&out.stdout);
-        // cert-manager's kinds are not installed in the test cluster; pods are what matter.
+        // cert-manager's and the Prometheus Operator's kinds are not
+        // installed in the test cluster; pods are what matter.
         let docs: Vec<&str> = manifest
             .split("\n---")
-            .filter(|d| !d.contains("apiVersion: cert-manager.io/"))
+            .filter(|d| {
+                !d.contains("apiVersion: cert-manager.io/")
+                    && !d.contains("apiVersion: monitoring.coreos.com/")
+            })
             .collect();
         let (ok, said) = dry_run(&k.admin_kubeconfig, &ns, &docs.join("\n---"));
         assert!(ok, "kubectl apply --dry-run=server ({shown}): {said}");

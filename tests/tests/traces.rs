@@ -73,7 +73,6 @@ async fn a_create_is_one_trace_from_the_callers_span_to_the_result() {
         "streamspace.v1.SessionService/CreateSession",
         "store.insert_session",
         "command.dispatch",
-        "command.ack",
         "command.apply",
         "process.spawn",
         "process.port_probe",

@@ -627,19 +627,11 @@ impl Lifecycle {
     /// The agent acknowledged a command. One statement on the normal path;
     /// an ack for a command this agent was never sent is refused.
     pub async fn acknowledged(&self, agent: &str, cmd_id: &str) -> Result<(), LifecycleError> {
-        let span = info_span!("command.ack", command_id = cmd_id, agent_id = agent);
-        if let Some(parent) = self.delivered.trace_of(agent, cmd_id) {
-            trace::set_parent(&span, &parent);
+        if !self.store.ack_command(agent, cmd_id, now_ms()).await? {
+            // Not delivered any more (a late ack) is fine; unknown is not.
+            self.command_of(agent, cmd_id).await?;
         }
-        async {
-            if !self.store.ack_command(agent, cmd_id, now_ms()).await? {
-                // Not delivered any more (a late ack) is fine; unknown is not.
-                self.command_of(agent, cmd_id).await?;
-            }
-            Ok(())
-        }
-        .instrument(span)
-        .await
+        Ok(())
     }
 
     /// The agent finished a command. The command's session comes from what

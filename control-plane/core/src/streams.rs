@@ -62,14 +62,6 @@ impl Delivered {
         all.get_mut(agent).and_then(|d| d.remove(cmd_id))
     }
 
-    /// The trace of `agent`'s delivered command `cmd_id`, if remembered.
-    pub(crate) fn trace_of(&self, agent: &str, cmd_id: &str) -> Option<String> {
-        let all = self.by_agent.lock().expect("delivered lock");
-        all.get(agent)
-            .and_then(|d| d.get(cmd_id))
-            .map(|c| c.trace.clone())
-    }
-
     fn forget(&self, agent: &str) {
         self.by_agent.lock().expect("delivered lock").remove(agent);
     }
