@@ -106,33 +106,32 @@ pub fn init(format: &str, service: &str, endpoint: Option<&str>) -> anyhow::Resu
         .build();
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let tracer = provider.tracer(service.to_string());
-    // The log filter (RUST_LOG) shapes the logs only; traces take every
-    // span at INFO and above, whatever the logs show.
-    let log_filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // One filter (RUST_LOG, `info` when unset) for logs and traces alike,
+    // applied before either layer. Per-layer filters that disagree on an
+    // event leave tracing-subscriber's per-thread filter state set when a
+    // library asks `enabled!` and then logs nothing (sqlx does, on
+    // PostgreSQL), and the next spans on that thread silently vanish.
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let fmt = if format == "json" {
-        fmt.json().with_filter(log_filter).boxed()
+        fmt.json().boxed()
     } else {
-        fmt.with_filter(log_filter).boxed()
+        fmt.boxed()
     };
-    use tracing_subscriber::filter::{FilterExt, LevelFilter, filter_fn};
     // What a span costs is paid per command on the hot path: no source
-    // locations, thread ids or busy/idle timings on every span, and of the
-    // log events inside a span only warnings and errors become span events
-    // (the logs have the rest).
+    // locations, thread ids or busy/idle timings on every span. The only
+    // per-layer choice is about spans, never events: a span's `enabled` is
+    // always followed by its creation, so it cannot leave state behind.
     let otel = tracing_opentelemetry::layer()
         .with_tracer(tracer)
         .with_location(false)
         .with_threads(false)
         .with_tracked_inactivity(false)
-        .with_filter(LevelFilter::INFO.and(filter_fn(|m| {
-            if m.is_span() {
-                !LOG_ONLY_SPANS.contains(&m.name())
-            } else {
-                *m.level() <= tracing::Level::WARN
-            }
-        })));
+        .with_filter(tracing_subscriber::filter::filter_fn(|m| {
+            !(m.is_span() && LOG_ONLY_SPANS.contains(&m.name()))
+        }));
     tracing_subscriber::registry()
+        .with(filter)
         .with(fmt)
         .with(otel)
         .try_init()
