@@ -79,6 +79,17 @@ impl TestCluster {
         kubectl_ok(&self.admin_kubeconfig, args, None)
     }
 
+    /// The flags of a Kubernetes-runtime agent confined to `ns` (its
+    /// kubeconfig written under `dir` by [`Self::agent_kubeconfig`]).
+    pub fn agent_args(&self, ns: &str, dir: &Path) -> Vec<String> {
+        let kubeconfig = self.agent_kubeconfig(ns, dir);
+        vec![
+            "--platform=kubernetes".to_string(),
+            format!("--namespace={ns}"),
+            format!("--kubeconfig={}", kubeconfig.display()),
+        ]
+    }
+
     /// Applies agent/k8s/rbac.yaml in `ns` and writes a kubeconfig that
     /// authenticates as its ServiceAccount (a token, not the admin's).
     pub fn agent_kubeconfig(&self, ns: &str, dir: &Path) -> PathBuf {

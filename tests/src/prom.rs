@@ -155,3 +155,41 @@ impl Drop for Prometheus {
         let _ = self.child.wait();
     }
 }
+
+/// A control plane in this process with its metrics listener on, on a fresh
+/// database, whose server certificate expires `valid` from now (so the
+/// expiry gauge has a known value).
+pub struct MetricsCp {
+    pub pki: crate::TestPki,
+    pub tmp: tempfile::TempDir,
+    pub cp: streamspace_control_plane::server::ControlPlane,
+    /// The `/metrics` listener.
+    pub metrics: SocketAddr,
+}
+
+impl MetricsCp {
+    pub async fn start(valid: Duration) -> Self {
+        let mut pki = crate::TestPki::new();
+        pki.server = streamspace_control_plane::pki::new_server_valid_for(
+            &pki.ca,
+            &["localhost".into()],
+            &["127.0.0.1".parse().unwrap()],
+            valid,
+        )
+        .unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let db = crate::database_url(tmp.path()).await;
+        let o = crate::CpOptions {
+            metrics: true,
+            ..Default::default()
+        };
+        let cp = crate::start_cp(&pki, &db, &o).await;
+        let metrics = cp.metrics_addr.expect("a metrics listener");
+        MetricsCp {
+            pki,
+            tmp,
+            cp,
+            metrics,
+        }
+    }
+}

@@ -111,12 +111,7 @@ async fn session_objects_are_reconciled() {
     cp.ready().await;
     let mut api = Api::connect(&pki, cp.api_addr, ADMIN_TOKEN).await;
     api.put_dev_templates().await;
-    let agent_kubeconfig = k.agent_kubeconfig(ns, tmp.path());
-    let agent_args = [
-        "--platform=kubernetes".to_string(),
-        format!("--namespace={ns}"),
-        format!("--kubeconfig={}", agent_kubeconfig.display()),
-    ];
+    let agent_args = k.agent_args(ns, tmp.path());
     let agent_args: Vec<&str> = agent_args.iter().map(String::as_str).collect();
     let mut agent = AgentProc::spawn_with(
         &pki,

@@ -25,13 +25,8 @@ async fn three_replicas_one_leader_fast_failover() {
     let db = database_url(tmp.path()).await;
     let cp = start_cp(&pki, &db, &CpOptions::default()).await;
     let mut api = Api::connect(&pki, cp.api_addr, ADMIN_TOKEN).await;
-    let kubeconfig = k.agent_kubeconfig(&ns, tmp.path());
-    let args = [
-        "--platform=kubernetes".to_string(),
-        format!("--namespace={ns}"),
-        format!("--kubeconfig={}", kubeconfig.display()),
-        "--enable-ha".to_string(),
-    ];
+    let mut args = k.agent_args(&ns, tmp.path());
+    args.push("--enable-ha".to_string());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut replicas: Vec<AgentProc> = (0..3)
         .map(|i| {

@@ -51,12 +51,7 @@ async fn env(prefix: &str) -> Option<Env> {
 
 impl Env {
     fn agent(&self, id: &str, dir: &str, extra: &[&str], env: &[(&str, &str)]) -> AgentProc {
-        let kubeconfig = self.k.agent_kubeconfig(&self.ns, self.tmp.path());
-        let mut args = vec![
-            "--platform=kubernetes".to_string(),
-            format!("--namespace={}", self.ns),
-            format!("--kubeconfig={}", kubeconfig.display()),
-        ];
+        let mut args = self.k.agent_args(&self.ns, self.tmp.path());
         args.extend(extra.iter().map(|s| s.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         AgentProc::spawn_with(

@@ -13,7 +13,7 @@ use std::time::Duration;
 use streamspace::v1 as pb;
 use streamspace_tests::chaos::noop::NoopAgents;
 use streamspace_tests::procs::{AgentProc, free_addr};
-use streamspace_tests::prom::{Prometheus, http_get, promtool, require};
+use streamspace_tests::prom::{MetricsCp, Prometheus, http_get, promtool, require};
 use streamspace_tests::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -25,22 +25,12 @@ async fn prometheus_scrapes_what_happened() {
     };
     // The server certificate expires in exactly 10 days.
     const VALID: Duration = Duration::from_secs(10 * 86_400);
-    let mut pki = TestPki::new();
-    pki.server = streamspace_control_plane::pki::new_server_valid_for(
-        &pki.ca,
-        &["localhost".into()],
-        &["127.0.0.1".parse().unwrap()],
-        VALID,
-    )
-    .unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let db = database_url(tmp.path()).await;
-    let o = CpOptions {
-        metrics: true,
-        ..Default::default()
-    };
-    let cp = start_cp(&pki, &db, &o).await;
-    let metrics = cp.metrics_addr.expect("a metrics listener");
+    let MetricsCp {
+        pki,
+        tmp,
+        cp,
+        metrics,
+    } = MetricsCp::start(VALID).await;
     let _agents = NoopAgents::start(&pki, cp.agent_addr, &[("prom-a", 0), ("prom-b", 0)]);
     let mut api = Api::connect(&pki, cp.api_addr, ADMIN_TOKEN).await;
     api.wait_agents(2, 30).await;

@@ -17,7 +17,7 @@ use std::time::Duration;
 use serde_yaml::Value;
 use streamspace_tests::chaos::noop::NoopAgents;
 use streamspace_tests::helm::Helm;
-use streamspace_tests::prom::{Prometheus, http_get, promtool, require};
+use streamspace_tests::prom::{MetricsCp, Prometheus, http_get, promtool, require};
 use streamspace_tests::*;
 
 fn repo() -> PathBuf {
@@ -330,22 +330,12 @@ async fn a_real_prometheus_raises_the_alerts_and_evaluates_the_dashboard() {
         return;
     };
     // The server certificate expires in 10 days: under the 14-day bound.
-    let mut pki = TestPki::new();
-    pki.server = streamspace_control_plane::pki::new_server_valid_for(
-        &pki.ca,
-        &["localhost".into()],
-        &["127.0.0.1".parse().unwrap()],
-        Duration::from_secs(10 * 86_400),
-    )
-    .unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let db = database_url(tmp.path()).await;
-    let o = CpOptions {
-        metrics: true,
-        ..Default::default()
-    };
-    let cp = start_cp(&pki, &db, &o).await;
-    let metrics = cp.metrics_addr.expect("a metrics listener");
+    let MetricsCp {
+        pki,
+        tmp,
+        cp,
+        metrics,
+    } = MetricsCp::start(Duration::from_secs(10 * 86_400)).await;
     let _stays = NoopAgents::start(&pki, cp.agent_addr, &[("mon-stays", 0)]);
     let leaves = NoopAgents::start(&pki, cp.agent_addr, &[("mon-leaves", 0)]);
     let mut api = Api::connect(&pki, cp.api_addr, ADMIN_TOKEN).await;

@@ -207,13 +207,8 @@ async fn a_session_applied_with_kubectl_is_traced_from_the_controller() {
     cp.ready().await;
     let mut api = Api::connect(&pki, cp.api_addr, ADMIN_TOKEN).await;
     api.put_dev_templates().await;
-    let agent_kubeconfig = k.agent_kubeconfig(ns, tmp.path());
-    let agent_args = [
-        "--platform=kubernetes".to_string(),
-        format!("--namespace={ns}"),
-        format!("--kubeconfig={}", agent_kubeconfig.display()),
-        otlp.clone(),
-    ];
+    let mut agent_args = k.agent_args(ns, tmp.path());
+    agent_args.push(otlp.clone());
     let agent_args: Vec<&str> = agent_args.iter().map(String::as_str).collect();
     let _agent = AgentProc::spawn_with(
         &pki,
