@@ -130,6 +130,11 @@ async fn api_rejects_bad_input_naming_the_field() {
         "resources.limits.cpu: must be >= requests.cpu",
     );
     more(
+        "request above the template's default limit",
+        &|r| r.resources = res("7", "", "", ""),
+        "resources.requests.cpu: must be <= the template's default limits.cpu (1), got 7",
+    );
+    more(
         "invalid user",
         &|r| r.user = "bad user!".into(),
         "user: may contain only",

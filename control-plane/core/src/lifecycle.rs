@@ -352,8 +352,8 @@ impl Lifecycle {
                     format!("no template named {:?} exists", req.template),
                 )
             })?;
-        let resources = req.resources.or(&template.default_resources);
-        validate::resources("resources", &resources)?;
+        let resources =
+            validate::over_defaults("resources", &req.resources, &template.default_resources)?;
         let timeouts = validate::timeouts_within("timeouts", &req.timeouts, &template)?;
         let workload = WorkloadSpec {
             image: template.image.clone(),

@@ -165,6 +165,65 @@ pub fn resources(field: &str, r: &Resources) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// A session's own resources over its template's defaults, checked as the
+/// workload will get them. The session's own quantities were checked alone
+/// (see [`new_session`]); what remains is a request of the session's against
+/// a limit of the template's, or the other way round, and the error names the
+/// field the caller set and where the other side came from.
+pub fn over_defaults(
+    field: &str,
+    own: &Resources,
+    defaults: &Resources,
+) -> Result<Resources, Invalid> {
+    let merged = own.or(defaults);
+    let pairs = [
+        (
+            "cpu",
+            &own.requests.cpu,
+            &own.limits.cpu,
+            &merged.requests.cpu,
+            &merged.limits.cpu,
+        ),
+        (
+            "memory",
+            &own.requests.memory,
+            &own.limits.memory,
+            &merged.requests.memory,
+            &merged.limits.memory,
+        ),
+    ];
+    for (kind, own_req, own_lim, req, lim) in pairs {
+        let parse = |v: &str| match kind {
+            "cpu" => cpu_millis(v).ok(),
+            _ => memory_bytes(v).ok(),
+        };
+        let (Some(r), Some(l)) = (parse(req), parse(lim)) else {
+            continue;
+        };
+        if l >= r {
+            continue;
+        }
+        return Err(match (own_req.is_empty(), own_lim.is_empty()) {
+            (false, true) => invalid(
+                format!("{field}.requests.{kind}"),
+                format!(
+                    "must be <= the template's default limits.{kind} ({lim}), got {req}; set limits.{kind} too"
+                ),
+            ),
+            (true, false) => invalid(
+                format!("{field}.limits.{kind}"),
+                format!("must be >= the template's default requests.{kind} ({req}), got {lim}"),
+            ),
+            _ => invalid(
+                format!("{field}.limits.{kind}"),
+                format!("must be >= requests.{kind} ({req}), got {lim}"),
+            ),
+        });
+    }
+    resources(field, &merged)?;
+    Ok(merged)
+}
+
 pub fn timeouts(field: &str, t: &Timeouts) -> Result<(), Invalid> {
     for (name, v) in [
         ("idle_timeout", t.idle_secs),
@@ -375,5 +434,44 @@ mod tests {
         };
         let e = resources("resources", &r).unwrap_err();
         assert_eq!(e.field, "resources.limits.cpu");
+    }
+
+    fn list(cpu: &str, memory: &str) -> ResourceList {
+        ResourceList {
+            cpu: cpu.into(),
+            memory: memory.into(),
+        }
+    }
+
+    #[test]
+    fn a_session_over_its_templates_defaults_names_its_own_field() {
+        let defaults = Resources {
+            requests: list("500m", "512Mi"),
+            limits: list("1", "1Gi"),
+        };
+        let own = |requests, limits| Resources { requests, limits };
+        // A request above the template's limit: the caller's request is named.
+        let e =
+            over_defaults("resources", &own(list("7", ""), list("", "")), &defaults).unwrap_err();
+        assert_eq!(e.field, "resources.requests.cpu");
+        assert_eq!(
+            e.rule,
+            "must be <= the template's default limits.cpu (1), got 7; set limits.cpu too"
+        );
+        // A limit below the template's request: the caller's limit is named.
+        let e = over_defaults(
+            "resources",
+            &own(list("", ""), list("", "256Mi")),
+            &defaults,
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "resources.limits.memory");
+        assert!(
+            e.rule
+                .contains("default requests.memory (512Mi), got 256Mi")
+        );
+        // Both set by the session: taken as given, the rest from the template.
+        let got = over_defaults("resources", &own(list("7", ""), list("8", "")), &defaults);
+        assert_eq!(got, Ok(own(list("7", "512Mi"), list("8", "1Gi"))));
     }
 }
