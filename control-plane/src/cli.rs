@@ -56,6 +56,11 @@ pub struct ServeArgs {
     /// sqlite://PATH (embedded) or postgres://USER@HOST/DB (production).
     #[arg(long, env = "DATABASE_URL", default_value = "sqlite://streamspace.db")]
     pub database_url: String,
+    /// This replica's name, recorded on the agents whose streams it holds
+    /// (several replicas share one PostgreSQL database; SQLite runs one).
+    /// Default: the pod name (POD_NAME), else the host name.
+    #[arg(long, env = "POD_NAME", default_value_t = default_replica_id())]
+    pub replica_id: String,
     /// Server certificate (PEM), used by both listeners. Watched: a new
     /// certificate (with its key) applies to new connections without a restart.
     #[arg(long, env = "TLS_CERT")]
@@ -213,6 +218,11 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         agent_addr: a.agent_addr,
         api_addr: a.api_addr,
         database_url: a.database_url.clone(),
+        replica_id: {
+            crate::core::validate::short_text("--replica-id", &a.replica_id)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            a.replica_id.clone()
+        },
         tls,
         tokens,
         oidc: a.oidc.config()?,
@@ -387,4 +397,13 @@ mod tests {
             .unwrap();
         assert!(Pem::exists(&other, "agent-a2"));
     }
+}
+
+/// The host name (what a pod's is set to), else "local".
+fn default_replica_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "local".into())
 }

@@ -174,6 +174,7 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
         agent_addr: a.agent_addr,
         api_addr: a.api_addr,
         database_url: format!("sqlite://{}", dir.join("streamspace.db").display()),
+        replica_id: "local".into(),
         tls: ServerTls::new(&TlsMaterial {
             server_cert: server.cert,
             server_key: server.key,

@@ -40,6 +40,8 @@ pub struct ServerConfig {
     pub agent_addr: SocketAddr,
     pub api_addr: SocketAddr,
     pub database_url: String,
+    /// This replica's name, recorded on the agents whose streams it holds.
+    pub replica_id: String,
     /// Both listeners' TLS settings, read at every accept (so a replacement,
     /// e.g. by [`ServerTls::watch_files`], applies to new connections).
     pub tls: ServerTls,
@@ -81,6 +83,9 @@ pub struct ControlPlane {
     stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     drain_grace: Duration,
+    /// On SQLite: the lock that keeps a second replica off the database,
+    /// released once this one has stopped.
+    _single: Option<crate::store::SingleReplica>,
 }
 
 const API_MAX_MESSAGE: usize = 1 << 20;
@@ -114,11 +119,25 @@ impl ControlPlane {
             }
             None => None,
         };
+        let single =
+            crate::store::single_replica(&cfg.database_url).with_context(|| "opening the store")?;
         let store = crate::store::open(&cfg.database_url)
             .await
             .with_context(|| "opening the store")?;
         let roster = Arc::new(Roster::new(cfg.hub.heartbeat_interval * 3));
-        let lifecycle = Arc::new(Lifecycle::new(store, roster, cfg.lifecycle));
+        let remote = store.remote_changes();
+        let lifecycle =
+            Arc::new(Lifecycle::new(store, roster, cfg.lifecycle).with_replica_id(&cfg.replica_id));
+        if let Some(changes) = remote {
+            let lc = lifecycle.clone();
+            let s = stop.clone();
+            tasks.push(tokio::spawn(async move {
+                tokio::select! {
+                    _ = s.cancelled() => {}
+                    _ = lc.follow_remote(changes) => {}
+                }
+            }));
+        }
         lifecycle.quotas().set("config", cfg.quotas.clone());
         let agent_listener = TcpListener::bind(cfg.agent_addr)
             .await
@@ -266,6 +285,7 @@ impl ControlPlane {
                             },
                             Err(e) => warn!(error = %e, "expiring commands"),
                         }
+                        if let Err(e) = lc.keep_presence().await { warn!(error = %e, "replica presence"); }
                         if let Err(e) = lc.enforce_revocations().await { warn!(error = %e, "enforcing revocations"); }
                         if let Err(e) = lc.enforce_policies().await { warn!(error = %e, "enforcing session policies"); }
                         if let Err(e) = lc.ring_due().await { warn!(error = %e, "waking agents with due retries"); }
@@ -325,6 +345,7 @@ impl ControlPlane {
             stop,
             tasks,
             drain_grace: cfg.hub.drain_grace,
+            _single: single,
         })
     }
 

@@ -66,27 +66,32 @@ pub fn in_ci() -> bool {
 pub async fn database_url(dir: &std::path::Path) -> String {
     let store = std::env::var("STREAMSPACE_TEST_STORE").unwrap_or_else(|_| "sqlite".into());
     match store.as_str() {
-        "postgres" => {
-            let Ok(base) = std::env::var("STREAMSPACE_TEST_POSTGRES_URL") else {
-                panic!(
-                    "STREAMSPACE_TEST_STORE=postgres needs STREAMSPACE_TEST_POSTGRES_URL (scripts/test.sh starts PostgreSQL)"
-                );
-            };
-            use sqlx::Connection;
-            let mut admin = sqlx::PgConnection::connect(&base)
-                .await
-                .unwrap_or_else(|e| panic!("PostgreSQL at {base} is not reachable: {e}"));
-            let db = format!("t_{}", uuid::Uuid::new_v4().simple());
-            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
-                .execute(&mut admin)
-                .await
-                .expect("create database");
-            let (prefix, _) = base.rsplit_once('/').expect("postgres url has a database");
-            format!("{prefix}/{db}")
-        }
+        "postgres" => postgres_url().await,
         "sqlite" => format!("sqlite://{}", dir.join("streamspace.db").display()),
         other => panic!("STREAMSPACE_TEST_STORE={other:?}: expected sqlite or postgres"),
     }
+}
+
+/// A fresh database on the real PostgreSQL server of the run
+/// (`STREAMSPACE_TEST_POSTGRES_URL`, which scripts/test.sh sets); panics
+/// without one.
+pub async fn postgres_url() -> String {
+    let Ok(base) = std::env::var("STREAMSPACE_TEST_POSTGRES_URL") else {
+        panic!(
+            "this test needs PostgreSQL: STREAMSPACE_TEST_POSTGRES_URL is not set (scripts/test.sh starts PostgreSQL and sets it)"
+        );
+    };
+    use sqlx::Connection;
+    let mut admin = sqlx::PgConnection::connect(&base)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at {base} is not reachable: {e}"));
+    let db = format!("t_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+        .execute(&mut admin)
+        .await
+        .expect("create database");
+    let (prefix, _) = base.rsplit_once('/').expect("postgres url has a database");
+    format!("{prefix}/{db}")
 }
 
 /// Waits until `f` returns Some, polling every 50 ms, or panics after `secs`.
@@ -280,6 +285,8 @@ pub struct CpOptions {
     pub quotas: Vec<streamspace_control_plane::core::quota::Quota>,
     /// Serve `/metrics` (on a free loopback port).
     pub metrics: bool,
+    /// `--replica-id` ("" = "local").
+    pub replica_id: String,
 }
 
 impl Default for CpOptions {
@@ -300,6 +307,7 @@ impl Default for CpOptions {
             command_retries: 3,
             quotas: vec![],
             metrics: false,
+            replica_id: String::new(),
         }
     }
 }
@@ -317,6 +325,11 @@ pub fn server_config(pki: &TestPki, database_url: &str, o: &CpOptions) -> Server
         agent_addr: "127.0.0.1:0".parse().unwrap(),
         api_addr: "127.0.0.1:0".parse().unwrap(),
         database_url: database_url.into(),
+        replica_id: if o.replica_id.is_empty() {
+            "local".into()
+        } else {
+            o.replica_id.clone()
+        },
         tls: ServerTls::new(&TlsMaterial {
             server_cert: pki.server.cert.clone(),
             server_key: pki.server.key.clone(),

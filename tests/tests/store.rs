@@ -1,11 +1,12 @@
 //! The store's command queue on the store the run asks for (SQLite, or the
 //! real PostgreSQL server under STREAMSPACE_TEST_STORE=postgres): the
 //! per-agent in-flight window, acks, re-queueing, duplicate names, and
-//! agent slots that hold under concurrent writes; committed writes reported
+//! agent slots that hold under concurrent writes; stream epochs that fence a
+//! replica which lost its agent; committed writes reported
 //! to an observer (the metrics' seam).
 
 use streamspace_control_plane::core::model::{
-    Capacity, Command, CommandState, Desired, Phase, Session, Usage, now_ms,
+    AgentRecord, Capacity, Command, CommandState, Desired, Phase, Session, Usage, now_ms,
 };
 use streamspace_control_plane::core::steps::{self, StepConfig};
 use streamspace_control_plane::core::store::{Change, Slot, Store, StoreError};
@@ -25,9 +26,68 @@ async fn open_store() -> (tempfile::TempDir, std::sync::Arc<dyn Store>) {
     (tmp, store)
 }
 
-/// Claims `agent`'s pending commands within `window`.
+/// Replica `replica` takes `agent`'s stream over; returns its epoch.
+async fn take_over(store: &dyn Store, agent: &str, replica: &str) -> i64 {
+    let a = AgentRecord {
+        id: agent.into(),
+        platform: "process".into(),
+        region: String::new(),
+        capacity: Default::default(),
+        version: "test".into(),
+        fencing_token: 0,
+        last_seen_ms: now_ms(),
+        replica_id: replica.into(),
+        stream_epoch: 0,
+    };
+    store.take_over_agent(&a).await.unwrap()
+}
+
+/// Claims `agent`'s pending commands within `window`, on the agent's
+/// current stream (attaching it first if it never was).
 async fn claim(store: &dyn Store, agent: &str, window: u32) -> Vec<Command> {
-    store.claim_commands(agent, window, now_ms()).await.unwrap()
+    let epoch = match store.get_agent(agent).await.unwrap() {
+        Some(a) => a.stream_epoch,
+        None => take_over(store, agent, "r1").await,
+    };
+    store
+        .claim_commands(agent, epoch, window, now_ms())
+        .await
+        .unwrap()
+}
+
+/// Two replicas believe they hold one agent: only the later attach (the
+/// higher epoch) claims its commands; the older one claims nothing, even
+/// with commands pending, and its stream's end does not release the newer.
+#[tokio::test]
+async fn a_stale_stream_epoch_claims_nothing() {
+    let (_tmp, store) = open_store().await;
+    let old = take_over(&*store, "agent-f", "r1").await;
+    let new = take_over(&*store, "agent-f", "r2").await;
+    assert!(new > old, "each attach raises the epoch ({old} -> {new})");
+    add(&*store, "f1", "agent-f").await;
+    let now = now_ms();
+    assert!(
+        store
+            .claim_commands("agent-f", old, 10, now)
+            .await
+            .unwrap()
+            .is_empty(),
+        "the replica that lost the agent sends nothing"
+    );
+    assert_eq!(
+        store
+            .claim_commands("agent-f", new, 10, now)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(!store.release_agent("agent-f", old, now).await.unwrap());
+    let a = store.get_agent("agent-f").await.unwrap().unwrap();
+    assert_eq!((a.replica_id.as_str(), a.stream_epoch), ("r2", new));
+    assert!(store.release_agent("agent-f", new, now).await.unwrap());
+    let a = store.get_agent("agent-f").await.unwrap().unwrap();
+    assert_eq!((a.replica_id.as_str(), a.stream_epoch), ("", new));
 }
 
 /// Acknowledges `id` for `agent`; whether a delivered command changed.

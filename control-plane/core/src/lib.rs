@@ -20,6 +20,8 @@
 //!   write/filter types.
 //! - `revocation.rs`: the agent deny list (revoke, unrevoke, enforce) and
 //!   the rules for its targets.
+//! - `replicas.rs`: several replicas on one shared store: other replicas'
+//!   writes applied here, presence, take-overs, lost wake-ups.
 //! - `roster.rs`: the agents attached right now and the attach rules
 //!   (one stream per agent, fencing tokens, heartbeats).
 //! - `placement.rs`: which agent takes a new session, over plain
@@ -43,6 +45,7 @@ pub mod placement;
 pub mod policy;
 pub mod quantity;
 pub mod quota;
+pub mod replicas;
 pub mod revocation;
 pub mod roster;
 pub mod steps;

@@ -39,6 +39,10 @@ pub enum LifecycleError {
     ResourceExhausted(String),
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The work was taken over by someone else (an agent's stream by another
+    /// stream or replica).
+    #[error("{0}")]
+    Aborted(String),
 }
 
 /// What session `s` requests, as a usage: its CPU and memory, and one
@@ -172,6 +176,11 @@ pub struct Lifecycle {
     pub(crate) delivered: Delivered,
     /// Commands written to the outbox since start (for metrics).
     accepted: std::sync::atomic::AtomicU64,
+    /// This control-plane replica's name, recorded on the agents it holds.
+    replica_id: String,
+    /// Agents whose streams other live replicas hold (placement candidates
+    /// too), refreshed by [`Lifecycle::keep_presence`].
+    pub(crate) held_elsewhere: std::sync::Mutex<Vec<super::model::AgentRecord>>,
 }
 
 impl Lifecycle {
@@ -185,7 +194,20 @@ impl Lifecycle {
             cfg,
             delivered: Delivered::default(),
             accepted: Default::default(),
+            replica_id: "local".into(),
+            held_elsewhere: Default::default(),
         }
+    }
+
+    /// Names this replica (`--replica-id`; "local" by default): the store
+    /// records it on the agents whose streams it holds.
+    pub fn with_replica_id(mut self, id: impl Into<String>) -> Self {
+        self.replica_id = id.into();
+        self
+    }
+
+    pub fn replica_id(&self) -> &str {
+        &self.replica_id
     }
 
     /// Places a session among the attached agents (see `placement::pick`).
@@ -195,8 +217,10 @@ impl Lifecycle {
         used: &std::collections::HashMap<String, Usage>,
     ) -> Result<super::store::Slot, placement::NoFit> {
         let request = requested(s, false);
-        self.roster
-            .with_candidates(|agents| placement::pick(&s.selector, request, agents, used))
+        let elsewhere = self.held_elsewhere.lock().expect("held_elsewhere lock");
+        self.roster.with_candidates(&elsewhere, |agents| {
+            placement::pick(&s.selector, request, agents, used)
+        })
     }
 
     /// The quotas in force (the configuration's and the `Quota` objects').
@@ -240,6 +264,11 @@ impl Lifecycle {
     /// Every committed session change, in commit order per session.
     pub fn subscribe(&self) -> broadcast::Receiver<SessionEvent> {
         self.events.subscribe()
+    }
+
+    /// Sends `event` to this replica's watchers.
+    pub(crate) fn publish(&self, event: SessionEvent) {
+        let _ = self.events.send(event);
     }
 
     pub(crate) fn step_cfg(&self) -> StepConfig {

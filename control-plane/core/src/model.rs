@@ -385,6 +385,11 @@ pub struct AgentRecord {
     /// Highest HA fencing token ever seen for this id.
     pub fencing_token: i64,
     pub last_seen_ms: Millis,
+    /// The control-plane replica that holds the agent's stream ("" when none).
+    pub replica_id: String,
+    /// Raised by every attach; a replica claims the agent's commands only
+    /// while the epoch it attached with is current.
+    pub stream_epoch: i64,
 }
 
 /// One session's state as an agent reports it.

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::model::{Capacity, RevokedTarget};
+use super::model::{AgentRecord, Capacity, RevokedTarget};
 use super::placement::Candidate;
 
 /// What an agent said about itself in Hello.
@@ -50,6 +50,8 @@ pub struct OnlineAgent {
     pub cancel: CancellationToken,
     /// Set when a revocation closed the stream: why, for the agent.
     pub revoked: Option<String>,
+    /// The stream epoch the store gave this attach (0 until it did).
+    pub epoch: i64,
 }
 
 /// Why an attach was refused.
@@ -145,6 +147,7 @@ impl Roster {
                 bell: bell.clone(),
                 cancel: cancel.clone(),
                 revoked: None,
+                epoch: 0,
             },
         );
         Ok(Registration {
@@ -175,6 +178,37 @@ impl Roster {
         }
     }
 
+    /// Records the store's stream epoch for stream `conn_id` of `id`.
+    pub fn set_epoch(&self, id: &str, conn_id: u64, epoch: i64) {
+        let mut agents = self.agents.lock().expect("roster lock");
+        if let Some(a) = agents.get_mut(id).filter(|a| a.conn_id == conn_id) {
+            a.epoch = epoch;
+        }
+    }
+
+    /// The store's stream epoch of stream `conn_id` of `id`, if it is still
+    /// the agent's stream here.
+    pub fn epoch(&self, id: &str, conn_id: u64) -> Option<i64> {
+        let agents = self.agents.lock().expect("roster lock");
+        agents
+            .get(id)
+            .filter(|a| a.conn_id == conn_id)
+            .map(|a| a.epoch)
+    }
+
+    /// Closes `id`'s stream here if its epoch is below `epoch` (another
+    /// replica took the agent over). Returns whether it did.
+    pub fn taken_over(&self, id: &str, epoch: i64) -> bool {
+        let agents = self.agents.lock().expect("roster lock");
+        match agents.get(id) {
+            Some(a) if a.epoch > 0 && a.epoch < epoch => {
+                a.cancel.cancel();
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Rings the agent's bell: it has commands to send.
     pub fn ring(&self, id: &str) {
         if let Some(a) = self.agents.lock().expect("roster lock").get(id) {
@@ -183,13 +217,15 @@ impl Roster {
     }
 
     /// Runs `f` over the connected agents as placement candidates, under the
-    /// lock: nothing is copied.
+    /// lock (nothing is copied), then over `elsewhere`: agents attached to
+    /// other replicas of a shared store.
     pub fn with_candidates<R>(
         &self,
+        elsewhere: &[AgentRecord],
         f: impl FnOnce(&mut dyn Iterator<Item = Candidate>) -> R,
     ) -> R {
         let agents = self.agents.lock().expect("roster lock");
-        let mut it = agents.values().map(|a| Candidate {
+        let here = agents.values().map(|a| Candidate {
             id: &a.hello.id,
             platform: &a.hello.platform,
             region: &a.hello.region,
@@ -197,6 +233,19 @@ impl Roster {
             in_use: a.in_use,
             draining: a.draining,
         });
+        let mut it = here.chain(
+            elsewhere
+                .iter()
+                .filter(|a| !agents.contains_key(&a.id))
+                .map(|a| Candidate {
+                    id: &a.id,
+                    platform: &a.platform,
+                    region: &a.region,
+                    capacity: a.capacity,
+                    in_use: Capacity::default(),
+                    draining: false,
+                }),
+        );
         f(&mut it)
     }
 

@@ -156,8 +156,46 @@ pub trait WriteObserver: Send + Sync + 'static {
     fn write_committed(&self, store: &'static str, seconds: f64, ops: usize);
 }
 
+/// A change that another control-plane replica wrote to a shared store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemoteChange {
+    /// A command for `agent` was written: the replica holding it sends it.
+    Commands { agent: String },
+    /// Session `name` (of `user`) was written or deleted.
+    Session { name: String, user: String },
+    /// Changes may have been missed (the feed reconnected): re-read.
+    Lost,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
+    /// Whether several control-plane replicas may share this store
+    /// (PostgreSQL); false for one process's own database (SQLite).
+    fn shared(&self) -> bool {
+        false
+    }
+    /// The changes other replicas write, from now on; `None` for a store
+    /// that no other replica writes. Call once.
+    fn remote_changes(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<RemoteChange>> {
+        None
+    }
+    /// Records that replica `id` is alive at `now`.
+    async fn renew_replica(&self, _id: &str, _now: Millis) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Replicas that renewed their presence at or after `since`.
+    async fn live_replicas(&self, _since: Millis) -> Result<Vec<String>, StoreError> {
+        Ok(vec![])
+    }
+    /// Agents with a pending command, due by `now`, written before `before`
+    /// (a wake-up that may have been lost).
+    async fn agents_with_waiting_commands(
+        &self,
+        _now: Millis,
+        _before: Millis,
+    ) -> Result<Vec<String>, StoreError> {
+        Ok(vec![])
+    }
     /// Reports every write transaction committed from now on to `observer`;
     /// the first observer set stays. Without one (the default) nothing is
     /// timed at all.
@@ -213,9 +251,12 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<u64, StoreError>;
     /// Marks `agent`'s pending commands delivered, oldest first, so that at
     /// most `window` are delivered-or-acknowledged at once, and returns them.
+    /// Claims nothing unless `epoch` is still the agent's stream epoch (see
+    /// [`Store::take_over_agent`]): a replica that lost the agent sends none.
     async fn claim_commands(
         &self,
         agent: &str,
+        epoch: i64,
         window: u32,
         now: Millis,
     ) -> Result<Vec<Command>, StoreError>;
@@ -228,6 +269,14 @@ pub trait Store: Send + Sync + 'static {
     async fn active_commands_per_agent(&self) -> Result<HashMap<String, u32>, StoreError>;
 
     async fn upsert_agent(&self, agent: &AgentRecord) -> Result<(), StoreError>;
+    /// An attach: writes the agent's row (as [`Store::upsert_agent`]) held by
+    /// `agent.replica_id` with the next stream epoch, and returns that epoch.
+    /// Every claim of an older epoch claims nothing from then on.
+    async fn take_over_agent(&self, agent: &AgentRecord) -> Result<i64, StoreError>;
+    /// A stream of epoch `epoch` ended: the agent is held by no replica and
+    /// was last seen `now`, unless a newer stream took it over. Returns
+    /// whether it was still the agent's stream.
+    async fn release_agent(&self, id: &str, epoch: i64, now: Millis) -> Result<bool, StoreError>;
     async fn get_agent(&self, id: &str) -> Result<Option<AgentRecord>, StoreError>;
     async fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError>;
 

@@ -110,10 +110,16 @@ impl Lifecycle {
             version: hello.version.clone(),
             fencing_token: hello.fencing_token as i64,
             last_seen_ms: now_ms(),
+            replica_id: self.replica_id().to_string(),
+            stream_epoch: 0,
         };
-        if let Err(e) = store.upsert_agent(&record).await {
-            self.roster().unregister(&hello.id, reg.conn_id);
-            return Err(LifecycleError::from(e).into());
+        // From here on, a replica that held the agent before claims nothing.
+        match store.take_over_agent(&record).await {
+            Ok(epoch) => self.roster().set_epoch(&hello.id, reg.conn_id, epoch),
+            Err(e) => {
+                self.roster().unregister(&hello.id, reg.conn_id);
+                return Err(LifecycleError::from(e).into());
+            }
         }
         match self.revoked(&hello.id, &hello.cert_serial).await {
             Ok(None) => Ok(reg),
@@ -132,24 +138,38 @@ impl Lifecycle {
     /// stream, the agent is offline: forget what it was delivered and record
     /// when it was last seen. A replaced stream's end changes nothing.
     pub async fn detach(&self, agent: &str, conn_id: u64) {
+        let epoch = self.roster().epoch(agent, conn_id);
         if !self.roster().unregister(agent, conn_id) {
             return;
         }
         self.delivered.forget(agent);
-        if let Ok(Some(mut a)) = self.store().get_agent(agent).await {
-            a.last_seen_ms = now_ms();
-            let _ = self.store().upsert_agent(&a).await;
+        if let Some(epoch) = epoch {
+            let _ = self.store().release_agent(agent, epoch, now_ms()).await;
         }
     }
 
-    /// The commands to send `agent` now: its pending commands, oldest first,
-    /// marked delivered so that at most `window` are outstanding at once.
+    /// The commands to send `agent` on stream `conn_id` now: its pending
+    /// commands, oldest first, marked delivered so that at most `window` are
+    /// outstanding at once. Fails with [`LifecycleError::Aborted`] when the
+    /// stream is no longer the agent's stream here; a stream that another
+    /// replica took over claims nothing (the store fences it) and is closed
+    /// by [`Lifecycle::enforce_holds`].
     pub async fn next_commands(
         &self,
         agent: &str,
+        conn_id: u64,
         window: u32,
     ) -> Result<Vec<Command>, LifecycleError> {
-        let cmds = self.store().claim_commands(agent, window, now_ms()).await?;
+        let superseded = || {
+            LifecycleError::Aborted(format!(
+                "agent {agent}: another stream took the agent over; this one is closed"
+            ))
+        };
+        let epoch = self.roster().epoch(agent, conn_id).ok_or_else(superseded)?;
+        let cmds = self
+            .store()
+            .claim_commands(agent, epoch, window, now_ms())
+            .await?;
         self.delivered.remember(agent, &cmds);
         Ok(cmds)
     }

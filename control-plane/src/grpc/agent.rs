@@ -362,7 +362,7 @@ impl Stream {
         let cmds = self
             .hub
             .lifecycle
-            .next_commands(&self.id, self.hub.cfg.max_in_flight)
+            .next_commands(&self.id, self.conn_id, self.hub.cfg.max_in_flight)
             .await
             .map_err(|e| End::Status(convert::status(e)))?;
         for c in cmds {

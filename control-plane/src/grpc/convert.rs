@@ -23,6 +23,7 @@ pub fn status(e: LifecycleError) -> Status {
         }
         LifecycleError::ResourceExhausted(m) => Status::resource_exhausted(m),
         LifecycleError::Unavailable(m) => Status::unavailable(m),
+        LifecycleError::Aborted(m) => Status::aborted(m),
     }
 }
 

@@ -66,6 +66,8 @@ pub struct AgentRow {
     pub version: String,
     pub fencing_token: i64,
     pub last_seen_ms: i64,
+    pub replica_id: String,
+    pub stream_epoch: i64,
 }
 
 #[derive(sqlx::FromRow)]
@@ -161,6 +163,8 @@ impl TryFrom<AgentRow> for AgentRecord {
             version: r.version,
             fencing_token: r.fencing_token,
             last_seen_ms: r.last_seen_ms,
+            replica_id: r.replica_id,
+            stream_epoch: r.stream_epoch,
         })
     }
 }

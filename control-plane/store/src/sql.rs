@@ -72,17 +72,26 @@ pub const DELETE_SESSION: &str = "DELETE FROM sessions WHERE name = $1";
 /// the time back.
 pub const TOUCH_SESSION: &str = "UPDATE sessions SET last_activity_ms = $1
      WHERE name = $2 AND ($3 = '' OR agent_id = $3) AND last_activity_ms < $1";
-/// One statement (atomic on both stores; only the agent's own stream claims
-/// its commands): the room left in the window is computed in the LIMIT.
-pub static CLAIM: LazyLock<String> = LazyLock::new(|| {
+/// One statement (atomic on both stores): the room left in the window is
+/// computed in the LIMIT, and nothing is claimed unless the caller's stream
+/// epoch ($4) is still the agent's: a replica that lost the agent to another
+/// one claims nothing. `fence_lock` (PostgreSQL: ` FOR SHARE`) makes a
+/// concurrent take-over wait for the claim, or the claim see the take-over.
+///
+/// Parameters appear first in the order $1, $2, $3, $4: SQLite numbers
+/// `$N` parameters by first appearance.
+fn claim_sql(fence_lock: &str) -> String {
     format!(
         "UPDATE commands SET state = 'delivered', updated_ms = $1
          WHERE seq IN (SELECT seq FROM commands WHERE agent_id = $2 AND state = 'pending' AND {ACTIVE} AND not_before_ms <= $1 ORDER BY seq
            LIMIT (SELECT CASE WHEN $3 - COUNT(*) > 0 THEN $3 - COUNT(*) ELSE 0 END FROM commands
                   WHERE agent_id = $2 AND state IN ('delivered', 'acknowledged') AND {ACTIVE}))
+           AND EXISTS (SELECT 1 FROM agents WHERE id = $2 AND stream_epoch = $4{fence_lock})
          RETURNING seq, {COMMAND_COLS}"
     )
-});
+}
+pub static CLAIM: LazyLock<String> = LazyLock::new(|| claim_sql(""));
+pub static CLAIM_LOCKED: LazyLock<String> = LazyLock::new(|| claim_sql(" FOR SHARE"));
 pub const ACK: &str = "UPDATE commands SET state = 'acknowledged', updated_ms = $1 WHERE id = $2 AND agent_id = $3 AND state = 'delivered'";
 pub const REQUEUE: &str = concat!(
     "UPDATE commands SET state = 'pending' WHERE agent_id = $1 AND state IN ('delivered', 'acknowledged') AND ",
@@ -106,6 +115,69 @@ pub const UPSERT_AGENT: &str = "INSERT INTO agents (id, platform, region, capaci
      capacity=excluded.capacity, version=excluded.version,
      fencing_token=CASE WHEN excluded.fencing_token > agents.fencing_token THEN excluded.fencing_token ELSE agents.fencing_token END,
      last_seen_ms=excluded.last_seen_ms";
+/// An attach: the agent's row as Hello describes it, held by replica $8
+/// with the next stream epoch, which it returns.
+pub const TAKE_OVER_AGENT: &str = "INSERT INTO agents (id, platform, region, capacity, version, fencing_token, last_seen_ms, replica_id, stream_epoch)
+     VALUES ($1,$2,$3,$4,$5,$6,$7,$8,1)
+     ON CONFLICT (id) DO UPDATE SET platform=excluded.platform, region=excluded.region,
+     capacity=excluded.capacity, version=excluded.version,
+     fencing_token=CASE WHEN excluded.fencing_token > agents.fencing_token THEN excluded.fencing_token ELSE agents.fencing_token END,
+     last_seen_ms=excluded.last_seen_ms, replica_id=excluded.replica_id, stream_epoch=agents.stream_epoch + 1
+     RETURNING stream_epoch";
+pub const RENEW_REPLICA: &str = "INSERT INTO replicas (id, last_seen_ms) VALUES ($1, $2)
+     ON CONFLICT (id) DO UPDATE SET last_seen_ms = excluded.last_seen_ms";
+pub const LIVE_REPLICAS: &str = "SELECT id FROM replicas WHERE last_seen_ms >= $1 ORDER BY id";
+/// Agents with a pending command due by $1 and written before $2.
+pub const WAITING_COMMANDS: &str = concat!(
+    "SELECT DISTINCT agent_id FROM commands WHERE state = 'pending' AND ",
+    active!(),
+    " AND not_before_ms <= $1 AND created_ms < $2"
+);
+/// The channel of PostgreSQL notifications between replicas.
+pub const CHANGES_CHANNEL: &str = "streamspace_changes";
+
+/// What a write tells the other replicas: `<origin> c <agent>` or
+/// `<origin> s <session> <user>` (names hold no spaces).
+#[derive(Debug, Clone, Copy)]
+pub enum RemoteWrite<'a> {
+    Commands(&'a str),
+    Session(&'a str, &'a str),
+}
+
+impl RemoteWrite<'_> {
+    pub fn payload(self, origin: &str) -> String {
+        match self {
+            RemoteWrite::Commands(agent) => format!("{origin} c {agent}"),
+            RemoteWrite::Session(name, user) => format!("{origin} s {name} {user}"),
+        }
+    }
+}
+
+/// A notification's payload back as a change, unless `origin` (this
+/// process) wrote it or it is not one of ours.
+pub fn remote_change(payload: &str, origin: &str) -> Option<streamspace_core::store::RemoteChange> {
+    use streamspace_core::store::RemoteChange;
+    let mut it = payload.split(' ');
+    let (from, kind) = (it.next()?, it.next()?);
+    if from == origin {
+        return None;
+    }
+    match (kind, it.next(), it.next(), it.next()) {
+        ("c", Some(agent), None, _) => Some(RemoteChange::Commands {
+            agent: agent.into(),
+        }),
+        ("s", Some(name), Some(user), None) => Some(RemoteChange::Session {
+            name: name.into(),
+            user: user.into(),
+        }),
+        _ => None,
+    }
+}
+
+/// A stream ended: the agent ($2) is held by nobody, unless another stream
+/// took it over since (an epoch other than $3).
+pub const RELEASE_AGENT: &str =
+    "UPDATE agents SET replica_id = '', last_seen_ms = $1 WHERE id = $2 AND stream_epoch = $3";
 pub const PUT_TEMPLATE: &str = "INSERT INTO templates (name, spec, updated_ms) VALUES ($1,$2,$3)
      ON CONFLICT (name) DO UPDATE SET spec=excluded.spec, updated_ms=excluded.updated_ms";
 pub const GET_TEMPLATE: &str = "SELECT spec FROM templates WHERE name = $1";
@@ -182,7 +254,7 @@ pub fn requested(s: &streamspace_core::model::Session) -> (i64, i64) {
 /// brings `write_started()` (a timer for one write transaction, see
 /// `observe.rs`) and `observe(observer)`.
 macro_rules! sql_store {
-    ($store:ident, $db:ty, $lock:literal, $slot_lock:expr, $quota_lock:expr) => {
+    ($store:ident, $db:ty, $lock:literal, $slot_lock:expr, $quota_lock:expr, $notify:literal) => {
         use std::collections::HashMap;
 
         use async_trait::async_trait;
@@ -232,6 +304,20 @@ macro_rules! sql_store {
             .execute(&mut *c)
             .await
             .map_err(db_err)?;
+            Ok(())
+        }
+
+        /// Tells the other replicas (`$notify`: PostgreSQL's NOTIFY, sent
+        /// when the transaction commits) what `what` changed.
+        async fn notify(c: &mut Conn, origin: &str, what: RemoteWrite<'_>) -> Result<(), StoreError> {
+            if $notify.is_empty() {
+                return Ok(());
+            }
+            sqlx::query($notify)
+                .bind(what.payload(origin))
+                .execute(&mut *c)
+                .await
+                .map_err(db_err)?;
             Ok(())
         }
 
@@ -407,7 +493,9 @@ macro_rules! sql_store {
                 })?;
                 if let Some(c) = cmd {
                     insert_command(&mut tx, c).await?;
+                    notify(&mut tx, self.origin(), RemoteWrite::Commands(&c.agent_id)).await?;
                 }
+                notify(&mut tx, self.origin(), RemoteWrite::Session(&s.name, &s.user)).await?;
                 tx.commit().await.map_err(db_err)?;
                 timer.committed(1);
                 Ok(())
@@ -450,6 +538,13 @@ macro_rules! sql_store {
                 }
                 if let Some(c) = &change.new_command {
                     insert_command(&mut tx, c).await?;
+                    notify(&mut tx, self.origin(), RemoteWrite::Commands(&c.agent_id)).await?;
+                }
+                match (&change.session, &before) {
+                    (SessionWrite::Upsert(s), _) | (SessionWrite::Delete, Some(s)) => {
+                        notify(&mut tx, self.origin(), RemoteWrite::Session(&s.name, &s.user)).await?;
+                    }
+                    _ => {}
                 }
                 tx.commit().await.map_err(db_err)?;
                 timer.committed(1);
@@ -566,12 +661,14 @@ macro_rules! sql_store {
                 commands(rows)
             }
 
-            async fn claim_commands(&self, agent: &str, window: u32, now: Millis) -> Result<Vec<Command>, StoreError> {
+            async fn claim_commands(&self, agent: &str, epoch: i64, window: u32, now: Millis) -> Result<Vec<Command>, StoreError> {
                 let timer = self.write_started();
-                let mut rows = sqlx::query_as::<_, ClaimedRow>(sqlx::AssertSqlSafe(CLAIM.as_str()))
+                let sql = if $lock.is_empty() { &*CLAIM } else { &*CLAIM_LOCKED };
+                let mut rows = sqlx::query_as::<_, ClaimedRow>(sqlx::AssertSqlSafe(sql.as_str()))
                 .bind(now)
                 .bind(agent)
                 .bind(i64::from(window))
+                .bind(epoch)
                 .fetch_all(&self.pool)
                 .await
                 .map_err(db_err)?;
@@ -657,8 +754,74 @@ macro_rules! sql_store {
                 Ok(())
             }
 
+            fn shared(&self) -> bool {
+                !$notify.is_empty()
+            }
+
+            fn remote_changes(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<streamspace_core::store::RemoteChange>> {
+                self.listen()
+            }
+
+            async fn renew_replica(&self, id: &str, now: Millis) -> Result<(), StoreError> {
+                sqlx::query(RENEW_REPLICA)
+                .bind(id)
+                .bind(now)
+                .execute(&self.pool)
+                .await
+                .map_err(db_err)?;
+                Ok(())
+            }
+
+            async fn live_replicas(&self, since: Millis) -> Result<Vec<String>, StoreError> {
+                sqlx::query_scalar(LIVE_REPLICAS)
+                .bind(since)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_err)
+            }
+
+            async fn agents_with_waiting_commands(&self, now: Millis, before: Millis) -> Result<Vec<String>, StoreError> {
+                sqlx::query_scalar(WAITING_COMMANDS)
+                .bind(now)
+                .bind(before)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_err)
+            }
+
+            async fn take_over_agent(&self, a: &AgentRecord) -> Result<i64, StoreError> {
+                let timer = self.write_started();
+                let epoch: i64 = sqlx::query_scalar(TAKE_OVER_AGENT)
+                .bind(&a.id)
+                .bind(&a.platform)
+                .bind(&a.region)
+                .bind(to_json(&a.capacity))
+                .bind(&a.version)
+                .bind(a.fencing_token)
+                .bind(a.last_seen_ms)
+                .bind(&a.replica_id)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(db_err)?;
+                timer.committed(1);
+                Ok(epoch)
+            }
+
+            async fn release_agent(&self, id: &str, epoch: i64, now: Millis) -> Result<bool, StoreError> {
+                let timer = self.write_started();
+                let r = sqlx::query(RELEASE_AGENT)
+                .bind(now)
+                .bind(id)
+                .bind(epoch)
+                .execute(&self.pool)
+                .await
+                .map_err(db_err)?;
+                timer.committed(1);
+                Ok(r.rows_affected() > 0)
+            }
+
             async fn get_agent(&self, id: &str) -> Result<Option<AgentRecord>, StoreError> {
-                sqlx::query_as::<_, AgentRow>("SELECT id, platform, region, capacity, version, fencing_token, last_seen_ms FROM agents WHERE id = $1")
+                sqlx::query_as::<_, AgentRow>("SELECT id, platform, region, capacity, version, fencing_token, last_seen_ms, replica_id, stream_epoch FROM agents WHERE id = $1")
                     .bind(id)
                     .fetch_optional(&self.pool)
                     .await
@@ -668,7 +831,7 @@ macro_rules! sql_store {
             }
 
             async fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
-                sqlx::query_as::<_, AgentRow>("SELECT id, platform, region, capacity, version, fencing_token, last_seen_ms FROM agents ORDER BY id")
+                sqlx::query_as::<_, AgentRow>("SELECT id, platform, region, capacity, version, fencing_token, last_seen_ms, replica_id, stream_epoch FROM agents ORDER BY id")
                     .fetch_all(&self.pool)
                     .await
                     .map_err(db_err)?

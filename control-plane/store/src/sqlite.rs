@@ -522,6 +522,7 @@ impl Store for SqliteStore {
     async fn claim_commands(
         &self,
         agent: &str,
+        epoch: i64,
         window: u32,
         now: Millis,
     ) -> Result<Vec<Command>, StoreError> {
@@ -530,7 +531,7 @@ impl Store for SqliteStore {
             .run(move |c| {
                 let mut st = c.prepare_cached(&CLAIM).map_err(db)?;
                 let rows = st
-                    .query_map(params![now, agent, i64::from(window)], |r| {
+                    .query_map(params![now, agent, i64::from(window), epoch], |r| {
                         Ok((r.get::<_, i64>(0)?, command_row(r, 1)?))
                     })
                     .map_err(db)?;
@@ -583,6 +584,44 @@ impl Store for SqliteStore {
                     })
                     .map_err(db)?;
                 Ok(())
+            })
+            .await
+    }
+
+    async fn take_over_agent(&self, a: &AgentRecord) -> Result<i64, StoreError> {
+        let a = a.clone();
+        self.writer
+            .run(move |c| {
+                c.prepare_cached(TAKE_OVER_AGENT)
+                    .and_then(|mut st| {
+                        st.query_row(
+                            params![
+                                a.id,
+                                a.platform,
+                                a.region,
+                                to_json(&a.capacity),
+                                a.version,
+                                a.fencing_token,
+                                a.last_seen_ms,
+                                a.replica_id,
+                            ],
+                            |r| r.get::<_, i64>(0),
+                        )
+                    })
+                    .map_err(db)
+            })
+            .await
+    }
+
+    async fn release_agent(&self, id: &str, epoch: i64, now: Millis) -> Result<bool, StoreError> {
+        let id = id.to_string();
+        self.writer
+            .run(move |c| {
+                let n = c
+                    .prepare_cached(RELEASE_AGENT)
+                    .and_then(|mut st| st.execute(params![now, id, epoch]))
+                    .map_err(db)?;
+                Ok(n > 0)
             })
             .await
     }
