@@ -88,8 +88,19 @@ pub struct Client {
 
 enum SessionEnd {
     Shutdown,
-    Drained(Duration),
+    /// The control plane asked the agent to go, after this long, and the
+    /// stream it asked on, still open.
+    Drained(Duration, Box<OldStream>),
     LostLease,
+}
+
+/// A drained stream, kept open until the next stream is attached
+/// (make-before-break): the replica that drained it finishes what it had
+/// delivered on it, sends nothing new, and sees it close only once the
+/// agent is attached elsewhere.
+struct OldStream {
+    _tx: mpsc::Sender<pb::AgentFrame>,
+    _inbound: tonic::Streaming<pb::ControlFrame>,
 }
 
 /// Resolves when leadership is withdrawn; never without HA.
@@ -162,6 +173,8 @@ impl Client {
     pub async fn run(&self, shutdown: CancellationToken) {
         let mut backoff = Backoff::new(self.cfg.backoff_base, self.cfg.backoff_cap);
         info!(agent = %self.cfg.agent_id, url = %self.cfg.control_plane_url, platform = %self.cfg.platform, "starting agent");
+        // A drained stream, closed once the next one is attached.
+        let mut previous: Option<Box<OldStream>> = None;
         loop {
             if let Some(l) = &self.leadership {
                 let mut l = l.clone();
@@ -175,7 +188,7 @@ impl Client {
             }
             let started = Instant::now();
             let result = tokio::select! {
-                r = self.attach_once(&shutdown) => r,
+                r = self.attach_once(&shutdown, &mut previous) => r,
                 _ = shutdown.cancelled() => Ok(SessionEnd::Shutdown),
                 _ = lease_lost(&self.leadership) => Ok(SessionEnd::LostLease),
             };
@@ -188,8 +201,12 @@ impl Client {
                     warn!("lost the lease: stream closed");
                     continue;
                 }
-                Ok(SessionEnd::Drained(after)) => {
-                    info!(?after, "drained by the control plane; reconnecting later");
+                Ok(SessionEnd::Drained(after, old)) => {
+                    info!(
+                        ?after,
+                        "drained by the control plane; attaching again, then closing the drained stream"
+                    );
+                    previous = Some(old);
                     backoff.reset();
                     after + backoff.next_delay()
                 }
@@ -200,7 +217,12 @@ impl Client {
                         backoff.saturate();
                     }
                     let d = backoff.next_delay();
-                    warn!(error = %format!("{e:#}"), retry_in = ?d, "control plane stream ended");
+                    if previous.is_some() {
+                        // Still attached on the drained stream: no gap yet.
+                        info!(error = %format!("{e:#}"), retry_in = ?d, "attaching again failed; the drained stream stays open meanwhile");
+                    } else {
+                        warn!(error = %format!("{e:#}"), retry_in = ?d, "control plane stream ended");
+                    }
                     d
                 }
             };
@@ -213,7 +235,13 @@ impl Client {
         info!("agent stopped");
     }
 
-    async fn attach_once(&self, shutdown: &CancellationToken) -> anyhow::Result<SessionEnd> {
+    /// One stream, from Hello to its end. `previous` (a drained stream) is
+    /// closed once this one is welcomed.
+    async fn attach_once(
+        &self,
+        shutdown: &CancellationToken,
+        previous: &mut Option<Box<OldStream>>,
+    ) -> anyhow::Result<SessionEnd> {
         if let Some(m) = &self.metrics {
             m.dialing();
         }
@@ -286,6 +314,9 @@ impl Client {
             .filter(|d| !d.is_zero())
             .unwrap_or(Duration::from_secs(10));
         self.stats.attaches.fetch_add(1, Ordering::Relaxed);
+        if previous.take().is_some() {
+            info!("attached again; closing the drained stream");
+        }
         let _connected = self.metrics.as_ref().map(|m| m.connected());
         info!(agent = %self.cfg.agent_id, heartbeat = ?interval, "connected to the control plane");
         let mut results = self.results_rx.lock().await;
@@ -313,7 +344,7 @@ impl Client {
                         let after = d.reconnect_after.and_then(|d| Duration::try_from(d).ok()).unwrap_or(Duration::from_secs(1));
                         info!(reason = %d.reason, "drain requested");
                         self.stats.drains.fetch_add(1, Ordering::Relaxed);
-                        return Ok(SessionEnd::Drained(after));
+                        return Ok(SessionEnd::Drained(after, Box::new(OldStream { _tx: tx, _inbound: inbound })));
                     }
                     Some(other) => debug!(?other, "ignoring unexpected frame"),
                 },

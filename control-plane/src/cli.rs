@@ -271,6 +271,15 @@ pub async fn main() -> anyhow::Result<()> {
     }
 }
 
+/// The host name (what a pod's is set to), else "local".
+fn default_replica_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "local".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -397,13 +406,4 @@ mod tests {
             .unwrap();
         assert!(Pem::exists(&other, "agent-a2"));
     }
-}
-
-/// The host name (what a pod's is set to), else "local".
-fn default_replica_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "local".into())
 }

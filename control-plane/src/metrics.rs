@@ -535,6 +535,7 @@ mod tests {
             attempt: 1,
             not_before_ms: 0,
             trace_context: String::new(),
+            sent_before: false,
         };
         m.delivered(&c);
         m.acknowledged("c1");

@@ -20,6 +20,7 @@ pub mod pods;
 pub mod procs;
 pub mod prom;
 pub mod seeds;
+pub mod service;
 
 use std::future::Future;
 use std::path::PathBuf;

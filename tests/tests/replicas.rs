@@ -4,12 +4,14 @@
 //! one replica and refuses a second.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use streamspace::v1 as pb;
 use streamspace_control_plane::core::model::{Action, CommandState};
 use streamspace_control_plane::core::store::CommandFilter;
 use streamspace_control_plane::server::ControlPlane;
-use streamspace_tests::procs::AgentProc;
+use streamspace_tests::procs::{AgentProc, CpProc};
+use streamspace_tests::service::Service;
 use streamspace_tests::*;
 
 use pb::SessionPhase as P;
@@ -280,4 +282,364 @@ fn strip_ansi(s: &str) -> String {
         }
     }
     out
+}
+
+/// Three replica processes on one PostgreSQL database with their agents
+/// behind a [`Service`], as in a cluster: agents dial the Service and land
+/// on whichever replica it picks.
+struct ReplicaSet {
+    _pki: TestPki,
+    _tmp: tempfile::TempDir,
+    cps: Vec<CpProc>,
+    apis: Vec<Api>,
+    _svc: Service,
+    agents: Vec<AgentProc>,
+    names: Vec<String>,
+    store: std::sync::Arc<dyn streamspace_control_plane::core::store::Store>,
+}
+
+impl ReplicaSet {
+    /// `REPLICAS` replicas, `agents` agents, one running session each;
+    /// `prefix` names the agents and sessions (tests run side by side).
+    async fn start(prefix: &str, agents: usize, heartbeat_ms: u64) -> Self {
+        init();
+        let pki = TestPki::new();
+        let tmp = tempfile::tempdir().unwrap();
+        let db = postgres_url().await;
+        let cps: Vec<CpProc> = (0..REPLICAS)
+            .map(|r| {
+                CpProc::spawn_with(
+                    &pki,
+                    &db,
+                    &tmp.path().join(format!("replica-{r}")),
+                    heartbeat_ms,
+                    &[&format!("--replica-id=replica-{r}")],
+                )
+            })
+            .collect();
+        let mut apis = vec![];
+        for cp in &cps {
+            cp.ready().await;
+            apis.push(Api::connect(&pki, cp.api_addr, ADMIN_TOKEN).await);
+        }
+        apis[0].put_dev_templates().await;
+        let svc = Service::start(cps.iter().map(|c| c.agent_addr).collect()).await;
+        let agents = (0..agents)
+            .map(|i| {
+                let id = format!("{prefix}-agent-{i}");
+                AgentProc::spawn(&pki, &id, svc.addr, &tmp.path().join(&id))
+            })
+            .collect();
+        let store = streamspace_control_plane::store::open(&db).await.unwrap();
+        let mut set = Self {
+            _pki: pki,
+            _tmp: tmp,
+            cps,
+            apis,
+            _svc: svc,
+            agents,
+            names: vec![],
+            store,
+        };
+        let n = set.agents.len();
+        set.wait_held("every agent to attach", |held| held.len() == n)
+            .await;
+        for i in 0..n {
+            let name = format!("{prefix}-{i}");
+            retry(&set.apis, |mut api| {
+                let name = name.clone();
+                async move { api.create(&name, "static-files").await.map(|_| ()) }
+            })
+            .await;
+            set.names.push(name);
+        }
+        for name in set.names.clone() {
+            set.wait_phase(&name, P::Running).await;
+        }
+        set
+    }
+
+    /// The replica holding each attached agent, as the store records it.
+    async fn held(&self) -> Vec<(String, String)> {
+        let agents = self.store.list_agents().await.unwrap();
+        agents
+            .into_iter()
+            .filter(|a| !a.replica_id.is_empty())
+            .map(|a| (a.id, a.replica_id))
+            .collect()
+    }
+
+    async fn wait_held(&self, what: &str, f: impl Fn(&[(String, String)]) -> bool) {
+        wait_for(what, 60, || async { f(&self.held().await).then_some(()) }).await;
+    }
+
+    async fn wait_phase(&self, name: &str, phase: P) {
+        wait_for(&format!("{name} to be {phase:?}"), 60, || {
+            let mut api = self.apis[random(REPLICAS)].clone();
+            async move {
+                let s = api.get(name).await.ok()?;
+                (s.phase == phase as i32).then_some(())
+            }
+        })
+        .await;
+    }
+
+    /// Starts toggling every session `per_session` times through random
+    /// replicas (retrying a call that a replica could not take on another
+    /// one); [`finish`] returns each toggle's latency (call to phase reached).
+    fn load(&self, per_session: usize) -> Vec<tokio::task::JoinHandle<Vec<Duration>>> {
+        let mut tasks = vec![];
+        for name in self.names.clone() {
+            let apis = self.apis.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut took = vec![];
+                for k in 0..per_session {
+                    let wake = k % 2 == 1;
+                    let t = std::time::Instant::now();
+                    retry(&apis, |mut api| {
+                        let name = name.clone();
+                        async move {
+                            if wake {
+                                api.sessions
+                                    .wake_session(pb::WakeSessionRequest { name })
+                                    .await
+                                    .map(|_| ())
+                            } else {
+                                api.sessions
+                                    .hibernate_session(pb::HibernateSessionRequest { name })
+                                    .await
+                                    .map(|_| ())
+                            }
+                        }
+                    })
+                    .await;
+                    let phase = if wake { P::Running } else { P::Hibernated };
+                    wait_for(&format!("{name} to be {phase:?}"), 60, || {
+                        let mut api = apis[random(REPLICAS)].clone();
+                        let name = name.clone();
+                        async move {
+                            let s = api.get(&name).await.ok()?;
+                            (s.phase == phase as i32).then_some(())
+                        }
+                    })
+                    .await;
+                    took.push(t.elapsed());
+                }
+                took
+            }));
+        }
+        tasks
+    }
+
+    /// Every command succeeded, each was applied once by an agent, and
+    /// every session has its one process in the state its last toggle left.
+    async fn assert_exactly_once(&mut self, per_session: usize) {
+        let cmds = self
+            .store
+            .list_commands(&CommandFilter {
+                limit: 100_000,
+                ..CommandFilter::default()
+            })
+            .await
+            .unwrap();
+        for c in &cmds {
+            assert_eq!(c.state, CommandState::Succeeded, "{c:?}");
+        }
+        let applied = applied_per_command(&self.agents);
+        for c in &cmds {
+            assert_eq!(
+                applied.get(&c.id).copied(),
+                Some(1),
+                "command {} ({} of {}) applied once",
+                c.id,
+                c.action.name(),
+                c.session
+            );
+        }
+        let hibernated = per_session % 2 == 1;
+        for name in self.names.clone() {
+            let mut api = self.apis[0].clone();
+            let s = api.get(&name).await.unwrap();
+            let procs = session_processes(&name);
+            assert_eq!(procs, vec![session_pid(&s)], "{name}: one process");
+            assert_eq!(proc_state(procs[0]) == Some('T'), hibernated, "{name}");
+        }
+    }
+}
+
+/// Waits for the toggles of [`ReplicaSet::load`]; their latencies.
+async fn finish(tasks: Vec<tokio::task::JoinHandle<Vec<Duration>>>) -> Vec<Duration> {
+    let mut all = vec![];
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all
+}
+
+impl Drop for ReplicaSet {
+    /// Session processes outlive a killed agent: stop them with the test.
+    fn drop(&mut self) {
+        self.agents.clear();
+        for name in &self.names {
+            for pid in session_processes(name) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
+
+/// How many times the agents applied each command (from their logs).
+fn applied_per_command(agents: &[AgentProc]) -> HashMap<String, usize> {
+    let mut applied: HashMap<String, usize> = HashMap::new();
+    for a in agents {
+        let log = strip_ansi(&a.log());
+        for line in log.lines().filter(|l| l.contains("command applied")) {
+            if let Some(id) = line
+                .split("command_id=")
+                .nth(1)
+                .and_then(|s| s.split_whitespace().next())
+            {
+                *applied.entry(id.to_string()).or_default() += 1;
+            }
+        }
+    }
+    applied
+}
+
+/// Runs `call` on a random replica until one takes it: a replica that is
+/// down or shutting down answers UNAVAILABLE (or not at all), and the
+/// caller tries another, as a client behind a Service would.
+async fn retry<F, Fut>(apis: &[Api], call: F)
+where
+    F: Fn(Api) -> Fut,
+    Fut: Future<Output = Result<(), tonic::Status>>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match call(apis[random(apis.len())].clone()).await {
+            Ok(()) => return,
+            Err(s)
+                if matches!(
+                    s.code(),
+                    tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+                ) && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(s) => panic!("call refused: {s:?}"),
+        }
+    }
+}
+
+/// The 99th percentile of `d`.
+fn p99(mut d: Vec<Duration>) -> Duration {
+    d.sort();
+    d[(d.len() * 99 / 100).min(d.len() - 1)]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_mid_burst_loses_nothing() {
+    let mut set = ReplicaSet::start("kill", AGENTS, 2000).await;
+    let per_session = 11;
+    let victim = 1;
+    let orphaned: Vec<String> = set
+        .held()
+        .await
+        .into_iter()
+        .filter(|(_, r)| *r == format!("replica-{victim}"))
+        .map(|(a, _)| a)
+        .collect();
+    assert!(!orphaned.is_empty(), "the Service spread the agents");
+    let load = set.load(per_session);
+    {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        set.cps[victim].kill9();
+        let killed = std::time::Instant::now();
+        let gone = format!("replica-{victim}");
+        set.wait_held("every orphaned agent to attach elsewhere", |held| {
+            held.len() == AGENTS && held.iter().all(|(_, r)| *r != gone)
+        })
+        .await;
+        println!(
+            "{} agents orphaned by SIGKILL attached again within {:?}",
+            orphaned.len(),
+            killed.elapsed()
+        );
+        set.cps[victim].start();
+        set.cps[victim].ready().await;
+    }
+    // The victim's API was gone for a while: calls landed on the others.
+    let took = finish(load).await;
+    println!(
+        "{} toggles through a replica kill: p99 {:?}",
+        took.len(),
+        p99(took)
+    );
+    set.assert_exactly_once(per_session).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_drops_no_stream() {
+    // Heartbeats of 2 s: on two busy cores a 500 ms heartbeat can miss its
+    // 1.5 s bound and close a stream for a reason this test is not about.
+    let mut set = ReplicaSet::start("roll", AGENTS, 2000).await;
+    let per_session = 25;
+    let load = set.load(per_session);
+    {
+        for r in 0..REPLICAS {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            set.cps[r].sigterm();
+            let status = tokio::task::block_in_place(|| set.cps[r].wait());
+            assert!(
+                status.is_some_and(|s| s.success()),
+                "replica-{r} exits cleanly: {status:?}"
+            );
+            set.cps[r].start();
+            set.cps[r].ready().await;
+        }
+    }
+    let took = finish(load).await;
+    println!(
+        "{} toggles through a rolling restart of {REPLICAS} replicas: p99 {:?}",
+        took.len(),
+        p99(took)
+    );
+    set.assert_exactly_once(per_session).await;
+    // Make-before-break: every drained stream was closed by its agent only
+    // after the next one was attached; no stream ended any other way.
+    let (mut drains, mut replaced) = (0, 0);
+    for a in &set.agents {
+        let log = strip_ansi(&a.log());
+        assert!(
+            !log.contains("control plane stream ended"),
+            "agent {} saw a stream end before its next one was open:\n{log}",
+            a.id
+        );
+        drains += log.matches("drain requested").count();
+        replaced += log
+            .matches("attached again; closing the drained stream")
+            .count();
+    }
+    // No replica closed a drained stream at its deadline: each agent closed
+    // its own once attached elsewhere.
+    for (r, cp) in set.cps.iter().enumerate() {
+        let log = strip_ansi(&cp.log());
+        let cut: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("closing agent stream") && l.contains("shutting down"))
+            .collect();
+        assert!(
+            cut.is_empty(),
+            "replica-{r} closed drained streams: {cut:#?}"
+        );
+    }
+    println!("{drains} drains, {replaced} streams replaced before they closed");
+    assert!(
+        drains >= AGENTS,
+        "every agent was drained at least once ({drains})"
+    );
+    assert_eq!(drains, replaced);
 }

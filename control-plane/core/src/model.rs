@@ -364,6 +364,10 @@ pub struct Command {
     /// keeps its first attempt's), so its delivery, the agent's work and its
     /// result join that trace; "" when tracing is off.
     pub trace_context: String,
+    /// Delivered once and put back to pending when its agent's stream ended:
+    /// the agent may have applied it, so it is waited for (sent again, the
+    /// agent answers from its memory of applied commands), never superseded.
+    pub sent_before: bool,
 }
 
 /// What an agent may hold (0 = no limit declared).

@@ -5,7 +5,8 @@
 //! Rules (DESIGN.md 2-4):
 //! - at most one active command (pending, delivered, acknowledged) per session;
 //! - a new desired state supersedes a command that was not yet delivered, and
-//!   waits for one that was;
+//!   waits for one that was (also when it is pending again because its
+//!   agent's stream ended: the agent may have applied it);
 //! - after every result, the next step toward the desired state is computed
 //!   from the observed phase (level-triggered);
 //! - failures are not retried automatically: the session shows FAILED with
@@ -104,18 +105,20 @@ fn new_command(s: &Session, agent: &str, action: Action, cfg: StepConfig) -> Com
         attempt: 1,
         not_before_ms: 0,
         trace_context: String::new(),
+        sent_before: false,
     }
 }
 
 /// Writes `s` and whatever its next step needs. `active` is the session's
-/// active command, if any: a delivered one is waited for; a pending one is
-/// kept if it already is the next step, otherwise superseded.
+/// active command, if any: a delivered one (or one sent before and pending
+/// again after a reconnect) is waited for; a pending one is kept if it
+/// already is the next step, otherwise superseded.
 pub fn plan(mut s: Session, active: Option<Command>, cfg: StepConfig) -> Change {
     s.updated_ms = cfg.now;
     mark_ready(&mut s);
     let mut change = Change::default();
     if let Some(mut cmd) = active {
-        if cmd.state != CommandState::Pending {
+        if cmd.state != CommandState::Pending || cmd.sent_before {
             change.session = SessionWrite::Upsert(s);
             return change;
         }
@@ -334,6 +337,11 @@ pub fn cancel(
         return Err(format!(
             "command {cmd_id}: only a pending command can be cancelled; it is {} (the agent has it)",
             cmd.state.as_str()
+        ));
+    }
+    if cmd.sent_before {
+        return Err(format!(
+            "command {cmd_id}: it was delivered before its agent reconnected and may have been applied; it is sent again, not cancelled"
         ));
     }
     let message = format!("cancelled by {by}");
@@ -835,6 +843,48 @@ mod tests {
         let new = c.new_command.expect("a new command");
         assert_ne!(new.id, first.id);
         assert_eq!(new.action.name(), "start");
+    }
+
+    /// A command put back to pending after its agent's stream ended may have
+    /// been applied: a new desired state waits for it (it is sent again and
+    /// answered), and no operator cancels it, exactly as when delivered.
+    #[test]
+    fn a_command_sent_before_a_reconnect_is_waited_for() {
+        let (_, first) = apply(Some(session()), None, plan(session(), None, cfg()));
+        let mut first = first.unwrap();
+        let mut running = session();
+        running.phase = Phase::Running;
+        // Never sent: a new desired state supersedes it.
+        let c = set_desired(
+            running.clone(),
+            Some(first.clone()),
+            Desired::Hibernated,
+            false,
+            cfg(),
+        );
+        assert_eq!(
+            c.update_command.map(|c| c.state),
+            Some(CommandState::Superseded)
+        );
+        // Sent, then requeued: waited for; nothing new is sent meanwhile.
+        first.sent_before = true;
+        let c = set_desired(
+            running.clone(),
+            Some(first.clone()),
+            Desired::Hibernated,
+            false,
+            cfg(),
+        );
+        assert!(
+            c.update_command.is_none() && c.new_command.is_none(),
+            "{c:?}"
+        );
+        let SessionWrite::Upsert(s) = c.session else {
+            panic!("the new desired state is written")
+        };
+        assert_eq!(s.desired, Desired::Hibernated);
+        let e = cancel(Some(running), Some(first.clone()), &first.id, "root", cfg()).unwrap_err();
+        assert!(e.contains("may have been applied"), "{e}");
     }
 
     /// The start's result and a status observed while it ran give the same

@@ -226,6 +226,7 @@ mod tests {
             attempt: 1,
             not_before_ms: 0,
             trace_context: String::new(),
+            sent_before: false,
         }
     }
 

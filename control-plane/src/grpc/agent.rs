@@ -170,6 +170,14 @@ impl pb::agent_service_server::AgentService for AgentHub {
         let (cert_id, cert_serial, cert_expiry_ms) = self
             .peer_agent_id(&req)
             .inspect_err(|_| self.rejected("certificate"))?;
+        // Shutting down: the agent attaches to another replica (through the
+        // Service) before it closes its stream here.
+        if self.drain.is_cancelled() {
+            self.rejected("shutting_down");
+            return Err(Status::unavailable(
+                "this control-plane replica is shutting down; attach to another replica",
+            ));
+        }
         let mut inbound = req.into_inner();
         let first = tokio::time::timeout(self.cfg.hello_timeout, inbound.message())
             .await
@@ -311,7 +319,8 @@ impl Stream {
                     });
                 }
                 _ = drain.cancelled(), if drain_deadline.is_none() => {
-                    self.send_drain("control plane shutting down", Duration::from_secs(1)).await;
+                    // Attach elsewhere at once: this stream stays open until then.
+                    self.send_drain("control plane shutting down", Duration::ZERO).await;
                     drain_deadline = Some(tokio::time::Instant::now() + cfg.drain_grace);
                 }
                 _ = async { tokio::time::sleep_until(drain_deadline.expect("set")).await }, if drain_deadline.is_some() => {

@@ -55,6 +55,7 @@ pub struct CommandRow {
     pub attempt: i64,
     pub not_before_ms: i64,
     pub trace_context: String,
+    pub sent_before: bool,
 }
 
 #[derive(sqlx::FromRow)]
@@ -148,6 +149,7 @@ impl TryFrom<CommandRow> for Command {
             attempt: r.attempt,
             not_before_ms: r.not_before_ms,
             trace_context: r.trace_context,
+            sent_before: r.sent_before,
         })
     }
 }

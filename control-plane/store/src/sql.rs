@@ -4,7 +4,7 @@
 //! (`FOR UPDATE`), which PostgreSQL needs and SQLite (one writer) does not.
 
 pub const SESSION_COLS: &str = "name, user_name, template, desired, generation, phase, url, agent_id, selector, workload, conditions, failure_reason, message, workload_name, delete_home, external_id, created_ms, updated_ms, last_activity_ms, running_since_ms, ran_ms";
-pub const COMMAND_COLS: &str = "id, session, agent_id, generation, action, state, deadline_ms, created_ms, updated_ms, failure_reason, message, retryable, attempt, not_before_ms, trace_context";
+pub const COMMAND_COLS: &str = "id, session, agent_id, generation, action, state, deadline_ms, created_ms, updated_ms, failure_reason, message, retryable, attempt, not_before_ms, trace_context, sent_before";
 pub const UPSERT_SESSION: &str = " ON CONFLICT (name) DO UPDATE SET user_name=excluded.user_name, template=excluded.template,
  desired=excluded.desired, generation=excluded.generation, phase=excluded.phase, url=excluded.url,
  agent_id=excluded.agent_id, selector=excluded.selector, workload=excluded.workload,
@@ -58,7 +58,7 @@ pub static UPSERT_SESSION_SQL: LazyLock<String> =
     LazyLock::new(|| format!("{}{UPSERT_SESSION}", *INSERT_SESSION));
 pub static INSERT_COMMAND: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "INSERT INTO commands ({COMMAND_COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15)"
+        "INSERT INTO commands ({COMMAND_COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16)"
     )
 });
 pub const UPDATE_COMMAND: &str = "UPDATE commands SET state=$1, updated_ms=$2, failure_reason=$3, message=$4, retryable=$5 WHERE id=$6";
@@ -94,7 +94,7 @@ pub static CLAIM: LazyLock<String> = LazyLock::new(|| claim_sql(""));
 pub static CLAIM_LOCKED: LazyLock<String> = LazyLock::new(|| claim_sql(" FOR SHARE"));
 pub const ACK: &str = "UPDATE commands SET state = 'acknowledged', updated_ms = $1 WHERE id = $2 AND agent_id = $3 AND state = 'delivered'";
 pub const REQUEUE: &str = concat!(
-    "UPDATE commands SET state = 'pending' WHERE agent_id = $1 AND state IN ('delivered', 'acknowledged') AND ",
+    "UPDATE commands SET state = 'pending', sent_before = TRUE WHERE agent_id = $1 AND state IN ('delivered', 'acknowledged') AND ",
     active!()
 );
 /// Agents with a retry whose backoff has run out.
@@ -338,6 +338,7 @@ macro_rules! sql_store {
             .bind(cmd.attempt)
             .bind(cmd.not_before_ms)
             .bind(&cmd.trace_context)
+            .bind(cmd.sent_before)
             .execute(&mut *c)
             .await
             .map_err(db_err)?;

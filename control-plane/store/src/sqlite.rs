@@ -208,6 +208,7 @@ fn command_row(r: &Row, at: usize) -> rusqlite::Result<CommandRow> {
         attempt: r.get(at + 12)?,
         not_before_ms: r.get(at + 13)?,
         trace_context: r.get(at + 14)?,
+        sent_before: r.get(at + 15)?,
     })
 }
 
@@ -276,6 +277,7 @@ fn insert_command(c: &Connection, cmd: &Command) -> Result<(), StoreError> {
                 cmd.attempt,
                 cmd.not_before_ms,
                 cmd.trace_context,
+                cmd.sent_before,
             ])
         })
         .map_err(db)?;

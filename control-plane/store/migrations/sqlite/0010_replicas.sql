@@ -9,3 +9,7 @@ CREATE TABLE replicas (
     id           TEXT PRIMARY KEY,
     last_seen_ms BIGINT NOT NULL
 );
+-- Set when a delivered command is put back to pending (its agent's stream
+-- ended): the agent may have applied it, so it is waited for, never
+-- superseded or cancelled as a command nobody has seen.
+ALTER TABLE commands ADD COLUMN sent_before BOOLEAN NOT NULL DEFAULT FALSE;
