@@ -113,10 +113,17 @@ pub struct KubeArgs {
     /// Namespace where sessions created through the API appear as objects.
     #[arg(long, env = "MIRROR_NAMESPACE", default_value = "streamspace")]
     pub mirror_namespace: String,
+    /// The controller runs on one replica at a time, the holder of the Lease
+    /// `streamspace-controller` in the mirror namespace; when it dies,
+    /// another replica takes over after about this long.
+    #[arg(long, env = "CONTROLLER_LEASE_SECONDS", default_value_t = 15,
+          value_parser = clap::value_parser!(u64).range(3..=300))]
+    pub controller_lease_seconds: u64,
 }
 
 impl KubeArgs {
-    pub fn options(&self) -> Option<crate::k8s::KubeOptions> {
+    /// The controller's options; `identity` names this replica in its Lease.
+    pub fn options(&self, identity: &str) -> Option<crate::k8s::KubeOptions> {
         let enabled = self
             .enabled
             .unwrap_or_else(|| std::env::var_os("KUBERNETES_SERVICE_HOST").is_some());
@@ -124,6 +131,8 @@ impl KubeArgs {
             kubeconfig: self.kubeconfig.clone(),
             namespace: Some(self.watch_namespace.clone()).filter(|n| !n.is_empty()),
             mirror_namespace: self.mirror_namespace.clone(),
+            identity: identity.to_string(),
+            lease_seconds: self.controller_lease_seconds,
         })
     }
 }
@@ -230,7 +239,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         lifecycle: a.tuning.lifecycle(),
         quotas: a.tuning.quotas()?,
         metrics_addr: a.tuning.metrics_addr,
-        kube: a.kube.options(),
+        kube: a.kube.options(&a.replica_id),
         edge: a.tuning.edge(),
         limits: a.tuning.limits(),
         health_addr: a.health_addr,

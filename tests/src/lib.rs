@@ -95,6 +95,24 @@ pub async fn postgres_url() -> String {
     format!("{prefix}/{db}")
 }
 
+/// `s` without terminal colour codes (for reading logs).
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::new();
+    let mut it = s.chars();
+    while let Some(c) = it.next() {
+        if c == '\u{1b}' {
+            for c in it.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Waits until `f` returns Some, polling every 50 ms, or panics after `secs`.
 pub async fn wait_for<T, F, Fut>(what: &str, secs: u64, mut f: F) -> T
 where

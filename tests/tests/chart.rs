@@ -531,12 +531,19 @@ async fn chart_installs_runs_the_seed_flows_and_uninstalls() {
         );
         std::thread::sleep(Duration::from_millis(500));
     };
+    // The agent's Lease (the controller's, streamspace-controller, is
+    // another one in the same namespace).
     let holder = || {
         let v = json(&k, &["lease", "-n", NS]);
         v["items"]
             .as_array()
             .unwrap()
             .iter()
+            .filter(|l| {
+                l["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("streamspace-agent-"))
+            })
             .filter_map(|l| l["spec"]["holderIdentity"].as_str())
             .filter(|h| !h.is_empty())
             .map(str::to_string)

@@ -266,24 +266,6 @@ fn random(n: usize) -> usize {
     (uuid::Uuid::new_v4().as_u128() % n as u128) as usize
 }
 
-/// `s` without terminal colour codes.
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::new();
-    let mut it = s.chars();
-    while let Some(c) = it.next() {
-        if c == '\u{1b}' {
-            for c in it.by_ref() {
-                if c == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 /// Three replica processes on one PostgreSQL database with their agents
 /// behind a [`Service`], as in a cluster: agents dial the Service and land
 /// on whichever replica it picks.

@@ -124,11 +124,27 @@ pub async fn drain(c: &mut Ctx) -> Result<()> {
         reconnect_after: Some(duration_pb(after)),
     }))
     .await?;
-    if conn.await_close(Duration::from_secs(5)).await.is_none() {
-        return Err(c.fail("the agent kept the stream open 5 s after Drain"));
-    }
-    conn.note(".. the agent ended the stream");
-    let mut next = c.accept(after + Duration::from_secs(6)).await?;
+    // Either order is allowed: close, then attach again (break before
+    // make), or attach again and close the drained stream once the new one
+    // is welcomed (make before break).
+    let first = tokio::select! {
+        closed = conn.await_close(Duration::from_secs(5)) => Err(closed),
+        next = c.accept(after + Duration::from_secs(6)) => Ok(next),
+    };
+    let before_break = match first {
+        Err(None) => {
+            return Err(
+                c.fail("the agent kept the stream open 5 s after Drain without attaching again")
+            );
+        }
+        Err(Some(_)) => None,
+        Ok(next) => Some(next?),
+    };
+    let made_first = before_break.is_some();
+    let mut next = match before_break {
+        Some(next) => next,
+        None => c.accept(after + Duration::from_secs(6)).await?,
+    };
     let waited = next.at - sent;
     if waited < after {
         return Err(c.fail(format!(
@@ -137,5 +153,12 @@ pub async fn drain(c: &mut Ctx) -> Result<()> {
     }
     next.hello(Duration::from_secs(10)).await?;
     next.send(ToAgent::Welcome(welcome())).await?;
+    if made_first && conn.await_close(Duration::from_secs(5)).await.is_none() {
+        return Err(c.fail(
+            "attached again, but kept the drained stream open 5 s after the new one was welcomed",
+        ));
+    }
+    // One transcript for either order: the note comes last.
+    conn.note(".. the agent ended the drained stream");
     Ok(())
 }

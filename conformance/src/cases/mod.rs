@@ -145,9 +145,10 @@ pub const CASES: &[Case] = &[
     },
     Case {
         name: "drain",
-        doc: "After Drain with reconnect_after = 1.5 s the agent ends the stream (within 5 s) \
-              and attaches again no earlier than 1.5 s after the Drain was sent (and within \
-              1.5 s + BACKOFF_MAX_MS + 5 s), with a new Hello.",
+        doc: "After Drain with reconnect_after = 1.5 s the agent attaches again no earlier than \
+              1.5 s after the Drain was sent (and within 1.5 s + BACKOFF_MAX_MS + 5 s), with a \
+              new Hello, and ends the drained stream: either first (within 5 s of the Drain) or \
+              within 5 s of its new stream's Welcome (make-before-break).",
         run: |c| Box::pin(connection::drain(c)),
     },
 ];

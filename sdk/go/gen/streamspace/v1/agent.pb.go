@@ -1528,13 +1528,17 @@ func (*WakeSession) Descriptor() ([]byte, []int) {
 	return file_streamspace_v1_agent_proto_rawDescGZIP(), []int{15}
 }
 
-// The control plane is going away: finish what is in flight, close the stream
-// and reconnect after `reconnect_after` (to another replica if there is one).
-// Commands are not sent after a Drain. Results of commands applied meanwhile
-// are sent on the next stream (their commands are re-delivered there, and
-// the agent answers with the stored result). The control plane ends the
-// stream itself (UNAVAILABLE) after its drain grace (5 s by default) if the
-// agent has not.
+// The control plane is going away: attach again after `reconnect_after` (to
+// another replica if there is one) and close this stream. Either order is
+// allowed, close first or attach first; attaching first and closing the
+// drained stream once the new stream's Welcome arrives (make-before-break)
+// leaves no moment without a stream, and is what a replica shutting down
+// asks for (reconnect_after 0; it refuses new attaches meanwhile, so the
+// attach lands on another replica). Commands are not sent after a Drain.
+// Results of commands applied meanwhile are sent on whichever stream is open
+// (their commands are re-delivered on the new one, and the agent answers
+// with the stored result). The control plane ends the stream itself
+// (UNAVAILABLE) after its drain grace (5 s by default) if the agent has not.
 type Drain struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Reason string                 `protobuf:"bytes,1,opt,name=reason,proto3" json:"reason,omitempty"`
