@@ -6,6 +6,8 @@
 #   scripts/postgres.sh env     print `export STREAMSPACE_PG_URL=...` (for eval)
 #   scripts/postgres.sh status  exit 0 when it answers
 #   scripts/postgres.sh stop    stop it and remove its data dir
+#   scripts/postgres.sh halt    stop the server but keep its data (`start` brings it back:
+#                               what tests of a database restart use)
 #
 # Environment:
 #   STREAMSPACE_PG_DIR   data + socket + log dir (default /tmp/streamspace-pg)
@@ -158,13 +160,22 @@ cmd_stop() {
   log "stopped; removed $PGDIR"
 }
 
+cmd_halt() {
+  find_pg || die "PostgreSQL binaries not found"
+  running || { log "not running"; return 0; }
+  log "halting PostgreSQL ($DATA kept)"
+  as_pg "$PGBIN/pg_ctl" -D "$DATA" -m fast -w -t 30 stop >/dev/null \
+    || die "pg_ctl stop failed (log: $LOGFILE)"
+}
+
 case "${1:-}" in
   start) cmd_start ;;
   stop) cmd_stop ;;
+  halt) cmd_halt ;;
   url) echo "$URL" ;;
   env) echo "export STREAMSPACE_PG_URL=$URL" ;;
   status)
     find_pg || die "PostgreSQL binaries not found"
     if ready; then echo "running: $URL"; else echo "not running"; exit 1; fi ;;
-  *) echo "usage: $0 start|stop|url|env|status" >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop|halt|url|env|status" >&2; exit 2 ;;
 esac

@@ -17,6 +17,7 @@ pub mod k8s;
 pub mod oidc;
 pub mod pki;
 pub mod pods;
+pub mod postgres;
 pub mod procs;
 pub mod prom;
 pub mod seeds;

@@ -177,10 +177,18 @@ impl ProcessRuntime {
             if alive(st.pid, st.start_time) {
                 info!(session = %st.session, pid = st.pid, "re-adopted running session");
                 rt.ports.adopt(st.port);
+                // Whether its port answers now: the first Hello's inventory
+                // says RUNNING only of what serves (the monitor keeps probing
+                // the others), and must not wait for the monitor to say so.
+                let serving = std::net::TcpStream::connect_timeout(
+                    &std::net::SocketAddr::from(([127, 0, 0, 1], st.port)),
+                    Duration::from_millis(200),
+                )
+                .is_ok();
                 let p = Proc {
                     state: st.clone(),
                     stopping: Arc::new(AtomicBool::new(false)),
-                    ready: Arc::new(AtomicBool::new(false)),
+                    ready: Arc::new(AtomicBool::new(serving)),
                 };
                 procs.insert(st.session.clone(), p);
             } else {
