@@ -322,6 +322,11 @@ impl Client {
         let mut results = self.results_rx.lock().await;
         let mut heartbeat = tokio::time::interval(interval);
         let mut seq = 0u64;
+        // Once the control plane acknowledges heartbeats, a stream on which
+        // nothing arrives for three intervals is gone (a connection cut
+        // without FIN): end it and attach again, as the control plane does.
+        let mut acked = false;
+        let mut heard = Instant::now();
         loop {
             // Biased, statuses before results: a command's task reports the
             // session's status and then its result, and the control plane
@@ -334,11 +339,15 @@ impl Client {
                 _ = self.statuses.changed() => self.send_statuses(&tx).await?,
                 Some((session, r)) = results.recv() => self.send_result(&tx, &session, r).await?,
                 _ = heartbeat.tick() => {
+                    if acked && heard.elapsed() > interval * 3 {
+                        anyhow::bail!("nothing from the control plane for {:?}; the connection is gone", heard.elapsed());
+                    }
                     seq += 1;
                     tx.send(frame(Out::Heartbeat(pb::Heartbeat { sequence: seq, in_use: Some(self.runtime.in_use()), active_sessions: self.runtime.active_sessions() }))).await?;
                 }
-                msg = inbound.message() => match msg? {
+                msg = inbound.message() => match { heard = Instant::now(); msg? } {
                     None => anyhow::bail!("the control plane closed the stream"),
+                    Some(pb::ControlFrame { frame: Some(In::HeartbeatAck(_)) }) => acked = true,
                     Some(pb::ControlFrame { frame: Some(In::Command(c)) }) => self.command(c, &tx, &in_flight).await?,
                     Some(pb::ControlFrame { frame: Some(In::Drain(d)) }) => {
                         let after = d.reconnect_after.and_then(|d| Duration::try_from(d).ok()).unwrap_or(Duration::from_secs(1));

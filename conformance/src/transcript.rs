@@ -134,6 +134,7 @@ impl Transcript {
                 )
             }
             ToAgent::Drain(d) => format!("-> Drain reconnect_after={}", ms(&d.reconnect_after)),
+            ToAgent::HeartbeatAck(a) => format!("-> HeartbeatAck sequence={}", a.sequence),
         };
         self.lines.push(line);
     }

@@ -719,3 +719,86 @@ async fn two_replicas_holding_one_agent_never_both_deliver() {
         cp.shutdown().await;
     }
 }
+
+/// The connection between an agent and its replica dies without a FIN or
+/// RST (the Service stops forwarding and keeps both sockets open): the
+/// agent notices within the heartbeat bound (three heartbeats with nothing
+/// from the control plane, which acknowledges every heartbeat), attaches
+/// again, and a command accepted while the stream was silent takes effect
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_cut_without_fin_is_replaced_within_the_heartbeat_bound() {
+    init();
+    let pki = TestPki::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let db = postgres_url().await;
+    let o = CpOptions::default();
+    let heartbeat = o.heartbeat;
+    let cp = start_cp(&pki, &db, &o).await;
+    let svc = Service::start(vec![cp.agent_addr]).await;
+    let agent = AgentProc::spawn(&pki, "cut-agent", svc.addr, &tmp.path().join("agent"));
+    let mut api = Api::connect(&pki, cp.api_addr, ADMIN_TOKEN).await;
+    api.put_dev_templates().await;
+    api.wait_agents(1, 30).await;
+    api.create("cut-s", "static-files").await.unwrap();
+    api.wait_phase("cut-s", P::Running, 60).await;
+
+    svc.blackhole();
+    let cut = std::time::Instant::now();
+    api.sessions
+        .hibernate_session(pb::HibernateSessionRequest {
+            name: "cut-s".into(),
+        })
+        .await
+        .unwrap();
+    wait_for("the agent to notice the silent stream", 30, || {
+        let gone = strip_ansi(&agent.log()).contains("the connection is gone");
+        async move { gone.then_some(()) }
+    })
+    .await;
+    let noticed = cut.elapsed();
+    wait_for("the agent to attach again", 30, || {
+        let n = strip_ansi(&agent.log())
+            .matches("connected to the control plane")
+            .count();
+        async move { (n >= 2).then_some(()) }
+    })
+    .await;
+    let back = cut.elapsed();
+    println!(
+        "stream cut without FIN: noticed after {noticed:?}, attached again after {back:?} (heartbeat {heartbeat:?})"
+    );
+    // Three silent heartbeats, checked at the next one's tick.
+    assert!(
+        noticed <= heartbeat * 4 + Duration::from_millis(500),
+        "{noticed:?}"
+    );
+    assert_eq!(svc.held(), 2, "the cut connection's sockets stayed open");
+    api.wait_phase("cut-s", P::Hibernated, 30).await;
+    let s = api.get("cut-s").await.unwrap();
+    let procs = session_processes("cut-s");
+    assert_eq!(procs, vec![session_pid(&s)]);
+    assert_eq!(proc_state(procs[0]), Some('T'), "hibernated once");
+    let applied = applied_per_command(std::slice::from_ref(&agent));
+    let cmds = cp
+        .lifecycle
+        .store()
+        .list_commands(&CommandFilter {
+            limit: 100,
+            ..CommandFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(cmds.len(), 2, "{cmds:?}");
+    for c in &cmds {
+        assert_eq!(c.state, CommandState::Succeeded, "{c:?}");
+        assert_eq!(applied.get(&c.id).copied(), Some(1), "{c:?}");
+    }
+    for pid in procs {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    cp.shutdown().await;
+}

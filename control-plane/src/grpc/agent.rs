@@ -403,6 +403,13 @@ impl Stream {
                 Err(invalid("frame", "hello may be sent only once, first").into())
             }
             Some(In::Heartbeat(h)) => {
+                // Lets the agent time a silent stream out as we do. Never
+                // waits: with the channel full, the agent hears other frames.
+                let _ = self.tx.try_send(Ok(pb::ControlFrame {
+                    frame: Some(Out::HeartbeatAck(pb::HeartbeatAck {
+                        sequence: h.sequence,
+                    })),
+                }));
                 lc.heartbeat(
                     &self.id,
                     self.conn_id,

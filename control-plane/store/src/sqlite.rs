@@ -758,6 +758,7 @@ mod tests {
             include_str!("../migrations/sqlite/0007_requests.sql"),
             include_str!("../migrations/sqlite/0008_active_indexes.sql"),
             include_str!("../migrations/sqlite/0009_trace_context.sql"),
+            include_str!("../migrations/sqlite/0010_replicas.sql"),
         ] {
             c.execute_batch(sql).unwrap();
         }

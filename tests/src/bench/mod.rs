@@ -15,6 +15,7 @@ mod failover;
 mod latency;
 mod measure;
 mod overhead;
+mod replicas;
 mod report;
 mod retention;
 mod scale;
@@ -64,6 +65,9 @@ enum Scenario {
     /// Not part of `all` (six windows and a Jaeger): throughput and p99 with
     /// metrics and with tracing on, against neither.
     Overhead,
+    /// Not part of `all` (PostgreSQL, two windows): the throughput load
+    /// against one replica and against `--replicas N`.
+    Replicas,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -115,6 +119,11 @@ struct RunArgs {
     /// Seconds of each of the overhead scenario's six windows.
     #[arg(long, env = "BENCH_OVERHEAD_SECONDS")]
     overhead_seconds: Option<u64>,
+    /// Control-plane replicas compared with one in the replicas scenario
+    /// (PostgreSQL; `--scenario replicas`).
+    #[arg(long, env = "BENCH_REPLICAS", default_value_t = 3,
+          value_parser = clap::value_parser!(u64).range(2..=16))]
+    replicas: u64,
 }
 
 /// How big each scenario is.
@@ -337,6 +346,32 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
                 }
             }
             Err(e) => fail("overhead", e),
+        }
+    }
+
+    // Only when asked for by name: PostgreSQL, two windows.
+    if a.scenario == Scenario::Replicas {
+        let url = a.postgres_url.clone();
+        let fresh = || latency::fresh_postgres(&url);
+        match replicas::run(&lab, &z, &mut report, a.replicas as usize, fresh).await {
+            Ok(runs) => {
+                let (one, many) = (&runs[0], &runs[1]);
+                // No goal: the figures say what a second and third replica
+                // cost or bring on one PostgreSQL server.
+                report.add(
+                    "7 replicas",
+                    &format!("{} replicas / 1 replica: commands/s, p99", many.replicas),
+                    format!(
+                        "{:.2}x ({} vs {}), p99 {} vs {}",
+                        many.commands_per_sec / one.commands_per_sec,
+                        measure::fmt_rate(many.commands_per_sec),
+                        measure::fmt_rate(one.commands_per_sec),
+                        fmt_dur(many.p99),
+                        fmt_dur(one.p99)
+                    ),
+                );
+            }
+            Err(e) => fail("replicas", e),
         }
     }
 

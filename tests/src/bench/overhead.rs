@@ -107,8 +107,14 @@ async fn window(
     let watch = Watcher::start(&api).await?;
     let t0 = Instant::now();
     let scrape = metrics.map(|m| scraper(m, t0 + z.overhead_time));
-    let (mut lat, commands, _) =
-        load(&api, &watch, z.concurrency, z.overhead_time, Arc::default()).await?;
+    let (mut lat, commands, _) = load(
+        std::slice::from_ref(&api),
+        &watch,
+        z.concurrency,
+        z.overhead_time,
+        Arc::default(),
+    )
+    .await?;
     let elapsed = t0.elapsed();
     if let Some(s) = scrape {
         s.abort();

@@ -122,7 +122,14 @@ async fn one(
             samples
         })
     };
-    let (_, commands, _) = load(&api, &watch, z.concurrency, window, done).await?;
+    let (_, commands, _) = load(
+        std::slice::from_ref(&api),
+        &watch,
+        z.concurrency,
+        window,
+        done,
+    )
+    .await?;
     let elapsed = t0.elapsed();
     let samples = sampler.await?;
     agents.stop().await?;

@@ -30,12 +30,12 @@ struct Worker {
     refused: u64,
 }
 
-/// The load: `concurrency` clients loop "create, wait until RUNNING, delete,
+/// The load: `concurrency` clients (client `w` on `apis[w % len]`) loop "create, wait until RUNNING, delete,
 /// wait until gone" for `window`. Returns the latencies, the commands
 /// completed and the refusals; `done` counts completed commands as they
 /// happen (for sampling during the window).
 pub async fn load(
-    api: &Api,
+    apis: &[Api],
     watch: &Watcher,
     concurrency: u64,
     window: Duration,
@@ -45,6 +45,7 @@ pub async fn load(
     let deadline = Instant::now() + window;
     let workers: Vec<_> = (0..concurrency)
         .map(|w| {
+            let api = &apis[w as usize % apis.len()];
             let (mut sessions, watch, done) = (api.sessions(), watch.clone(), done.clone());
             tokio::spawn(async move {
                 let mut me = Worker {
@@ -105,7 +106,7 @@ pub async fn run(lab: &Lab, z: &Sizes, report: &mut Report) -> anyhow::Result<Th
     let s0 = sample(pid)?;
     let t0 = Instant::now();
     let (mut lat, commands, refused) = load(
-        &api,
+        std::slice::from_ref(&api),
         &watch,
         z.concurrency,
         z.throughput_time,

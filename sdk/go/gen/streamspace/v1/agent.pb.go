@@ -847,6 +847,7 @@ type ControlFrame struct {
 	//	*ControlFrame_Welcome
 	//	*ControlFrame_Command
 	//	*ControlFrame_Drain
+	//	*ControlFrame_HeartbeatAck
 	Frame         isControlFrame_Frame `protobuf_oneof:"frame"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -916,6 +917,15 @@ func (x *ControlFrame) GetDrain() *Drain {
 	return nil
 }
 
+func (x *ControlFrame) GetHeartbeatAck() *HeartbeatAck {
+	if x != nil {
+		if x, ok := x.Frame.(*ControlFrame_HeartbeatAck); ok {
+			return x.HeartbeatAck
+		}
+	}
+	return nil
+}
+
 type isControlFrame_Frame interface {
 	isControlFrame_Frame()
 }
@@ -932,11 +942,69 @@ type ControlFrame_Drain struct {
 	Drain *Drain `protobuf:"bytes,3,opt,name=drain,proto3,oneof"`
 }
 
+type ControlFrame_HeartbeatAck struct {
+	HeartbeatAck *HeartbeatAck `protobuf:"bytes,4,opt,name=heartbeat_ack,json=heartbeatAck,proto3,oneof"`
+}
+
 func (*ControlFrame_Welcome) isControlFrame_Frame() {}
 
 func (*ControlFrame_Command) isControlFrame_Frame() {}
 
 func (*ControlFrame_Drain) isControlFrame_Frame() {}
+
+func (*ControlFrame_HeartbeatAck) isControlFrame_Frame() {}
+
+// The control plane's answer to each Heartbeat, so that an agent notices a
+// stream gone silent (a connection cut without FIN or RST) within the same
+// bound as the control plane: three heartbeat intervals. An agent that has
+// received one on a stream may end that stream and attach again once nothing
+// at all arrived on it for three heartbeat intervals. A control plane that
+// sends none (older ones) is never timed out this way, and an agent may
+// ignore the frame.
+type HeartbeatAck struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The sequence of the Heartbeat it answers.
+	Sequence      uint64 `protobuf:"varint,1,opt,name=sequence,proto3" json:"sequence,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HeartbeatAck) Reset() {
+	*x = HeartbeatAck{}
+	mi := &file_streamspace_v1_agent_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HeartbeatAck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HeartbeatAck) ProtoMessage() {}
+
+func (x *HeartbeatAck) ProtoReflect() protoreflect.Message {
+	mi := &file_streamspace_v1_agent_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HeartbeatAck.ProtoReflect.Descriptor instead.
+func (*HeartbeatAck) Descriptor() ([]byte, []int) {
+	return file_streamspace_v1_agent_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *HeartbeatAck) GetSequence() uint64 {
+	if x != nil {
+		return x.Sequence
+	}
+	return 0
+}
 
 // The answer to Hello: the stream is accepted with these limits.
 type Welcome struct {
@@ -966,7 +1034,7 @@ type Welcome struct {
 
 func (x *Welcome) Reset() {
 	*x = Welcome{}
-	mi := &file_streamspace_v1_agent_proto_msgTypes[9]
+	mi := &file_streamspace_v1_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -978,7 +1046,7 @@ func (x *Welcome) String() string {
 func (*Welcome) ProtoMessage() {}
 
 func (x *Welcome) ProtoReflect() protoreflect.Message {
-	mi := &file_streamspace_v1_agent_proto_msgTypes[9]
+	mi := &file_streamspace_v1_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -991,7 +1059,7 @@ func (x *Welcome) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Welcome.ProtoReflect.Descriptor instead.
 func (*Welcome) Descriptor() ([]byte, []int) {
-	return file_streamspace_v1_agent_proto_rawDescGZIP(), []int{9}
+	return file_streamspace_v1_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Welcome) GetHeartbeatInterval() *durationpb.Duration {
@@ -1086,7 +1154,7 @@ type Command struct {
 
 func (x *Command) Reset() {
 	*x = Command{}
-	mi := &file_streamspace_v1_agent_proto_msgTypes[10]
+	mi := &file_streamspace_v1_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1098,7 +1166,7 @@ func (x *Command) String() string {
 func (*Command) ProtoMessage() {}
 
 func (x *Command) ProtoReflect() protoreflect.Message {
-	mi := &file_streamspace_v1_agent_proto_msgTypes[10]
+	mi := &file_streamspace_v1_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1111,7 +1179,7 @@ func (x *Command) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Command.ProtoReflect.Descriptor instead.
 func (*Command) Descriptor() ([]byte, []int) {
-	return file_streamspace_v1_agent_proto_rawDescGZIP(), []int{10}
+	return file_streamspace_v1_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Command) GetCommandId() string {
@@ -1234,7 +1302,7 @@ type StartSession struct {
 
 func (x *StartSession) Reset() {
 	*x = StartSession{}
-	mi := &file_streamspace_v1_agent_proto_msgTypes[11]
+	mi := &file_streamspace_v1_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1246,7 +1314,7 @@ func (x *StartSession) String() string {
 func (*StartSession) ProtoMessage() {}
 
 func (x *StartSession) ProtoReflect() protoreflect.Message {
-	mi := &file_streamspace_v1_agent_proto_msgTypes[11]
+	mi := &file_streamspace_v1_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1259,7 +1327,7 @@ func (x *StartSession) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartSession.ProtoReflect.Descriptor instead.
 func (*StartSession) Descriptor() ([]byte, []int) {
-	return file_streamspace_v1_agent_proto_rawDescGZIP(), []int{11}
+	return file_streamspace_v1_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *StartSession) GetUser() string {
@@ -1309,7 +1377,7 @@ type WorkloadSpec struct {
 
 func (x *WorkloadSpec) Reset() {
 	*x = WorkloadSpec{}
-	mi := &file_streamspace_v1_agent_proto_msgTypes[12]
+	mi := &file_streamspace_v1_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1321,7 +1389,7 @@ func (x *WorkloadSpec) String() string {
 func (*WorkloadSpec) ProtoMessage() {}
 
 func (x *WorkloadSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_streamspace_v1_agent_proto_msgTypes[12]
+	mi := &file_streamspace_v1_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1334,7 +1402,7 @@ func (x *WorkloadSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkloadSpec.ProtoReflect.Descriptor instead.
 func (*WorkloadSpec) Descriptor() ([]byte, []int) {
-	return file_streamspace_v1_agent_proto_rawDescGZIP(), []int{12}
+	return file_streamspace_v1_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *WorkloadSpec) GetImage() string {
@@ -1419,7 +1487,7 @@ type StopSession struct {
 
 func (x *StopSession) Reset() {
 	*x = StopSession{}
-	mi := &file_streamspace_v1_agent_proto_msgTypes[13]
+	mi := &file_streamspace_v1_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1431,7 +1499,7 @@ func (x *StopSession) String() string {
 func (*StopSession) ProtoMessage() {}
 
 func (x *StopSession) ProtoReflect() protoreflect.Message {
-	mi := &file_streamspace_v1_agent_proto_msgTypes[13]
+	mi := &file_streamspace_v1_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1444,7 +1512,7 @@ func (x *StopSession) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopSession.ProtoReflect.Descriptor instead.
 func (*StopSession) Descriptor() ([]byte, []int) {
-	return file_streamspace_v1_agent_proto_rawDescGZIP(), []int{13}
+	return file_streamspace_v1_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *StopSession) GetDeleteHome() bool {
@@ -1463,7 +1531,7 @@ type HibernateSession struct {
 
 func (x *HibernateSession) Reset() {
 	*x = HibernateSession{}
-	mi := &file_streamspace_v1_agent_proto_msgTypes[14]
+	mi := &file_streamspace_v1_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1475,7 +1543,7 @@ func (x *HibernateSession) String() string {
 func (*HibernateSession) ProtoMessage() {}
 
 func (x *HibernateSession) ProtoReflect() protoreflect.Message {
-	mi := &file_streamspace_v1_agent_proto_msgTypes[14]
+	mi := &file_streamspace_v1_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1488,7 +1556,7 @@ func (x *HibernateSession) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HibernateSession.ProtoReflect.Descriptor instead.
 func (*HibernateSession) Descriptor() ([]byte, []int) {
-	return file_streamspace_v1_agent_proto_rawDescGZIP(), []int{14}
+	return file_streamspace_v1_agent_proto_rawDescGZIP(), []int{15}
 }
 
 // Resume a hibernated workload.
@@ -1500,7 +1568,7 @@ type WakeSession struct {
 
 func (x *WakeSession) Reset() {
 	*x = WakeSession{}
-	mi := &file_streamspace_v1_agent_proto_msgTypes[15]
+	mi := &file_streamspace_v1_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1512,7 +1580,7 @@ func (x *WakeSession) String() string {
 func (*WakeSession) ProtoMessage() {}
 
 func (x *WakeSession) ProtoReflect() protoreflect.Message {
-	mi := &file_streamspace_v1_agent_proto_msgTypes[15]
+	mi := &file_streamspace_v1_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1525,7 +1593,7 @@ func (x *WakeSession) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WakeSession.ProtoReflect.Descriptor instead.
 func (*WakeSession) Descriptor() ([]byte, []int) {
-	return file_streamspace_v1_agent_proto_rawDescGZIP(), []int{15}
+	return file_streamspace_v1_agent_proto_rawDescGZIP(), []int{16}
 }
 
 // The control plane is going away: attach again after `reconnect_after` (to
@@ -1551,7 +1619,7 @@ type Drain struct {
 
 func (x *Drain) Reset() {
 	*x = Drain{}
-	mi := &file_streamspace_v1_agent_proto_msgTypes[16]
+	mi := &file_streamspace_v1_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1563,7 +1631,7 @@ func (x *Drain) String() string {
 func (*Drain) ProtoMessage() {}
 
 func (x *Drain) ProtoReflect() protoreflect.Message {
-	mi := &file_streamspace_v1_agent_proto_msgTypes[16]
+	mi := &file_streamspace_v1_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1576,7 +1644,7 @@ func (x *Drain) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Drain.ProtoReflect.Descriptor instead.
 func (*Drain) Descriptor() ([]byte, []int) {
-	return file_streamspace_v1_agent_proto_rawDescGZIP(), []int{16}
+	return file_streamspace_v1_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Drain) GetReason() string {
@@ -1644,12 +1712,15 @@ const file_streamspace_v1_agent_proto_rawDesc = "" +
 	"\amessage\x18\x05 \x01(\tR\amessage\x12\x1a\n" +
 	"\bworkload\x18\x06 \x01(\tR\bworkload\x12;\n" +
 	"\vobserved_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"observedAt\"\xb0\x01\n" +
+	"observedAt\"\xf5\x01\n" +
 	"\fControlFrame\x123\n" +
 	"\awelcome\x18\x01 \x01(\v2\x17.streamspace.v1.WelcomeH\x00R\awelcome\x123\n" +
 	"\acommand\x18\x02 \x01(\v2\x17.streamspace.v1.CommandH\x00R\acommand\x12-\n" +
-	"\x05drain\x18\x03 \x01(\v2\x15.streamspace.v1.DrainH\x00R\x05drainB\a\n" +
-	"\x05frame\"\x96\x02\n" +
+	"\x05drain\x18\x03 \x01(\v2\x15.streamspace.v1.DrainH\x00R\x05drain\x12C\n" +
+	"\rheartbeat_ack\x18\x04 \x01(\v2\x1c.streamspace.v1.HeartbeatAckH\x00R\fheartbeatAckB\a\n" +
+	"\x05frame\"*\n" +
+	"\fHeartbeatAck\x12\x1a\n" +
+	"\bsequence\x18\x01 \x01(\x04R\bsequence\"\x96\x02\n" +
 	"\aWelcome\x12H\n" +
 	"\x12heartbeat_interval\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\x12\"\n" +
 	"\rmax_in_flight\x18\x02 \x01(\rR\vmaxInFlight\x12*\n" +
@@ -1720,7 +1791,7 @@ func file_streamspace_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_streamspace_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_streamspace_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_streamspace_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_streamspace_v1_agent_proto_goTypes = []any{
 	(ProtocolVersion)(0),          // 0: streamspace.v1.ProtocolVersion
 	(*AgentFrame)(nil),            // 1: streamspace.v1.AgentFrame
@@ -1732,24 +1803,25 @@ var file_streamspace_v1_agent_proto_goTypes = []any{
 	(*CommandFailed)(nil),         // 7: streamspace.v1.CommandFailed
 	(*SessionStatus)(nil),         // 8: streamspace.v1.SessionStatus
 	(*ControlFrame)(nil),          // 9: streamspace.v1.ControlFrame
-	(*Welcome)(nil),               // 10: streamspace.v1.Welcome
-	(*Command)(nil),               // 11: streamspace.v1.Command
-	(*StartSession)(nil),          // 12: streamspace.v1.StartSession
-	(*WorkloadSpec)(nil),          // 13: streamspace.v1.WorkloadSpec
-	(*StopSession)(nil),           // 14: streamspace.v1.StopSession
-	(*HibernateSession)(nil),      // 15: streamspace.v1.HibernateSession
-	(*WakeSession)(nil),           // 16: streamspace.v1.WakeSession
-	(*Drain)(nil),                 // 17: streamspace.v1.Drain
-	nil,                           // 18: streamspace.v1.Command.TraceContextEntry
-	nil,                           // 19: streamspace.v1.WorkloadSpec.EnvEntry
-	(*Capacity)(nil),              // 20: streamspace.v1.Capacity
-	(FailureReason)(0),            // 21: streamspace.v1.FailureReason
-	(SessionPhase)(0),             // 22: streamspace.v1.SessionPhase
-	(*timestamppb.Timestamp)(nil), // 23: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 24: google.protobuf.Duration
-	(*PortSpec)(nil),              // 25: streamspace.v1.PortSpec
-	(*Resources)(nil),             // 26: streamspace.v1.Resources
-	(*Timeouts)(nil),              // 27: streamspace.v1.Timeouts
+	(*HeartbeatAck)(nil),          // 10: streamspace.v1.HeartbeatAck
+	(*Welcome)(nil),               // 11: streamspace.v1.Welcome
+	(*Command)(nil),               // 12: streamspace.v1.Command
+	(*StartSession)(nil),          // 13: streamspace.v1.StartSession
+	(*WorkloadSpec)(nil),          // 14: streamspace.v1.WorkloadSpec
+	(*StopSession)(nil),           // 15: streamspace.v1.StopSession
+	(*HibernateSession)(nil),      // 16: streamspace.v1.HibernateSession
+	(*WakeSession)(nil),           // 17: streamspace.v1.WakeSession
+	(*Drain)(nil),                 // 18: streamspace.v1.Drain
+	nil,                           // 19: streamspace.v1.Command.TraceContextEntry
+	nil,                           // 20: streamspace.v1.WorkloadSpec.EnvEntry
+	(*Capacity)(nil),              // 21: streamspace.v1.Capacity
+	(FailureReason)(0),            // 22: streamspace.v1.FailureReason
+	(SessionPhase)(0),             // 23: streamspace.v1.SessionPhase
+	(*timestamppb.Timestamp)(nil), // 24: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 25: google.protobuf.Duration
+	(*PortSpec)(nil),              // 26: streamspace.v1.PortSpec
+	(*Resources)(nil),             // 27: streamspace.v1.Resources
+	(*Timeouts)(nil),              // 28: streamspace.v1.Timeouts
 }
 var file_streamspace_v1_agent_proto_depIdxs = []int32{
 	2,  // 0: streamspace.v1.AgentFrame.hello:type_name -> streamspace.v1.Hello
@@ -1757,41 +1829,42 @@ var file_streamspace_v1_agent_proto_depIdxs = []int32{
 	4,  // 2: streamspace.v1.AgentFrame.ack:type_name -> streamspace.v1.CommandAck
 	5,  // 3: streamspace.v1.AgentFrame.result:type_name -> streamspace.v1.CommandResult
 	8,  // 4: streamspace.v1.AgentFrame.status:type_name -> streamspace.v1.SessionStatus
-	20, // 5: streamspace.v1.Hello.capacity:type_name -> streamspace.v1.Capacity
+	21, // 5: streamspace.v1.Hello.capacity:type_name -> streamspace.v1.Capacity
 	0,  // 6: streamspace.v1.Hello.protocol_version:type_name -> streamspace.v1.ProtocolVersion
 	8,  // 7: streamspace.v1.Hello.inventory:type_name -> streamspace.v1.SessionStatus
 	0,  // 8: streamspace.v1.Hello.supported_protocol_versions:type_name -> streamspace.v1.ProtocolVersion
-	20, // 9: streamspace.v1.Heartbeat.in_use:type_name -> streamspace.v1.Capacity
+	21, // 9: streamspace.v1.Heartbeat.in_use:type_name -> streamspace.v1.Capacity
 	6,  // 10: streamspace.v1.CommandResult.succeeded:type_name -> streamspace.v1.CommandSucceeded
 	7,  // 11: streamspace.v1.CommandResult.failed:type_name -> streamspace.v1.CommandFailed
-	21, // 12: streamspace.v1.CommandFailed.reason:type_name -> streamspace.v1.FailureReason
-	22, // 13: streamspace.v1.SessionStatus.phase:type_name -> streamspace.v1.SessionPhase
-	21, // 14: streamspace.v1.SessionStatus.reason:type_name -> streamspace.v1.FailureReason
-	23, // 15: streamspace.v1.SessionStatus.observed_at:type_name -> google.protobuf.Timestamp
-	10, // 16: streamspace.v1.ControlFrame.welcome:type_name -> streamspace.v1.Welcome
-	11, // 17: streamspace.v1.ControlFrame.command:type_name -> streamspace.v1.Command
-	17, // 18: streamspace.v1.ControlFrame.drain:type_name -> streamspace.v1.Drain
-	24, // 19: streamspace.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
-	0,  // 20: streamspace.v1.Welcome.protocol_version:type_name -> streamspace.v1.ProtocolVersion
-	23, // 21: streamspace.v1.Command.deadline:type_name -> google.protobuf.Timestamp
-	18, // 22: streamspace.v1.Command.trace_context:type_name -> streamspace.v1.Command.TraceContextEntry
-	12, // 23: streamspace.v1.Command.start:type_name -> streamspace.v1.StartSession
-	14, // 24: streamspace.v1.Command.stop:type_name -> streamspace.v1.StopSession
-	15, // 25: streamspace.v1.Command.hibernate:type_name -> streamspace.v1.HibernateSession
-	16, // 26: streamspace.v1.Command.wake:type_name -> streamspace.v1.WakeSession
-	13, // 27: streamspace.v1.StartSession.workload:type_name -> streamspace.v1.WorkloadSpec
-	25, // 28: streamspace.v1.WorkloadSpec.ports:type_name -> streamspace.v1.PortSpec
-	19, // 29: streamspace.v1.WorkloadSpec.env:type_name -> streamspace.v1.WorkloadSpec.EnvEntry
-	26, // 30: streamspace.v1.WorkloadSpec.resources:type_name -> streamspace.v1.Resources
-	27, // 31: streamspace.v1.WorkloadSpec.timeouts:type_name -> streamspace.v1.Timeouts
-	24, // 32: streamspace.v1.Drain.reconnect_after:type_name -> google.protobuf.Duration
-	1,  // 33: streamspace.v1.AgentService.Attach:input_type -> streamspace.v1.AgentFrame
-	9,  // 34: streamspace.v1.AgentService.Attach:output_type -> streamspace.v1.ControlFrame
-	34, // [34:35] is the sub-list for method output_type
-	33, // [33:34] is the sub-list for method input_type
-	33, // [33:33] is the sub-list for extension type_name
-	33, // [33:33] is the sub-list for extension extendee
-	0,  // [0:33] is the sub-list for field type_name
+	22, // 12: streamspace.v1.CommandFailed.reason:type_name -> streamspace.v1.FailureReason
+	23, // 13: streamspace.v1.SessionStatus.phase:type_name -> streamspace.v1.SessionPhase
+	22, // 14: streamspace.v1.SessionStatus.reason:type_name -> streamspace.v1.FailureReason
+	24, // 15: streamspace.v1.SessionStatus.observed_at:type_name -> google.protobuf.Timestamp
+	11, // 16: streamspace.v1.ControlFrame.welcome:type_name -> streamspace.v1.Welcome
+	12, // 17: streamspace.v1.ControlFrame.command:type_name -> streamspace.v1.Command
+	18, // 18: streamspace.v1.ControlFrame.drain:type_name -> streamspace.v1.Drain
+	10, // 19: streamspace.v1.ControlFrame.heartbeat_ack:type_name -> streamspace.v1.HeartbeatAck
+	25, // 20: streamspace.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
+	0,  // 21: streamspace.v1.Welcome.protocol_version:type_name -> streamspace.v1.ProtocolVersion
+	24, // 22: streamspace.v1.Command.deadline:type_name -> google.protobuf.Timestamp
+	19, // 23: streamspace.v1.Command.trace_context:type_name -> streamspace.v1.Command.TraceContextEntry
+	13, // 24: streamspace.v1.Command.start:type_name -> streamspace.v1.StartSession
+	15, // 25: streamspace.v1.Command.stop:type_name -> streamspace.v1.StopSession
+	16, // 26: streamspace.v1.Command.hibernate:type_name -> streamspace.v1.HibernateSession
+	17, // 27: streamspace.v1.Command.wake:type_name -> streamspace.v1.WakeSession
+	14, // 28: streamspace.v1.StartSession.workload:type_name -> streamspace.v1.WorkloadSpec
+	26, // 29: streamspace.v1.WorkloadSpec.ports:type_name -> streamspace.v1.PortSpec
+	20, // 30: streamspace.v1.WorkloadSpec.env:type_name -> streamspace.v1.WorkloadSpec.EnvEntry
+	27, // 31: streamspace.v1.WorkloadSpec.resources:type_name -> streamspace.v1.Resources
+	28, // 32: streamspace.v1.WorkloadSpec.timeouts:type_name -> streamspace.v1.Timeouts
+	25, // 33: streamspace.v1.Drain.reconnect_after:type_name -> google.protobuf.Duration
+	1,  // 34: streamspace.v1.AgentService.Attach:input_type -> streamspace.v1.AgentFrame
+	9,  // 35: streamspace.v1.AgentService.Attach:output_type -> streamspace.v1.ControlFrame
+	35, // [35:36] is the sub-list for method output_type
+	34, // [34:35] is the sub-list for method input_type
+	34, // [34:34] is the sub-list for extension type_name
+	34, // [34:34] is the sub-list for extension extendee
+	0,  // [0:34] is the sub-list for field type_name
 }
 
 func init() { file_streamspace_v1_agent_proto_init() }
@@ -1815,8 +1888,9 @@ func file_streamspace_v1_agent_proto_init() {
 		(*ControlFrame_Welcome)(nil),
 		(*ControlFrame_Command)(nil),
 		(*ControlFrame_Drain)(nil),
+		(*ControlFrame_HeartbeatAck)(nil),
 	}
-	file_streamspace_v1_agent_proto_msgTypes[10].OneofWrappers = []any{
+	file_streamspace_v1_agent_proto_msgTypes[11].OneofWrappers = []any{
 		(*Command_Start)(nil),
 		(*Command_Stop)(nil),
 		(*Command_Hibernate)(nil),
@@ -1828,7 +1902,7 @@ func file_streamspace_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_streamspace_v1_agent_proto_rawDesc), len(file_streamspace_v1_agent_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   19,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

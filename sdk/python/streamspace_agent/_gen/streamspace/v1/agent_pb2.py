@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from streamspace_agent._gen.streamspace.v1 import common_pb2 as streamspace_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1astreamspace/v1/agent.proto\x12\x0estreamspace.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bstreamspace/v1/common.proto\"\xfa\x01\n\nAgentFrame\x12&\n\x05hello\x18\x01 \x01(\x0b\x32\x15.streamspace.v1.HelloH\x00\x12.\n\theartbeat\x18\x02 \x01(\x0b\x32\x19.streamspace.v1.HeartbeatH\x00\x12)\n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\x1a.streamspace.v1.CommandAckH\x00\x12/\n\x06result\x18\x04 \x01(\x0b\x32\x1d.streamspace.v1.CommandResultH\x00\x12/\n\x06status\x18\x05 \x01(\x0b\x32\x1d.streamspace.v1.SessionStatusH\x00\x42\x07\n\x05\x66rame\"\xc8\x02\n\x05Hello\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x10\n\x08platform\x18\x02 \x01(\t\x12\x0e\n\x06region\x18\x03 \x01(\t\x12*\n\x08\x63\x61pacity\x18\x04 \x01(\x0b\x32\x18.streamspace.v1.Capacity\x12\x15\n\ragent_version\x18\x05 \x01(\t\x12\x39\n\x10protocol_version\x18\x06 \x01(\x0e\x32\x1f.streamspace.v1.ProtocolVersion\x12\x15\n\rfencing_token\x18\x07 \x01(\x04\x12\x30\n\tinventory\x18\x08 \x03(\x0b\x32\x1d.streamspace.v1.SessionStatus\x12\x44\n\x1bsupported_protocol_versions\x18\t \x03(\x0e\x32\x1f.streamspace.v1.ProtocolVersion\"`\n\tHeartbeat\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12(\n\x06in_use\x18\x02 \x01(\x0b\x32\x18.streamspace.v1.Capacity\x12\x17\n\x0f\x61\x63tive_sessions\x18\x03 \x03(\t\" \n\nCommandAck\x12\x12\n\ncommand_id\x18\x01 \x01(\t\"\x96\x01\n\rCommandResult\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x35\n\tsucceeded\x18\x02 \x01(\x0b\x32 .streamspace.v1.CommandSucceededH\x00\x12/\n\x06\x66\x61iled\x18\x03 \x01(\x0b\x32\x1d.streamspace.v1.CommandFailedH\x00\x42\t\n\x07outcome\"\x12\n\x10\x43ommandSucceeded\"b\n\rCommandFailed\x12-\n\x06reason\x18\x01 \x01(\x0e\x32\x1d.streamspace.v1.FailureReason\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tretryable\x18\x03 \x01(\x08\"\xe0\x01\n\rSessionStatus\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12+\n\x05phase\x18\x02 \x01(\x0e\x32\x1c.streamspace.v1.SessionPhase\x12\x0b\n\x03url\x18\x03 \x01(\t\x12-\n\x06reason\x18\x04 \x01(\x0e\x32\x1d.streamspace.v1.FailureReason\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x10\n\x08workload\x18\x06 \x01(\t\x12/\n\x0bobserved_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x97\x01\n\x0c\x43ontrolFrame\x12*\n\x07welcome\x18\x01 \x01(\x0b\x32\x17.streamspace.v1.WelcomeH\x00\x12*\n\x07\x63ommand\x18\x02 \x01(\x0b\x32\x17.streamspace.v1.CommandH\x00\x12&\n\x05\x64rain\x18\x03 \x01(\x0b\x32\x15.streamspace.v1.DrainH\x00\x42\x07\n\x05\x66rame\"\xc5\x01\n\x07Welcome\x12\x35\n\x12heartbeat_interval\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x15\n\rmax_in_flight\x18\x02 \x01(\r\x12\x19\n\x11max_message_bytes\x18\x03 \x01(\r\x12\x39\n\x10protocol_version\x18\x04 \x01(\x0e\x32\x1f.streamspace.v1.ProtocolVersion\x12\x16\n\x0eserver_version\x18\x05 \x01(\t\"\xbc\x03\n\x07\x43ommand\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x1a\n\x12session_generation\x18\x03 \x01(\x04\x12,\n\x08\x64\x65\x61\x64line\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12@\n\rtrace_context\x18\x05 \x03(\x0b\x32).streamspace.v1.Command.TraceContextEntry\x12-\n\x05start\x18\n \x01(\x0b\x32\x1c.streamspace.v1.StartSessionH\x00\x12+\n\x04stop\x18\x0b \x01(\x0b\x32\x1b.streamspace.v1.StopSessionH\x00\x12\x35\n\thibernate\x18\x0c \x01(\x0b\x32 .streamspace.v1.HibernateSessionH\x00\x12+\n\x04wake\x18\r \x01(\x0b\x32\x1b.streamspace.v1.WakeSessionH\x00\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x08\n\x06\x61\x63tion\"^\n\x0cStartSession\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x10\n\x08template\x18\x02 \x01(\t\x12.\n\x08workload\x18\x03 \x01(\x0b\x32\x1c.streamspace.v1.WorkloadSpec\"\xea\x02\n\x0cWorkloadSpec\x12\r\n\x05image\x18\x01 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x02 \x03(\t\x12\'\n\x05ports\x18\x03 \x03(\x0b\x32\x18.streamspace.v1.PortSpec\x12\x16\n\x0estreaming_port\x18\x04 \x01(\t\x12\x32\n\x03\x65nv\x18\x05 \x03(\x0b\x32%.streamspace.v1.WorkloadSpec.EnvEntry\x12,\n\tresources\x18\x06 \x01(\x0b\x32\x19.streamspace.v1.Resources\x12\x17\n\x0fpersistent_home\x18\x07 \x01(\x08\x12\x11\n\thome_size\x18\x08 \x01(\t\x12*\n\x08timeouts\x18\t \x01(\x0b\x32\x18.streamspace.v1.Timeouts\x12\x13\n\x0brun_as_root\x18\n \x01(\x08\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\"\n\x0bStopSession\x12\x13\n\x0b\x64\x65lete_home\x18\x01 \x01(\x08\"\x12\n\x10HibernateSession\"\r\n\x0bWakeSession\"K\n\x05\x44rain\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x32\n\x0freconnect_after\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration*K\n\x0fProtocolVersion\x12 \n\x1cPROTOCOL_VERSION_UNSPECIFIED\x10\x00\x12\x16\n\x12PROTOCOL_VERSION_1\x10\x01\x32V\n\x0c\x41gentService\x12\x46\n\x06\x41ttach\x12\x1a.streamspace.v1.AgentFrame\x1a\x1c.streamspace.v1.ControlFrame(\x01\x30\x01\x42w\n\x12\x64\x65v.streamspace.v1P\x01ZNgithub.com/streamspace-dev/streamspace/sdk/go/gen/streamspace/v1;streamspacev1\xaa\x02\x0eStreamSpace.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1astreamspace/v1/agent.proto\x12\x0estreamspace.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bstreamspace/v1/common.proto\"\xfa\x01\n\nAgentFrame\x12&\n\x05hello\x18\x01 \x01(\x0b\x32\x15.streamspace.v1.HelloH\x00\x12.\n\theartbeat\x18\x02 \x01(\x0b\x32\x19.streamspace.v1.HeartbeatH\x00\x12)\n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\x1a.streamspace.v1.CommandAckH\x00\x12/\n\x06result\x18\x04 \x01(\x0b\x32\x1d.streamspace.v1.CommandResultH\x00\x12/\n\x06status\x18\x05 \x01(\x0b\x32\x1d.streamspace.v1.SessionStatusH\x00\x42\x07\n\x05\x66rame\"\xc8\x02\n\x05Hello\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x10\n\x08platform\x18\x02 \x01(\t\x12\x0e\n\x06region\x18\x03 \x01(\t\x12*\n\x08\x63\x61pacity\x18\x04 \x01(\x0b\x32\x18.streamspace.v1.Capacity\x12\x15\n\ragent_version\x18\x05 \x01(\t\x12\x39\n\x10protocol_version\x18\x06 \x01(\x0e\x32\x1f.streamspace.v1.ProtocolVersion\x12\x15\n\rfencing_token\x18\x07 \x01(\x04\x12\x30\n\tinventory\x18\x08 \x03(\x0b\x32\x1d.streamspace.v1.SessionStatus\x12\x44\n\x1bsupported_protocol_versions\x18\t \x03(\x0e\x32\x1f.streamspace.v1.ProtocolVersion\"`\n\tHeartbeat\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12(\n\x06in_use\x18\x02 \x01(\x0b\x32\x18.streamspace.v1.Capacity\x12\x17\n\x0f\x61\x63tive_sessions\x18\x03 \x03(\t\" \n\nCommandAck\x12\x12\n\ncommand_id\x18\x01 \x01(\t\"\x96\x01\n\rCommandResult\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x35\n\tsucceeded\x18\x02 \x01(\x0b\x32 .streamspace.v1.CommandSucceededH\x00\x12/\n\x06\x66\x61iled\x18\x03 \x01(\x0b\x32\x1d.streamspace.v1.CommandFailedH\x00\x42\t\n\x07outcome\"\x12\n\x10\x43ommandSucceeded\"b\n\rCommandFailed\x12-\n\x06reason\x18\x01 \x01(\x0e\x32\x1d.streamspace.v1.FailureReason\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tretryable\x18\x03 \x01(\x08\"\xe0\x01\n\rSessionStatus\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12+\n\x05phase\x18\x02 \x01(\x0e\x32\x1c.streamspace.v1.SessionPhase\x12\x0b\n\x03url\x18\x03 \x01(\t\x12-\n\x06reason\x18\x04 \x01(\x0e\x32\x1d.streamspace.v1.FailureReason\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x10\n\x08workload\x18\x06 \x01(\t\x12/\n\x0bobserved_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xce\x01\n\x0c\x43ontrolFrame\x12*\n\x07welcome\x18\x01 \x01(\x0b\x32\x17.streamspace.v1.WelcomeH\x00\x12*\n\x07\x63ommand\x18\x02 \x01(\x0b\x32\x17.streamspace.v1.CommandH\x00\x12&\n\x05\x64rain\x18\x03 \x01(\x0b\x32\x15.streamspace.v1.DrainH\x00\x12\x35\n\rheartbeat_ack\x18\x04 \x01(\x0b\x32\x1c.streamspace.v1.HeartbeatAckH\x00\x42\x07\n\x05\x66rame\" \n\x0cHeartbeatAck\x12\x10\n\x08sequence\x18\x01 \x01(\x04\"\xc5\x01\n\x07Welcome\x12\x35\n\x12heartbeat_interval\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x15\n\rmax_in_flight\x18\x02 \x01(\r\x12\x19\n\x11max_message_bytes\x18\x03 \x01(\r\x12\x39\n\x10protocol_version\x18\x04 \x01(\x0e\x32\x1f.streamspace.v1.ProtocolVersion\x12\x16\n\x0eserver_version\x18\x05 \x01(\t\"\xbc\x03\n\x07\x43ommand\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x1a\n\x12session_generation\x18\x03 \x01(\x04\x12,\n\x08\x64\x65\x61\x64line\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12@\n\rtrace_context\x18\x05 \x03(\x0b\x32).streamspace.v1.Command.TraceContextEntry\x12-\n\x05start\x18\n \x01(\x0b\x32\x1c.streamspace.v1.StartSessionH\x00\x12+\n\x04stop\x18\x0b \x01(\x0b\x32\x1b.streamspace.v1.StopSessionH\x00\x12\x35\n\thibernate\x18\x0c \x01(\x0b\x32 .streamspace.v1.HibernateSessionH\x00\x12+\n\x04wake\x18\r \x01(\x0b\x32\x1b.streamspace.v1.WakeSessionH\x00\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x08\n\x06\x61\x63tion\"^\n\x0cStartSession\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x10\n\x08template\x18\x02 \x01(\t\x12.\n\x08workload\x18\x03 \x01(\x0b\x32\x1c.streamspace.v1.WorkloadSpec\"\xea\x02\n\x0cWorkloadSpec\x12\r\n\x05image\x18\x01 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x02 \x03(\t\x12\'\n\x05ports\x18\x03 \x03(\x0b\x32\x18.streamspace.v1.PortSpec\x12\x16\n\x0estreaming_port\x18\x04 \x01(\t\x12\x32\n\x03\x65nv\x18\x05 \x03(\x0b\x32%.streamspace.v1.WorkloadSpec.EnvEntry\x12,\n\tresources\x18\x06 \x01(\x0b\x32\x19.streamspace.v1.Resources\x12\x17\n\x0fpersistent_home\x18\x07 \x01(\x08\x12\x11\n\thome_size\x18\x08 \x01(\t\x12*\n\x08timeouts\x18\t \x01(\x0b\x32\x18.streamspace.v1.Timeouts\x12\x13\n\x0brun_as_root\x18\n \x01(\x08\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\"\n\x0bStopSession\x12\x13\n\x0b\x64\x65lete_home\x18\x01 \x01(\x08\"\x12\n\x10HibernateSession\"\r\n\x0bWakeSession\"K\n\x05\x44rain\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x32\n\x0freconnect_after\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration*K\n\x0fProtocolVersion\x12 \n\x1cPROTOCOL_VERSION_UNSPECIFIED\x10\x00\x12\x16\n\x12PROTOCOL_VERSION_1\x10\x01\x32V\n\x0c\x41gentService\x12\x46\n\x06\x41ttach\x12\x1a.streamspace.v1.AgentFrame\x1a\x1c.streamspace.v1.ControlFrame(\x01\x30\x01\x42w\n\x12\x64\x65v.streamspace.v1P\x01ZNgithub.com/streamspace-dev/streamspace/sdk/go/gen/streamspace/v1;streamspacev1\xaa\x02\x0eStreamSpace.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,8 +39,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_COMMAND_TRACECONTEXTENTRY']._serialized_options = b'8\001'
   _globals['_WORKLOADSPEC_ENVENTRY']._loaded_options = None
   _globals['_WORKLOADSPEC_ENVENTRY']._serialized_options = b'8\001'
-  _globals['_PROTOCOLVERSION']._serialized_start=2766
-  _globals['_PROTOCOLVERSION']._serialized_end=2841
+  _globals['_PROTOCOLVERSION']._serialized_start=2855
+  _globals['_PROTOCOLVERSION']._serialized_end=2930
   _globals['_AGENTFRAME']._serialized_start=141
   _globals['_AGENTFRAME']._serialized_end=391
   _globals['_HELLO']._serialized_start=394
@@ -58,27 +58,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SESSIONSTATUS']._serialized_start=1130
   _globals['_SESSIONSTATUS']._serialized_end=1354
   _globals['_CONTROLFRAME']._serialized_start=1357
-  _globals['_CONTROLFRAME']._serialized_end=1508
-  _globals['_WELCOME']._serialized_start=1511
-  _globals['_WELCOME']._serialized_end=1708
-  _globals['_COMMAND']._serialized_start=1711
-  _globals['_COMMAND']._serialized_end=2155
-  _globals['_COMMAND_TRACECONTEXTENTRY']._serialized_start=2094
-  _globals['_COMMAND_TRACECONTEXTENTRY']._serialized_end=2145
-  _globals['_STARTSESSION']._serialized_start=2157
-  _globals['_STARTSESSION']._serialized_end=2251
-  _globals['_WORKLOADSPEC']._serialized_start=2254
-  _globals['_WORKLOADSPEC']._serialized_end=2616
-  _globals['_WORKLOADSPEC_ENVENTRY']._serialized_start=2574
-  _globals['_WORKLOADSPEC_ENVENTRY']._serialized_end=2616
-  _globals['_STOPSESSION']._serialized_start=2618
-  _globals['_STOPSESSION']._serialized_end=2652
-  _globals['_HIBERNATESESSION']._serialized_start=2654
-  _globals['_HIBERNATESESSION']._serialized_end=2672
-  _globals['_WAKESESSION']._serialized_start=2674
-  _globals['_WAKESESSION']._serialized_end=2687
-  _globals['_DRAIN']._serialized_start=2689
-  _globals['_DRAIN']._serialized_end=2764
-  _globals['_AGENTSERVICE']._serialized_start=2843
-  _globals['_AGENTSERVICE']._serialized_end=2929
+  _globals['_CONTROLFRAME']._serialized_end=1563
+  _globals['_HEARTBEATACK']._serialized_start=1565
+  _globals['_HEARTBEATACK']._serialized_end=1597
+  _globals['_WELCOME']._serialized_start=1600
+  _globals['_WELCOME']._serialized_end=1797
+  _globals['_COMMAND']._serialized_start=1800
+  _globals['_COMMAND']._serialized_end=2244
+  _globals['_COMMAND_TRACECONTEXTENTRY']._serialized_start=2183
+  _globals['_COMMAND_TRACECONTEXTENTRY']._serialized_end=2234
+  _globals['_STARTSESSION']._serialized_start=2246
+  _globals['_STARTSESSION']._serialized_end=2340
+  _globals['_WORKLOADSPEC']._serialized_start=2343
+  _globals['_WORKLOADSPEC']._serialized_end=2705
+  _globals['_WORKLOADSPEC_ENVENTRY']._serialized_start=2663
+  _globals['_WORKLOADSPEC_ENVENTRY']._serialized_end=2705
+  _globals['_STOPSESSION']._serialized_start=2707
+  _globals['_STOPSESSION']._serialized_end=2741
+  _globals['_HIBERNATESESSION']._serialized_start=2743
+  _globals['_HIBERNATESESSION']._serialized_end=2761
+  _globals['_WAKESESSION']._serialized_start=2763
+  _globals['_WAKESESSION']._serialized_end=2776
+  _globals['_DRAIN']._serialized_start=2778
+  _globals['_DRAIN']._serialized_end=2853
+  _globals['_AGENTSERVICE']._serialized_start=2932
+  _globals['_AGENTSERVICE']._serialized_end=3018
 # @@protoc_insertion_point(module_scope)
