@@ -345,18 +345,21 @@ impl Client {
                     seq += 1;
                     tx.send(frame(Out::Heartbeat(pb::Heartbeat { sequence: seq, in_use: Some(self.runtime.in_use()), active_sessions: self.runtime.active_sessions() }))).await?;
                 }
-                msg = inbound.message() => match { heard = Instant::now(); msg? } {
-                    None => anyhow::bail!("the control plane closed the stream"),
-                    Some(pb::ControlFrame { frame: Some(In::HeartbeatAck(_)) }) => acked = true,
-                    Some(pb::ControlFrame { frame: Some(In::Command(c)) }) => self.command(c, &tx, &in_flight).await?,
-                    Some(pb::ControlFrame { frame: Some(In::Drain(d)) }) => {
-                        let after = d.reconnect_after.and_then(|d| Duration::try_from(d).ok()).unwrap_or(Duration::from_secs(1));
-                        info!(reason = %d.reason, "drain requested");
-                        self.stats.drains.fetch_add(1, Ordering::Relaxed);
-                        return Ok(SessionEnd::Drained(after, Box::new(OldStream { _tx: tx, _inbound: inbound })));
+                msg = inbound.message() => {
+                    heard = Instant::now();
+                    match msg? {
+                        None => anyhow::bail!("the control plane closed the stream"),
+                        Some(pb::ControlFrame { frame: Some(In::HeartbeatAck(_)) }) => acked = true,
+                        Some(pb::ControlFrame { frame: Some(In::Command(c)) }) => self.command(c, &tx, &in_flight).await?,
+                        Some(pb::ControlFrame { frame: Some(In::Drain(d)) }) => {
+                            let after = d.reconnect_after.and_then(|d| Duration::try_from(d).ok()).unwrap_or(Duration::from_secs(1));
+                            info!(reason = %d.reason, "drain requested");
+                            self.stats.drains.fetch_add(1, Ordering::Relaxed);
+                            return Ok(SessionEnd::Drained(after, Box::new(OldStream { _tx: tx, _inbound: inbound })));
+                        }
+                        Some(other) => debug!(?other, "ignoring unexpected frame"),
                     }
-                    Some(other) => debug!(?other, "ignoring unexpected frame"),
-                },
+                }
             }
         }
     }
