@@ -266,6 +266,11 @@ impl Lifecycle {
         self.events.subscribe()
     }
 
+    /// Whether anything here subscribed to session events.
+    pub(crate) fn has_watchers(&self) -> bool {
+        self.events.receiver_count() > 0
+    }
+
     /// Sends `event` to this replica's watchers.
     pub(crate) fn publish(&self, event: SessionEvent) {
         let _ = self.events.send(event);

@@ -49,6 +49,8 @@ impl Lifecycle {
         while let Some(c) = changes.recv().await {
             match c {
                 RemoteChange::Commands { agent } => self.roster().ring(&agent),
+                // Nobody here watches: no need to read what changed.
+                RemoteChange::Session { .. } if !self.has_watchers() => {}
                 RemoteChange::Session { name, user } => {
                     let event = match self.store().get_session(&name).await {
                         Ok(Some(session)) => SessionEvent {
