@@ -75,6 +75,21 @@ impl TestCluster {
         ns
     }
 
+    /// Applies the chart's CRDs (as crdgen writes them) and waits until
+    /// the API server serves every one of them.
+    pub fn install_crds(&self) {
+        let crds = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../chart/crds");
+        self.kubectl(&["apply", "-f", crds.to_str().unwrap()]);
+        self.kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "crd/sessions.stream.space",
+            "crd/templates.stream.space",
+            "crd/quotas.stream.space",
+            "--timeout=60s",
+        ]);
+    }
+
     pub fn kubectl(&self, args: &[&str]) -> String {
         kubectl_ok(&self.admin_kubeconfig, args, None)
     }

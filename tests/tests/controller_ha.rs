@@ -76,14 +76,7 @@ async fn wait_object_phase(k: &TestCluster, ns: &str, name: &str, phase: &str) {
 async fn the_controller_moves_when_its_replica_dies() {
     init();
     let Some(k) = cluster().await else { return };
-    let crds = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../chart/crds");
-    k.kubectl(&["apply", "-f", crds.to_str().unwrap()]);
-    k.kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "crd/sessions.stream.space",
-        "--timeout=60s",
-    ]);
+    k.install_crds();
     let ns = k.namespace("ctl-ha");
     let pki = TestPki::new();
     let tmp = tempfile::tempdir().unwrap();

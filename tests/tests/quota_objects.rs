@@ -61,15 +61,7 @@ async fn create(api: &mut Api, name: &str) -> Result<pb::Session, tonic::Status>
 async fn quota_objects_hold_users_and_sessions() {
     init();
     let Some(k) = cluster().await else { return };
-    let crds = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../chart/crds");
-    k.kubectl(&["apply", "-f", crds.to_str().unwrap()]);
-    k.kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "crd/quotas.stream.space",
-        "crd/sessions.stream.space",
-        "--timeout=60s",
-    ]);
+    k.install_crds();
     // Start clean: a failed earlier run may have left objects behind.
     let _ =
         std::process::Command::new(std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into()))

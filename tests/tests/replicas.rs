@@ -373,7 +373,7 @@ impl ReplicaSet {
 
     /// Starts toggling every session `per_session` times through random
     /// replicas (retrying a call that a replica could not take on another
-    /// one); [`finish`] returns each toggle's latency (call to phase reached).
+    /// one); [`ReplicaSet::finish`] waits for them and checks the outcome.
     fn load(&self, per_session: usize) -> Vec<tokio::task::JoinHandle<Vec<Duration>>> {
         let mut tasks = vec![];
         for name in self.names.clone() {
@@ -418,6 +418,22 @@ impl ReplicaSet {
         tasks
     }
 
+    /// Waits for the toggles of [`ReplicaSet::load`], prints their p99
+    /// through `what`, and checks that each took effect exactly once.
+    async fn finish(
+        &mut self,
+        tasks: Vec<tokio::task::JoinHandle<Vec<Duration>>>,
+        per_session: usize,
+        what: &str,
+    ) {
+        let mut took = vec![];
+        for t in tasks {
+            took.extend(t.await.unwrap());
+        }
+        println!("{} toggles through {what}: p99 {:?}", took.len(), p99(took));
+        self.assert_exactly_once(per_session).await;
+    }
+
     /// Every command succeeded, each was applied once by an agent, and
     /// every session has its one process in the state its last toggle left.
     async fn assert_exactly_once(&mut self, per_session: usize) {
@@ -452,15 +468,6 @@ impl ReplicaSet {
             assert_eq!(proc_state(procs[0]) == Some('T'), hibernated, "{name}");
         }
     }
-}
-
-/// Waits for the toggles of [`ReplicaSet::load`]; their latencies.
-async fn finish(tasks: Vec<tokio::task::JoinHandle<Vec<Duration>>>) -> Vec<Duration> {
-    let mut all = vec![];
-    for t in tasks {
-        all.extend(t.await.unwrap());
-    }
-    all
 }
 
 impl Drop for ReplicaSet {
@@ -563,13 +570,7 @@ async fn a_replica_killed_mid_burst_loses_nothing() {
         set.cps[victim].ready().await;
     }
     // The victim's API was gone for a while: calls landed on the others.
-    let took = finish(load).await;
-    println!(
-        "{} toggles through a replica kill: p99 {:?}",
-        took.len(),
-        p99(took)
-    );
-    set.assert_exactly_once(per_session).await;
+    set.finish(load, per_session, "a replica kill").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -592,13 +593,8 @@ async fn a_rolling_restart_drops_no_stream() {
             set.cps[r].ready().await;
         }
     }
-    let took = finish(load).await;
-    println!(
-        "{} toggles through a rolling restart of {REPLICAS} replicas: p99 {:?}",
-        took.len(),
-        p99(took)
-    );
-    set.assert_exactly_once(per_session).await;
+    set.finish(load, per_session, "a rolling restart of 3 replicas")
+        .await;
     // Make-before-break: every drained stream was closed by its agent only
     // after the next one was attached; no stream ended any other way.
     let (mut drains, mut replaced) = (0, 0);
@@ -653,13 +649,7 @@ async fn postgres_restarted_mid_burst_loses_nothing() {
     );
     // Calls made meanwhile failed with UNAVAILABLE (retried on a replica
     // by `retry`) or waited; every one that was accepted took effect once.
-    let took = finish(load).await;
-    println!(
-        "{} toggles through a PostgreSQL restart: p99 {:?}",
-        took.len(),
-        p99(took)
-    );
-    set.assert_exactly_once(per_session).await;
+    set.finish(load, per_session, "a PostgreSQL restart").await;
 }
 
 /// Two replicas each believing they hold one agent (forced: the test

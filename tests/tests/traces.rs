@@ -157,14 +157,7 @@ async fn a_session_applied_with_kubectl_is_traced_from_the_controller() {
         return;
     };
     let ns = "traces";
-    let crds = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../chart/crds");
-    k.kubectl(&["apply", "-f", crds.to_str().unwrap()]);
-    k.kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "crd/sessions.stream.space",
-        "--timeout=60s",
-    ]);
+    k.install_crds();
     // Start clean: a failed earlier run may have left objects behind, with
     // a finalizer no controller will release now.
     let kubectl = || {

@@ -321,6 +321,20 @@ macro_rules! sql_store {
             Ok(())
         }
 
+        impl $store {
+            /// Runs one write statement, timed as a transaction; whether it
+            /// changed a row.
+            async fn changed(
+                &self,
+                q: sqlx::query::Query<'_, $db, <$db as sqlx::Database>::Arguments>,
+            ) -> Result<bool, StoreError> {
+                let timer = self.write_started();
+                let r = q.execute(&self.pool).await.map_err(db_err)?;
+                timer.committed(1);
+                Ok(r.rows_affected() > 0)
+            }
+        }
+
         async fn insert_command(c: &mut Conn, cmd: &Command) -> Result<(), StoreError> {
             sqlx::query(sqlx::AssertSqlSafe(INSERT_COMMAND.as_str()))
             .bind(&cmd.id)
@@ -679,16 +693,7 @@ macro_rules! sql_store {
             }
 
             async fn ack_command(&self, agent: &str, id: &str, now: Millis) -> Result<bool, StoreError> {
-                let timer = self.write_started();
-                let r = sqlx::query(ACK)
-                .bind(now)
-                .bind(id)
-                .bind(agent)
-                .execute(&self.pool)
-                .await
-                .map_err(db_err)?;
-                timer.committed(1);
-                Ok(r.rows_affected() > 0)
+                self.changed(sqlx::query(ACK).bind(now).bind(id).bind(agent)).await
             }
 
             async fn touch_sessions(&self, agent: &str, names: &[String], now: Millis) -> Result<u64, StoreError> {
@@ -809,16 +814,7 @@ macro_rules! sql_store {
             }
 
             async fn release_agent(&self, id: &str, epoch: i64, now: Millis) -> Result<bool, StoreError> {
-                let timer = self.write_started();
-                let r = sqlx::query(RELEASE_AGENT)
-                .bind(now)
-                .bind(id)
-                .bind(epoch)
-                .execute(&self.pool)
-                .await
-                .map_err(db_err)?;
-                timer.committed(1);
-                Ok(r.rows_affected() > 0)
+                self.changed(sqlx::query(RELEASE_AGENT).bind(now).bind(id).bind(epoch)).await
             }
 
             async fn get_agent(&self, id: &str) -> Result<Option<AgentRecord>, StoreError> {

@@ -381,6 +381,23 @@ impl SqliteStore {
             observer,
         })
     }
+
+    /// Runs one write statement on the writer thread; whether it changed a
+    /// row. `params` in the order their `$N` first appear in `sql`.
+    async fn changed<P>(&self, sql: &'static str, params: P) -> Result<bool, StoreError>
+    where
+        P: rusqlite::Params + Send + 'static,
+    {
+        self.writer
+            .run(move |c| {
+                let n = c
+                    .prepare_cached(sql)
+                    .and_then(|mut st| st.execute(params))
+                    .map_err(db)?;
+                Ok(n > 0)
+            })
+            .await
+    }
 }
 
 #[async_trait]
@@ -490,15 +507,7 @@ impl Store for SqliteStore {
     }
 
     async fn ack_command(&self, agent: &str, id: &str, now: Millis) -> Result<bool, StoreError> {
-        let (agent, id) = (agent.to_string(), id.to_string());
-        self.writer
-            .run(move |c| {
-                let n = c
-                    .prepare_cached(ACK)
-                    .and_then(|mut st| st.execute(params![now, id, agent]))
-                    .map_err(db)?;
-                Ok(n > 0)
-            })
+        self.changed(ACK, (now, id.to_string(), agent.to_string()))
             .await
     }
 
@@ -616,15 +625,7 @@ impl Store for SqliteStore {
     }
 
     async fn release_agent(&self, id: &str, epoch: i64, now: Millis) -> Result<bool, StoreError> {
-        let id = id.to_string();
-        self.writer
-            .run(move |c| {
-                let n = c
-                    .prepare_cached(RELEASE_AGENT)
-                    .and_then(|mut st| st.execute(params![now, id, epoch]))
-                    .map_err(db)?;
-                Ok(n > 0)
-            })
+        self.changed(RELEASE_AGENT, (now, id.to_string(), epoch))
             .await
     }
 
