@@ -181,6 +181,11 @@ pub struct Lifecycle {
     /// Agents whose streams other live replicas hold (placement candidates
     /// too), refreshed by [`Lifecycle::keep_presence`].
     pub(crate) held_elsewhere: std::sync::Mutex<Vec<super::model::AgentRecord>>,
+    /// Set while [`Lifecycle::follow_remote`] runs (a shared store): this
+    /// replica's own session writes are published by that one task too, so
+    /// watchers see one order (see `replicas.rs`).
+    pub(crate) local_writes:
+        std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedSender<SessionEvent>>>,
 }
 
 impl Lifecycle {
@@ -196,6 +201,7 @@ impl Lifecycle {
             accepted: Default::default(),
             replica_id: "local".into(),
             held_elsewhere: Default::default(),
+            local_writes: Default::default(),
         }
     }
 
@@ -276,6 +282,18 @@ impl Lifecycle {
         let _ = self.events.send(event);
     }
 
+    /// Publishes a session this replica wrote: at once, or through the task
+    /// that also publishes other replicas' writes when there is one.
+    fn publish_own(&self, event: SessionEvent) {
+        let queued = match &*self.local_writes.lock().expect("local_writes lock") {
+            Some(tx) => tx.send(event.clone()).is_ok(),
+            None => false,
+        };
+        if !queued {
+            self.publish(event);
+        }
+    }
+
     pub(crate) fn step_cfg(&self) -> StepConfig {
         StepConfig {
             now: now_ms(),
@@ -299,14 +317,14 @@ impl Lifecycle {
     fn committed(&self, before: Option<&Session>, change: &Change) {
         match (&change.session, before) {
             (SessionWrite::Upsert(s), _) => {
-                let _ = self.events.send(SessionEvent {
+                self.publish_own(SessionEvent {
                     kind: EventKind::Modified,
                     session: s.clone(),
                 });
             }
             (SessionWrite::Delete, Some(s)) => {
                 info!(session = %s.name, "session removed");
-                let _ = self.events.send(SessionEvent {
+                self.publish_own(SessionEvent {
                     kind: EventKind::Deleted,
                     session: s.clone(),
                 });
@@ -428,7 +446,7 @@ impl Lifecycle {
         let quota = self.quota_check(caller, &s, true);
         let cmd = self.insert_placed(&mut s, quota, cfg).await?;
         info!(session = %s.name, user = %s.user, template = %s.template, agent = ?s.agent_id, "session created");
-        let _ = self.events.send(SessionEvent {
+        self.publish_own(SessionEvent {
             kind: EventKind::Added,
             session: s.clone(),
         });

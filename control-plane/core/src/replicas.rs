@@ -41,12 +41,28 @@ impl Lifecycle {
             .len()
     }
 
-    /// Applies other replicas' writes here until `changes` ends.
+    /// Applies other replicas' writes here until `changes` ends. This
+    /// replica's own session writes are published here too, each as the
+    /// session reads now: a watcher sees every change in one order and ends
+    /// on the latest state (published apart, a local write's event could
+    /// overtake the re-read of a later write made elsewhere, and stay last).
     pub async fn follow_remote(
         self: Arc<Self>,
         mut changes: mpsc::UnboundedReceiver<RemoteChange>,
     ) {
-        while let Some(c) = changes.recv().await {
+        let (tx, mut own) = mpsc::unbounded_channel();
+        *self.local_writes.lock().expect("local_writes lock") = Some(tx);
+        loop {
+            let c = tokio::select! {
+                c = changes.recv() => match c {
+                    Some(c) => c,
+                    None => break,
+                },
+                Some(ev) = own.recv() => {
+                    self.publish_current(ev).await;
+                    continue;
+                }
+            };
             match c {
                 RemoteChange::Commands { agent } => self.roster().ring(&agent),
                 // Nobody here watches: no need to read what changed.
@@ -79,6 +95,32 @@ impl Lifecycle {
                 }
             }
         }
+        *self.local_writes.lock().expect("local_writes lock") = None;
+    }
+
+    /// Publishes this replica's write `ev` as the session reads now (with
+    /// `ev`'s kind while it exists; deleted, as `ev` knew it, once gone).
+    async fn publish_current(&self, ev: SessionEvent) {
+        if !self.has_watchers() {
+            return;
+        }
+        let event = match self.store().get_session(&ev.session.name).await {
+            Ok(Some(session)) if ev.kind != EventKind::Deleted => SessionEvent {
+                kind: ev.kind,
+                session,
+            },
+            Ok(Some(session)) => SessionEvent {
+                kind: EventKind::Modified,
+                session,
+            },
+            Ok(None) => SessionEvent {
+                kind: EventKind::Deleted,
+                session: ev.session,
+            },
+            // Unreadable now: what the write itself wrote.
+            Err(_) => ev,
+        };
+        self.publish(event);
     }
 
     /// One pass of the shared-store upkeep (see the module doc); nothing on
