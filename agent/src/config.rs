@@ -81,6 +81,13 @@ pub struct AgentArgs {
     /// Seconds a session process gets between SIGTERM and SIGKILL.
     #[arg(long, env = "STOP_GRACE_SECONDS", default_value_t = 10)]
     pub stop_grace_seconds: u64,
+    /// Seconds a start waits for the session's process to open its port
+    /// (process runtime): a process that exits before it does fails the
+    /// start as retryable (CRASH_LOOP), so the control plane tries again
+    /// with backoff; one still starting after this is left to come up.
+    /// 0 = a start returns once the process is spawned.
+    #[arg(long, env = "START_WAIT_SECONDS", default_value_t = 10)]
+    pub start_wait_seconds: u64,
     /// Stop every session when the agent exits (process runtime).
     #[arg(long, env = "STOP_SESSIONS_ON_EXIT", default_value_t = false)]
     pub stop_sessions_on_exit: bool,

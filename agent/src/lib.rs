@@ -46,18 +46,21 @@ pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> anyhow::Result
         None
     };
     let rt: Arc<dyn runtime::Runtime> = match (args.platform.as_str(), &kube) {
-        ("process", _) => Arc::new(runtime::process::ProcessRuntime::open_with_ports(
-            &args.data_dir,
-            sink,
-            Duration::from_secs(args.stop_grace_seconds),
-            args.stop_sessions_on_exit,
-            runtime::ports::PortAllocator::with_lock_dir(
-                args.session_ports,
-                args.port_lock_dir
-                    .clone()
-                    .unwrap_or_else(runtime::ports::default_lock_dir),
-            ),
-        )?),
+        ("process", _) => Arc::new(
+            runtime::process::ProcessRuntime::open_with_ports(
+                &args.data_dir,
+                sink,
+                Duration::from_secs(args.stop_grace_seconds),
+                args.stop_sessions_on_exit,
+                runtime::ports::PortAllocator::with_lock_dir(
+                    args.session_ports,
+                    args.port_lock_dir
+                        .clone()
+                        .unwrap_or_else(runtime::ports::default_lock_dir),
+                ),
+            )?
+            .with_start_wait(Duration::from_secs(args.start_wait_seconds)),
+        ),
         ("kubernetes", Some(k)) => {
             runtime::kubernetes::KubernetesRuntime::start(k.clone(), args.object_config(), sink)
                 .await?

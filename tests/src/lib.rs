@@ -553,6 +553,42 @@ pub mod raw {
         }
     }
 
+    /// Acks `c` and answers it with `outcome`, then (on success) a RUNNING
+    /// status of its session.
+    pub async fn answer(s: &RawStream, c: &pb::Command, outcome: pb::command_result::Outcome) {
+        use pb::agent_frame::Frame as Out;
+        let ok = matches!(outcome, pb::command_result::Outcome::Succeeded(_));
+        let mut frames = vec![
+            Out::Ack(pb::CommandAck {
+                command_id: c.command_id.clone(),
+            }),
+            Out::Result(pb::CommandResult {
+                command_id: c.command_id.clone(),
+                outcome: Some(outcome),
+            }),
+        ];
+        if ok {
+            frames.push(Out::Status(pb::SessionStatus {
+                session_id: c.session_id.clone(),
+                phase: pb::SessionPhase::Running as i32,
+                url: "http://127.0.0.1:1/".into(),
+                ..Default::default()
+            }));
+        }
+        for f in frames {
+            s.tx.send(pb::AgentFrame { frame: Some(f) }).await.unwrap();
+        }
+    }
+
+    /// A failed outcome with a scripted message.
+    pub fn failed(reason: pb::FailureReason, retryable: bool) -> pb::command_result::Outcome {
+        pb::command_result::Outcome::Failed(pb::CommandFailed {
+            reason: reason as i32,
+            message: "scripted fault".into(),
+            retryable,
+        })
+    }
+
     /// The status a stream ends with (after any frames).
     pub async fn end_status(rx: &mut tonic::Streaming<pb::ControlFrame>) -> tonic::Status {
         loop {
@@ -570,6 +606,17 @@ pub mod raw {
 /// runtime sets it): the ground truth for "exactly once".
 pub fn session_processes(name: &str) -> Vec<i32> {
     processes_with_env(&format!("SESSION_ID={name}"))
+}
+
+/// SIGKILLs every process of session `name` (they outlive a killed agent):
+/// what a test leaves behind.
+pub fn kill_session_processes(name: &str) {
+    for pid in session_processes(name) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
 }
 
 /// Every live (not zombie) process whose environment contains `entry` (`NAME=value`).

@@ -1,7 +1,8 @@
 //! The outbox tools with the real grpcurl: an agent that never answers lets
 //! a start expire; grpcurl lists the session's commands, retries the expired
-//! one (a new command reaches the agent), cannot cancel a delivered one, and
-//! the audit log shows both, naming the caller.
+//! one (a new command reaches the agent), cannot cancel a delivered one,
+//! cancels a pending one (a retry waiting out its backoff), and the audit log
+//! shows each, naming the caller.
 
 use std::process::Command;
 
@@ -47,8 +48,6 @@ fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("grpcurl printed no JSON ({e}): {text}"))
 }
 
-/// The next command the control plane sends on `s`.
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcurl_lists_retries_and_the_audit_log_shows_it() {
     init();
@@ -59,6 +58,8 @@ async fn grpcurl_lists_retries_and_the_audit_log_shows_it() {
     let flags = [
         format!("--audit-log={}", audit.display()),
         "--command-timeout-seconds=2".to_string(),
+        // A retry waits a minute: long enough to cancel it below.
+        "--retry-backoff=60s".to_string(),
     ];
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     // Heartbeats every 5 s: the silent test agent below stays attached.
@@ -135,6 +136,37 @@ async fn grpcurl_lists_retries_and_the_audit_log_shows_it() {
         "{out}"
     );
 
+    // A pending command can be cancelled: a start failed as retryable and
+    // its retry waits out the backoff; cancelling fails it and its session.
+    api.create("waits", "static-files").await.unwrap();
+    let start = raw::next_command(&mut agent).await;
+    raw::answer(
+        &agent,
+        &start,
+        raw::failed(pb::FailureReason::Capacity, true),
+    )
+    .await;
+    let pending = wait_for("the retry to be pending", 15, || async {
+        let (ok, out) = grpcurl(
+            &pki,
+            cp.api_addr,
+            ADMIN_TOKEN,
+            "ListCommands",
+            r#"{"session":"waits","state":"COMMAND_STATE_PENDING"}"#,
+        );
+        assert!(ok, "{out}");
+        json(&out)["commands"][0]["id"].as_str().map(String::from)
+    })
+    .await;
+    let cancel = format!(r#"{{"id":"{pending}"}}"#);
+    let (ok, out) = grpcurl(&pki, cp.api_addr, ADMIN_TOKEN, "CancelCommand", &cancel);
+    assert!(ok, "{out}");
+    let cancelled = json(&out);
+    assert_eq!(cancelled["state"], "COMMAND_STATE_FAILED", "{out}");
+    assert_eq!(cancelled["attempt"], 2, "{out}");
+    let s = api.wait_phase("waits", pb::SessionPhase::Failed, 15).await;
+    assert!(s.message.contains("cancelled by admin"), "{}", s.message);
+
     let lines = std::fs::read_to_string(&audit).unwrap();
     let entries: Vec<serde_json::Value> = lines.lines().map(json).collect();
     let find = |method: &str, outcome: &str| {
@@ -147,6 +179,7 @@ async fn grpcurl_lists_retries_and_the_audit_log_shows_it() {
     assert!(find("RetryCommand", "OK"), "{lines}");
     assert!(find("RetryCommand", "FAILED_PRECONDITION"), "{lines}");
     assert!(find("CancelCommand", "FAILED_PRECONDITION"), "{lines}");
+    assert!(find("CancelCommand", "OK"), "{lines}");
     assert!(
         !entries.iter().any(|e| e["method"]
             .as_str()

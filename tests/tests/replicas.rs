@@ -488,12 +488,7 @@ impl Drop for ReplicaSet {
     fn drop(&mut self) {
         self.agents.clear();
         for name in &self.names {
-            for pid in session_processes(name) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
+            kill_session_processes(name);
         }
     }
 }
@@ -797,11 +792,6 @@ async fn a_stream_cut_without_fin_is_replaced_within_the_heartbeat_bound() {
         assert_eq!(c.state, CommandState::Succeeded, "{c:?}");
         assert_eq!(applied.get(&c.id).copied(), Some(1), "{c:?}");
     }
-    for pid in procs {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
+    kill_session_processes("cut-s");
     cp.shutdown().await;
 }

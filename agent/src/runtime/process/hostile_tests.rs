@@ -69,7 +69,10 @@ proptest! {
         let keep = plant(base.path());
         let tokio = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         tokio.block_on(async {
-            let rt = ProcessRuntime::open(&data, StatusSink::new(), Duration::from_secs(2), false).unwrap();
+            // `sleep` opens no port: a start does not wait for one.
+            let rt = ProcessRuntime::open(&data, StatusSink::new(), Duration::from_secs(2), false)
+                .unwrap()
+                .with_start_wait(Duration::ZERO);
             let session = if check_session(&session).is_ok() { session.clone() } else { format!("s-{}", session.len()) };
             match rt.start(&session, &start_with_home(&user)).await {
                 Ok(()) => {
@@ -173,7 +176,8 @@ async fn an_adopted_port_is_not_handed_out_again() {
         false,
         PortAllocator::new(range),
     )
-    .unwrap();
+    .unwrap()
+    .with_start_wait(Duration::ZERO);
     let start = pb::StartSession {
         user: "alice".into(),
         template: "t".into(),
@@ -192,7 +196,8 @@ async fn an_adopted_port_is_not_handed_out_again() {
         false,
         PortAllocator::new(range),
     )
-    .unwrap();
+    .unwrap()
+    .with_start_wait(Duration::ZERO);
     rt.start("b", &start).await.unwrap();
     let port_b = rt.procs.lock().await["b"].state.port;
     assert_ne!(port_a, port_b);

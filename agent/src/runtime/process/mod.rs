@@ -5,6 +5,13 @@
 //! Running once the port accepts connections; hibernate = SIGSTOP, wake =
 //! SIGCONT, stop = SIGTERM then SIGKILL after a grace period. The URL is
 //! `http://127.0.0.1:<port>/`.
+//!
+//! A start waits (at most [`DEFAULT_START_WAIT`], see
+//! [`ProcessRuntime::with_start_wait`]) for the process to open its port: a
+//! process that exits before it does fails the start as retryable
+//! (`CRASH_LOOP`), so the control plane tries it again with backoff; a
+//! process still starting after the wait is left to come up, and its later
+//! exit is a crash reported in its status.
 
 mod procfs;
 mod state;
@@ -30,6 +37,22 @@ use state::{Layout, ProcState, io_err};
 use pb::FailureReason as R;
 use pb::SessionPhase as P;
 
+/// How long a start waits for its process to open its port, unless told.
+pub const DEFAULT_START_WAIT: Duration = Duration::from_secs(10);
+
+/// The first outcome of a freshly spawned process, handed from its monitor
+/// to the start that waits for it: `None` once the port answers, `Some(why)`
+/// if the process exited first. Whoever takes the sender out first decides:
+/// the monitor (it hands the outcome over) or the start giving up waiting
+/// (the monitor then reports as for any session).
+type Startup = Arc<std::sync::Mutex<Option<tokio::sync::oneshot::Sender<Option<String>>>>>;
+
+fn take(startup: &Option<Startup>) -> Option<tokio::sync::oneshot::Sender<Option<String>>> {
+    startup
+        .as_ref()
+        .and_then(|s| s.lock().unwrap_or_else(|e| e.into_inner()).take())
+}
+
 struct Proc {
     state: ProcState,
     /// Set while we stop it, so its exit is not reported as a crash.
@@ -46,6 +69,8 @@ pub struct ProcessRuntime {
     ports: Arc<PortAllocator>,
     stop_grace: Duration,
     ready_timeout: Duration,
+    /// How long a start waits for the process to open its port.
+    start_wait: Duration,
     /// Stop every session when the agent exits (the embedded default does).
     stop_on_exit: bool,
     /// The `setsid` program, if the machine has one (see `spawn`).
@@ -129,6 +154,7 @@ impl ProcessRuntime {
             ports: Arc::new(ports),
             stop_grace,
             ready_timeout: Duration::from_secs(60),
+            start_wait: DEFAULT_START_WAIT,
             stop_on_exit,
             setsid: ["/usr/bin/setsid", "/bin/setsid"]
                 .iter()
@@ -209,11 +235,19 @@ impl ProcessRuntime {
             if p.state.hibernated {
                 signal_group(p.state.pid, Signal::SIGSTOP);
             }
-            rt.monitor(p, None);
+            rt.monitor(p, None, None);
         }
         table.extend(procs);
         drop(table);
         Ok(rt)
+    }
+
+    /// How long a start waits for its process to open its port (capped at
+    /// the time a process has to do so); zero: a start returns once the
+    /// process is spawned.
+    pub fn with_start_wait(mut self, wait: Duration) -> Self {
+        self.start_wait = wait.min(self.ready_timeout);
+        self
     }
 
     fn report(&self, st: &ProcState, phase: P, reason: R, message: &str) {
@@ -229,7 +263,9 @@ impl ProcessRuntime {
     /// Watches a session process: reports RUNNING once its port accepts
     /// connections, reaps it (our child) or polls it (adopted after a
     /// restart), and reports a crash if it exits while we did not stop it.
-    fn monitor(&self, p: &Proc, child: Option<tokio::process::Child>) {
+    /// While a start waits on `startup`, the port opening or the exit is
+    /// handed to it instead (see [`Startup`]).
+    fn monitor(&self, p: &Proc, child: Option<tokio::process::Child>, startup: Option<Startup>) {
         let (st, stopping, ready) = (p.state.clone(), p.stopping.clone(), p.ready.clone());
         let (procs, sink, layout, ports, ready_timeout) = (
             self.procs.clone(),
@@ -286,16 +322,89 @@ impl ProcessRuntime {
                         sink.report(&st.session, P::Failed, "", R::CrashLoop,
                             &format!("the process did not open port {} within {ready_timeout:?}", st.port), &st.workload());
                     }
+                    // A start still waiting returns now, after the status.
+                    if let Some(tx) = take(&startup) {
+                        let _ = tx.send(None);
+                    }
                     wait.await
                 }
                 why = &mut wait => why,
             };
-            exited(&st, &stopping, &procs, &sink, &layout, &ports, why).await;
+            let waiting = take(&startup);
+            if exited(&st, &stopping, &procs, &layout, &ports, &why).await {
+                match waiting {
+                    Some(tx) => {
+                        let _ = tx.send(Some(why));
+                    }
+                    None => {
+                        warn!(session = %st.session, pid = st.pid, %why, "session process died");
+                        sink.report(
+                            &st.session,
+                            P::Failed,
+                            "",
+                            R::CrashLoop,
+                            &why,
+                            &st.workload(),
+                        );
+                    }
+                }
+            }
         });
     }
 
+    /// Waits for the first outcome of the process `spawn` started (see
+    /// [`Startup`]): its port opening, or its exit, which fails the start as
+    /// retryable after a STOPPED status (nothing runs while the control plane
+    /// waits to try again). After `start_wait` the process is left to come up.
+    async fn first_outcome(
+        &self,
+        st: &ProcState,
+        startup: Startup,
+        mut rx: tokio::sync::oneshot::Receiver<Option<String>>,
+    ) -> Result<(), RuntimeError> {
+        let outcome = match tokio::time::timeout(self.start_wait, &mut rx).await {
+            Ok(r) => r.ok().flatten(),
+            Err(_) => {
+                if take(&Some(startup)).is_some() {
+                    return Ok(());
+                }
+                // The monitor took it first: its outcome is on the way.
+                rx.await.ok().flatten()
+            }
+        };
+        let Some(why) = outcome else {
+            return Ok(());
+        };
+        let mut message = format!(
+            "the process exited before it opened port {} ({why})",
+            st.port
+        );
+        if let Some(line) = self
+            .layout
+            .log_path(&st.session)
+            .ok()
+            .and_then(|p| last_line(&p))
+        {
+            message.push_str(&format!("; its last output: {line:?}"));
+        }
+        warn!(session = %st.session, pid = st.pid, %message, "session process died while starting");
+        self.report(st, P::Stopped, R::Unspecified, &message);
+        Err(RuntimeError::new(R::CrashLoop, message, true))
+    }
+
     #[tracing::instrument(name = "process.spawn", skip_all, fields(session))]
-    async fn spawn(&self, session: &str, start: &pb::StartSession) -> Result<Proc, RuntimeError> {
+    async fn spawn(
+        &self,
+        session: &str,
+        start: &pb::StartSession,
+    ) -> Result<
+        (
+            Proc,
+            Startup,
+            tokio::sync::oneshot::Receiver<Option<String>>,
+        ),
+        RuntimeError,
+    > {
         let w = start.workload.clone().unwrap_or_default();
         if w.command.is_empty() {
             return Err(RuntimeError::new(
@@ -422,43 +531,50 @@ impl ProcessRuntime {
             stopping: Arc::new(AtomicBool::new(false)),
             ready: Arc::new(AtomicBool::new(false)),
         };
-        self.monitor(&p, Some(child));
-        Ok(p)
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let startup: Startup = Arc::new(std::sync::Mutex::new(Some(tx)));
+        self.monitor(&p, Some(child), Some(startup.clone()));
+        Ok((p, startup, rx))
     }
 }
 
-/// A session's process is gone: unless we stopped it, that is a crash. The
-/// session's port is free again.
+/// A session's process is gone: unless we stopped it (or a newer process
+/// replaced it), it is forgotten, its port free again, and the caller says
+/// why (true).
 async fn exited(
     st: &ProcState,
     stopping: &AtomicBool,
     procs: &Mutex<HashMap<String, Proc>>,
-    sink: &StatusSink,
     layout: &Layout,
     ports: &PortAllocator,
-    why: String,
-) {
+    why: &str,
+) -> bool {
     if stopping.load(Ordering::SeqCst) {
-        return;
+        return false;
     }
     let mut procs = procs.lock().await;
-    if procs
-        .get(&st.session)
-        .is_some_and(|p| p.state.pid == st.pid)
-    {
-        procs.remove(&st.session);
-        ports.release(st.port);
-        layout.forget(&st.session);
-        warn!(session = %st.session, pid = st.pid, %why, "session process died");
-        sink.report(
-            &st.session,
-            P::Failed,
-            "",
-            R::CrashLoop,
-            &why,
-            &st.workload(),
-        );
+    if procs.get(&st.session).is_none_or(|p| p.state.pid != st.pid) {
+        return false;
     }
+    procs.remove(&st.session);
+    ports.release(st.port);
+    layout.forget(&st.session);
+    tracing::debug!(session = %st.session, pid = st.pid, why, "session process forgotten");
+    true
+}
+
+/// The last non-empty line a session process printed, bounded (its log's
+/// last 4 KiB, at most 200 characters).
+fn last_line(log: &Path) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(log).ok()?;
+    let len = f.metadata().ok()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(4096))).ok()?;
+    let mut tail = Vec::new();
+    f.read_to_end(&mut tail).ok()?;
+    let text = String::from_utf8_lossy(&tail);
+    let line = text.lines().rev().map(str::trim).find(|l| !l.is_empty())?;
+    Some(line.chars().take(200).collect())
 }
 
 #[async_trait]
@@ -502,15 +618,17 @@ impl Runtime for ProcessRuntime {
                 self.ports.release(dead.state.port);
             }
         }
-        let p = self.spawn(session, start).await?;
+        let (p, startup, rx) = self.spawn(session, start).await?;
         self.report(
             &p.state,
             P::Provisioning,
             R::Unspecified,
             "process started; waiting for its port",
         );
+        let st = p.state.clone();
         procs.insert(session.to_string(), p);
-        Ok(())
+        drop(procs);
+        self.first_outcome(&st, startup, rx).await
     }
 
     async fn stop(&self, session: &str, delete_home: bool) -> Result<(), RuntimeError> {
@@ -702,7 +820,10 @@ mod tests {
     async fn in_use_sums_the_requests_of_running_sessions() {
         let dir = tempfile::tempdir().unwrap();
         let (sink, _rx) = StatusSink::channel(64);
-        let rt = ProcessRuntime::open(dir.path(), sink, Duration::from_secs(5), false).unwrap();
+        // `sleep` opens no port: a start does not wait for one.
+        let rt = ProcessRuntime::open(dir.path(), sink, Duration::from_secs(5), false)
+            .unwrap()
+            .with_start_wait(Duration::ZERO);
         let start = |cpu: &str, mem: &str| pb::StartSession {
             user: "alice".into(),
             template: "t".into(),
@@ -738,6 +859,65 @@ mod tests {
         assert_eq!(rt.in_use().cpu_millis, 500, "known again after a restart");
         rt.stop("u1", false).await.unwrap();
         rt.stop("u2", false).await.unwrap();
+    }
+
+    fn shell(script: &str) -> pb::StartSession {
+        pb::StartSession {
+            user: "alice".into(),
+            template: "t".into(),
+            workload: Some(pb::WorkloadSpec {
+                command: vec!["sh".into(), "-c".into(), script.into()],
+                ..Default::default()
+            }),
+        }
+    }
+
+    /// A process that exits before it opens its port fails the start as
+    /// retryable, saying how it exited and what it printed last; the session
+    /// is STOPPED (nothing runs), forgotten, and a new start runs afresh.
+    #[tokio::test]
+    async fn a_process_that_exits_while_starting_fails_the_start_retryably() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sink, statuses) = StatusSink::channel(16);
+        let rt = ProcessRuntime::open(dir.path(), sink, Duration::from_secs(1), false).unwrap();
+        let e = rt
+            .start("crash", &shell("echo 'no config file' >&2; exit 3"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.reason, R::CrashLoop);
+        assert!(e.retryable);
+        assert!(e.message.contains("exit status: 3"), "{}", e.message);
+        assert!(e.message.contains("\"no config file\""), "{}", e.message);
+        let last = statuses.take_latest("crash").unwrap();
+        assert_eq!(last.phase, P::Stopped as i32, "{last:?}");
+        assert!(rt.procs.lock().await.is_empty());
+        assert!(!dir.path().join("sessions/crash.json").exists());
+        assert!(rt.inventory().await.unwrap().is_empty());
+    }
+
+    /// A start returns once the port answers, after the RUNNING status; one
+    /// still starting when the wait ends is left PROVISIONING.
+    #[tokio::test]
+    async fn a_start_waits_for_the_port_then_leaves_the_process_to_come_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sink, statuses) = StatusSink::channel(16);
+        let rt = ProcessRuntime::open(dir.path(), sink, Duration::from_secs(1), false)
+            .unwrap()
+            .with_start_wait(Duration::from_millis(300));
+        rt.start(
+            "serves",
+            &shell("exec python3 -m http.server --bind 127.0.0.1 \"$PORT\""),
+        )
+        .await
+        .unwrap();
+        let s = statuses.take_latest("serves").unwrap();
+        assert_eq!(s.phase, P::Running as i32, "{s:?}");
+        rt.start("silent", &shell("exec sleep 60")).await.unwrap();
+        let s = statuses.take_latest("silent").unwrap();
+        assert_eq!(s.phase, P::Provisioning as i32, "{s:?}");
+        for id in ["serves", "silent"] {
+            rt.stop(id, false).await.unwrap();
+        }
     }
 
     /// An agent killed after writing the intent but before spawning: nothing
