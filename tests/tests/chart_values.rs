@@ -35,6 +35,30 @@ const CASES: &[(&str, &[&str], &[&str])] = &[
         &["monitoring.tracing.otlpEndpoint"],
     ),
     (
+        "a retention with no unit",
+        &["--set-string", "controlPlane.policies.retention=7"],
+        &[
+            "controlPlane/policies/retention",
+            "controlPlane.policies.retention",
+        ],
+    ),
+    (
+        "a zero retry backoff",
+        &["--set", "controlPlane.policies.retryBackoff=0s"],
+        &[
+            "controlPlane/policies/retryBackoff",
+            "controlPlane.policies.retryBackoff",
+        ],
+    ),
+    (
+        "negative command retries",
+        &["--set", "controlPlane.policies.commandRetries=-1"],
+        &[
+            "controlPlane/policies/commandRetries",
+            "controlPlane.policies.commandRetries",
+        ],
+    ),
+    (
         "unknown top-level key",
         &["--set", "nosuchKey=1"],
         &["nosuchKey"],
@@ -235,6 +259,77 @@ async fn quota_values_render_a_quotas_file_the_control_plane_reads() {
     // Without quotas: no ConfigMap, no flag.
     let out = helm.with_chart("template", "quotas", "default", &[]);
     assert!(!String::from_utf8_lossy(&out.stdout).contains("--quotas"));
+}
+
+/// `controlPlane.policies` become the control plane's policy flags, which
+/// it accepts as rendered.
+#[tokio::test]
+async fn policy_values_render_flags_the_control_plane_accepts() {
+    let Some(k) = cluster().await else { return };
+    let Some(helm) = Helm::for_cluster(&k) else {
+        return;
+    };
+    let out = helm.with_chart(
+        "template",
+        "policies",
+        "default",
+        &[
+            "--set-json",
+            r#"controlPlane.policies={"retention":"36h","commandRetries":5,"retryBackoff":"250ms","maxDurationWarning":"10m"}"#,
+        ],
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let flags: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter_map(|l| l.strip_prefix("- "))
+        .filter(|a| {
+            [
+                "--retention=",
+                "--command-retries=",
+                "--retry-backoff=",
+                "--max-duration-warning=",
+            ]
+            .iter()
+            .any(|f| a.starts_with(f))
+        })
+        .map(String::from)
+        .collect();
+    assert_eq!(
+        flags,
+        [
+            "--retention=36h",
+            "--command-retries=5",
+            "--retry-backoff=250ms",
+            "--max-duration-warning=10m"
+        ],
+        "{text}"
+    );
+    use clap::Parser;
+    let mut argv = vec!["streamspace-control-plane".to_string(), "serve".to_string()];
+    argv.extend(flags);
+    let cli = streamspace_control_plane::cli::Cli::try_parse_from(&argv)
+        .unwrap_or_else(|e| panic!("the rendered flags {argv:?} are refused: {e}"));
+    let streamspace_control_plane::cli::Command::Serve(serve) = cli.command else {
+        panic!("{argv:?} is not serve");
+    };
+    let t = &serve.tuning;
+    use std::time::Duration;
+    assert_eq!(
+        (
+            t.retention,
+            t.command_retries,
+            t.retry_backoff,
+            t.max_duration_warning
+        ),
+        (
+            Duration::from_secs(36 * 3600),
+            5,
+            Duration::from_millis(250),
+            Duration::from_secs(600)
+        )
+    );
 }
 
 /// The object of `kind` named `name` among `objects`.
