@@ -64,6 +64,29 @@ pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
+/// What a test starts from: logging, a PKI, a temporary directory (removed
+/// with it) and a database on the store the run asks for.
+pub struct Scratch {
+    pub pki: TestPki,
+    pub tmp: tempfile::TempDir,
+    pub db: String,
+}
+
+impl Scratch {
+    pub async fn new() -> Self {
+        init();
+        let pki = TestPki::new();
+        let tmp = tempfile::tempdir().unwrap();
+        let db = database_url(tmp.path()).await;
+        Self { pki, tmp, db }
+    }
+
+    /// An in-process control plane on this scratch's PKI and database.
+    pub async fn cp(&self, o: &CpOptions) -> ControlPlane {
+        start_cp(&self.pki, &self.db, o).await
+    }
+}
+
 /// A database URL for one test, on the store the run asks for.
 pub async fn database_url(dir: &std::path::Path) -> String {
     let store = std::env::var("STREAMSPACE_TEST_STORE").unwrap_or_else(|_| "sqlite".into());

@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use streamspace::v1 as pb;
 use streamspace_control_plane::grpc::limits::LimitConfig;
-use streamspace_tests::{
-    ADMIN_TOKEN, ALICE_TOKEN, Api, CpOptions, TestPki, database_url, init, start_cp,
-};
+use streamspace_tests::{ADMIN_TOKEN, ALICE_TOKEN, Api, CpOptions, Scratch};
 use tonic::Code;
 use tonic_types::StatusExt;
 
@@ -22,26 +20,21 @@ async fn list(api: &mut Api) -> Result<(), tonic::Status> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_over_its_rate_waits_and_others_do_not() {
-    init();
-    let pki = TestPki::new();
-    let tmp = tempfile::tempdir().unwrap();
-    let db = database_url(tmp.path()).await;
+    let x = Scratch::new().await;
+    let pki = &x.pki;
     let limits = LimitConfig {
         rate: 2.0,
         burst: 5,
         max_watches: 0,
     };
-    let cp = start_cp(
-        &pki,
-        &db,
-        &CpOptions {
+    let cp = x
+        .cp(&CpOptions {
             limits,
             ..Default::default()
-        },
-    )
-    .await;
-    let mut admin = Api::connect(&pki, cp.api_addr, ADMIN_TOKEN).await;
-    let mut alice = Api::connect(&pki, cp.api_addr, ALICE_TOKEN).await;
+        })
+        .await;
+    let mut admin = Api::connect(pki, cp.api_addr, ADMIN_TOKEN).await;
+    let mut alice = Api::connect(pki, cp.api_addr, ALICE_TOKEN).await;
     // The burst passes; the next call is refused with when to retry.
     let mut refused = None;
     for i in 0..8 {
@@ -78,25 +71,20 @@ async fn a_caller_over_its_rate_waits_and_others_do_not() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_watches_are_bounded_per_caller() {
-    init();
-    let pki = TestPki::new();
-    let tmp = tempfile::tempdir().unwrap();
-    let db = database_url(tmp.path()).await;
-    let cp = start_cp(
-        &pki,
-        &db,
-        &CpOptions {
+    let x = Scratch::new().await;
+    let pki = &x.pki;
+    let cp = x
+        .cp(&CpOptions {
             limits: LimitConfig {
                 rate: 0.0,
                 burst: 1,
                 max_watches: 2,
             },
             ..Default::default()
-        },
-    )
-    .await;
-    let mut admin = Api::connect(&pki, cp.api_addr, ADMIN_TOKEN).await;
-    let mut alice = Api::connect(&pki, cp.api_addr, ALICE_TOKEN).await;
+        })
+        .await;
+    let mut admin = Api::connect(pki, cp.api_addr, ADMIN_TOKEN).await;
+    let mut alice = Api::connect(pki, cp.api_addr, ALICE_TOKEN).await;
     let watch = |api: &mut Api| {
         let mut s = api.sessions.clone();
         async move {

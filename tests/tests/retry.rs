@@ -32,30 +32,20 @@ async fn attempts(api: &mut Api, session: &str) -> Vec<(u32, i32, i32, String)> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_process_that_crashes_while_starting_is_started_again() {
-    init();
-    let pki = TestPki::new();
-    let tmp = tempfile::tempdir().unwrap();
-    let db = database_url(tmp.path()).await;
+    let x = Scratch::new().await;
+    let (pki, tmp) = (&x.pki, x.tmp.path());
     // Three attempts in all.
-    let cp = start_cp(
-        &pki,
-        &db,
-        &CpOptions {
+    let cp = x
+        .cp(&CpOptions {
             command_retries: 2,
             ..CpOptions::default()
-        },
-    )
-    .await;
-    let _agent = procs::AgentProc::spawn(
-        &pki,
-        "retry-agent",
-        cp.agent_addr,
-        &tmp.path().join("agent"),
-    );
-    let mut api = Api::connect(&pki, cp.api_addr, ADMIN_TOKEN).await;
+        })
+        .await;
+    let _agent = procs::AgentProc::spawn(pki, "retry-agent", cp.agent_addr, &tmp.join("agent"));
+    let mut api = Api::connect(pki, cp.api_addr, ADMIN_TOKEN).await;
     // Counts its starts in a file outside the session's home (which each
     // start makes afresh); the first two exit before serving.
-    let count = tmp.path().join("starts");
+    let count = tmp.join("starts");
     let flaky = format!(
         "n=$(( $(cat {c} 2>/dev/null || echo 0) + 1 )); echo $n > {c}; \
          if [ $n -lt 3 ]; then echo \"start $n: cannot open the display\" >&2; exit 1; fi; \
@@ -143,20 +133,15 @@ async fn a_process_that_crashes_while_starting_is_started_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retryable_failures_are_retried_and_every_attempt_is_listed() {
-    init();
-    let pki = TestPki::new();
-    let tmp = tempfile::tempdir().unwrap();
-    let db = database_url(tmp.path()).await;
-    let cp = start_cp(
-        &pki,
-        &db,
-        &CpOptions {
+    let x = Scratch::new().await;
+    let pki = &x.pki;
+    let cp = x
+        .cp(&CpOptions {
             heartbeat: Duration::from_secs(10),
             ..CpOptions::default()
-        },
-    )
-    .await;
-    let mut api = Api::connect(&pki, cp.api_addr, ADMIN_TOKEN).await;
+        })
+        .await;
+    let mut api = Api::connect(pki, cp.api_addr, ADMIN_TOKEN).await;
     api.put_dev_templates().await;
     let mut c = raw::connect(&pki.ca.cert, cp.agent_addr, Some(&pki.agent_pem("flaky")))
         .await
