@@ -136,14 +136,7 @@ async fn three_replicas_deliver_every_command_once() {
     }
 
     // Exactly once: every command succeeded on its first delivery...
-    let store = cps[0].lifecycle.store().clone();
-    let cmds = store
-        .list_commands(&CommandFilter {
-            limit: 10_000,
-            ..CommandFilter::default()
-        })
-        .await
-        .unwrap();
+    let cmds = finished_commands(cps[0].lifecycle.store()).await;
     let toggles = cmds
         .iter()
         .filter(|c| matches!(c.action, Action::Hibernate | Action::Wake))
@@ -449,15 +442,10 @@ impl ReplicaSet {
 
     /// Every command succeeded, each was applied once by an agent, and
     /// every session has its one process in the state its last toggle left.
+    /// The outbox is read once nothing in it is active (see
+    /// [`finished_commands`]).
     async fn assert_exactly_once(&mut self, per_session: usize) {
-        let cmds = self
-            .store
-            .list_commands(&CommandFilter {
-                limit: 100_000,
-                ..CommandFilter::default()
-            })
-            .await
-            .unwrap();
+        let cmds = finished_commands(&self.store).await;
         for c in &cmds {
             assert_eq!(c.state, CommandState::Succeeded, "{c:?}");
         }
@@ -481,6 +469,25 @@ impl ReplicaSet {
             assert_eq!(proc_state(procs[0]) == Some('T'), hibernated, "{name}");
         }
     }
+}
+
+/// Every command in the outbox, once none is active. A session's phase
+/// (reported before a command's result) is no sign that its results are
+/// stored; a result that never arrives fails the wait.
+async fn finished_commands(
+    store: &std::sync::Arc<dyn streamspace_control_plane::core::store::Store>,
+) -> Vec<streamspace_control_plane::core::model::Command> {
+    wait_for("every command to finish", 30, || async {
+        let cmds = store
+            .list_commands(&CommandFilter {
+                limit: 100_000,
+                ..CommandFilter::default()
+            })
+            .await
+            .unwrap();
+        (!cmds.iter().any(|c| c.state.is_active())).then_some(cmds)
+    })
+    .await
 }
 
 impl Drop for ReplicaSet {
@@ -778,15 +785,7 @@ async fn a_stream_cut_without_fin_is_replaced_within_the_heartbeat_bound() {
     assert_eq!(procs, vec![session_pid(&s)]);
     assert_eq!(proc_state(procs[0]), Some('T'), "hibernated once");
     let applied = applied_per_command(std::slice::from_ref(&agent));
-    let cmds = cp
-        .lifecycle
-        .store()
-        .list_commands(&CommandFilter {
-            limit: 100,
-            ..CommandFilter::default()
-        })
-        .await
-        .unwrap();
+    let cmds = finished_commands(cp.lifecycle.store()).await;
     assert_eq!(cmds.len(), 2, "{cmds:?}");
     for c in &cmds {
         assert_eq!(c.state, CommandState::Succeeded, "{c:?}");
