@@ -375,10 +375,7 @@ impl ProcessRuntime {
         let Some(why) = outcome else {
             return Ok(());
         };
-        let mut message = format!(
-            "the process exited before it opened port {} ({why})",
-            st.port
-        );
+        let mut message = format!("{why} before it opened port {}", st.port);
         if let Some(line) = self
             .layout
             .log_path(&st.session)
