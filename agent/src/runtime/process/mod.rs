@@ -331,7 +331,7 @@ impl ProcessRuntime {
                 why = &mut wait => why,
             };
             let waiting = take(&startup);
-            if exited(&st, &stopping, &procs, &layout, &ports, &why).await {
+            if exited(&st, &stopping, &procs, &layout, &ports).await {
                 match waiting {
                     Some(tx) => {
                         let _ = tx.send(Some(why));
@@ -536,15 +536,14 @@ impl ProcessRuntime {
 }
 
 /// A session's process is gone: unless we stopped it (or a newer process
-/// replaced it), it is forgotten, its port free again, and the caller says
-/// why (true).
+/// replaced it), it is forgotten and its port free again; true: the caller
+/// reports why.
 async fn exited(
     st: &ProcState,
     stopping: &AtomicBool,
     procs: &Mutex<HashMap<String, Proc>>,
     layout: &Layout,
     ports: &PortAllocator,
-    why: &str,
 ) -> bool {
     if stopping.load(Ordering::SeqCst) {
         return false;
@@ -556,7 +555,6 @@ async fn exited(
     procs.remove(&st.session);
     ports.release(st.port);
     layout.forget(&st.session);
-    tracing::debug!(session = %st.session, pid = st.pid, why, "session process forgotten");
     true
 }
 
