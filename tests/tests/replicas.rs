@@ -276,15 +276,18 @@ fn random(n: usize) -> usize {
 /// Three replica processes on one PostgreSQL database with their agents
 /// behind a [`Service`], as in a cluster: agents dial the Service and land
 /// on whichever replica it picks.
+///
+/// Fields drop in order: the processes (which print their logs' tails when
+/// a test fails) before the directory that holds those logs.
 struct ReplicaSet {
-    _pki: TestPki,
-    _tmp: tempfile::TempDir,
     cps: Vec<CpProc>,
     apis: Vec<Api>,
     _svc: Service,
     agents: Vec<AgentProc>,
     names: Vec<String>,
     store: std::sync::Arc<dyn streamspace_control_plane::core::store::Store>,
+    _pki: TestPki,
+    _tmp: tempfile::TempDir,
 }
 
 impl ReplicaSet {
@@ -793,4 +796,117 @@ async fn a_stream_cut_without_fin_is_replaced_within_the_heartbeat_bound() {
     }
     kill_session_processes("cut-s");
     cp.shutdown().await;
+}
+
+/// One replica claims an agent's pending command while another replica's
+/// transition finishes it, holding the command's row lock (the agent sent
+/// the result on its old stream while it attached to the new one). Once the
+/// transition commits, the claim sends nothing it finished: not the command
+/// again, and no failure on the session's next command that the transition
+/// wrote. Real PostgreSQL, the claim seen waiting on the lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_finished_while_it_is_claimed_is_not_sent_again() {
+    use streamspace_control_plane::core::model::{
+        AgentRecord, Desired, Outcome, Phase, Session, now_ms,
+    };
+    use streamspace_control_plane::core::steps::{self, StepConfig};
+    init();
+    let db = postgres_url().await;
+    let store = streamspace_control_plane::store::open(&db).await.unwrap();
+    let watcher = sqlx::PgPool::connect(&db).await.unwrap();
+    // With and without a next command written by the finishing transition.
+    for next in [false, true] {
+        let (name, agent) = (format!("claimed-{next}"), format!("claimer-{next}"));
+        let mut s = Session::named(&name, Desired::Running, Phase::Pending);
+        s.user = "alice".into();
+        s.agent_id = Some(agent.clone());
+        let start = steps::plan(s.clone(), None, StepConfig::at(now_ms(), 60_000))
+            .new_command
+            .expect("a start");
+        store
+            .insert_session(&s, Some(&start), None, None)
+            .await
+            .unwrap();
+        let epoch = store
+            .take_over_agent(&AgentRecord {
+                id: agent.clone(),
+                platform: "process".into(),
+                version: "test".into(),
+                last_seen_ms: now_ms(),
+                replica_id: "replica-1".into(),
+                ..AgentRecord::default()
+            })
+            .await
+            .unwrap();
+
+        let (locked, go) = (tokio::sync::oneshot::channel(), std::sync::mpsc::channel());
+        let (locked_tx, locked_rx) = locked;
+        let (go_tx, go_rx) = go;
+        let finishing = tokio::spawn({
+            let (store, name, id) = (store.clone(), name.clone(), start.id.clone());
+            async move {
+                store
+                    .transition(
+                        &name,
+                        Box::new(move |s, active| {
+                            // The session and its command are read and locked.
+                            let _ = locked_tx.send(());
+                            tokio::task::block_in_place(|| go_rx.recv()).unwrap();
+                            let mut s = s.expect("the session");
+                            if next {
+                                s.desired = Desired::Hibernated;
+                                s.generation += 1;
+                            }
+                            let cfg = StepConfig::at(now_ms(), 60_000);
+                            Ok(steps::finished(
+                                Some(s),
+                                active,
+                                &id,
+                                &Outcome::Succeeded,
+                                cfg,
+                            ))
+                        }),
+                    )
+                    .await
+            }
+        });
+        locked_rx.await.unwrap();
+        let claiming = tokio::spawn({
+            let (store, agent) = (store.clone(), agent.clone());
+            async move { store.claim_commands(&agent, epoch, 10, now_ms()).await }
+        });
+        wait_for("the claim to wait on the command's row lock", 30, || {
+            let watcher = watcher.clone();
+            async move {
+                let waiting: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM pg_stat_activity
+                     WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                )
+                .fetch_one(&watcher)
+                .await
+                .unwrap();
+                (waiting > 0).then_some(())
+            }
+        })
+        .await;
+        go_tx.send(()).unwrap();
+        let change = finishing.await.unwrap().unwrap().change;
+        assert_eq!(change.new_command.is_some(), next, "{change:?}");
+        let claimed = claiming.await.unwrap();
+        let claimed = claimed.unwrap_or_else(|e| panic!("the claim failed: {e}"));
+        assert!(
+            claimed.is_empty(),
+            "the claim took nothing that was pending when it began: {claimed:?}"
+        );
+        let finished = store.get_command(&start.id).await.unwrap().unwrap();
+        assert_eq!(finished.state, CommandState::Succeeded, "{finished:?}");
+        // The next command is sent by the next claim, once.
+        let again = store
+            .claim_commands(&agent, epoch, 10, now_ms())
+            .await
+            .unwrap();
+        let ids: Vec<&str> = again.iter().map(|c| c.id.as_str()).collect();
+        let expected: Vec<&str> = change.new_command.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(ids, expected);
+    }
 }

@@ -78,6 +78,16 @@ pub const TOUCH_SESSION: &str = "UPDATE sessions SET last_activity_ms = $1
 /// one claims nothing. `fence_lock` (PostgreSQL: ` FOR SHARE`) makes a
 /// concurrent take-over wait for the claim, or the claim see the take-over.
 ///
+/// The outer `state = 'pending'` is not redundant. On PostgreSQL, in READ
+/// COMMITTED, the subquery picks its rows from the statement's snapshot; a
+/// row that a concurrent transaction changes meanwhile (a session's
+/// transition finishing or superseding the command, holding its row lock)
+/// is re-checked after that transaction commits against the outer WHERE
+/// only, with the subquery's old answer. Without the outer test the claim
+/// would turn a command that just finished back into `delivered`: sent
+/// twice, or refused by the one-active-command index when its session's
+/// next command was written in the same transaction.
+///
 /// Parameters appear first in the order $1, $2, $3, $4: SQLite numbers
 /// `$N` parameters by first appearance.
 fn claim_sql(fence_lock: &str) -> String {
@@ -86,6 +96,7 @@ fn claim_sql(fence_lock: &str) -> String {
          WHERE seq IN (SELECT seq FROM commands WHERE agent_id = $2 AND state = 'pending' AND {ACTIVE} AND not_before_ms <= $1 ORDER BY seq
            LIMIT (SELECT CASE WHEN $3 - COUNT(*) > 0 THEN $3 - COUNT(*) ELSE 0 END FROM commands
                   WHERE agent_id = $2 AND state IN ('delivered', 'acknowledged') AND {ACTIVE}))
+           AND state = 'pending'
            AND EXISTS (SELECT 1 FROM agents WHERE id = $2 AND stream_epoch = $4{fence_lock})
          RETURNING seq, {COMMAND_COLS}"
     )
