@@ -9,6 +9,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use crate::pki::{TRUST_DOMAIN, TestPki};
+use crate::strip_ansi;
 
 /// A free loopback port (bound and released).
 /// Runs `c` with `stdin` written to its standard input (then closed) and
@@ -209,10 +210,27 @@ impl Drop for AgentProc {
     }
 }
 
-/// Prints the last `n` lines of a process's log (shown with a failing test's output).
+/// Prints the last `n` lines of a process's log (shown with a failing test's
+/// output), after the warnings and errors logged before them (at most `n`,
+/// the latest): what went wrong is often well before the end.
 pub fn print_tail(what: &str, log: &str, n: usize) {
     let lines: Vec<&str> = log.lines().collect();
     let from = lines.len().saturating_sub(n);
+    let plain: Vec<String> = lines[..from].iter().map(|l| strip_ansi(l)).collect();
+    let earlier: Vec<&String> = plain
+        .iter()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .collect();
+    if !earlier.is_empty() {
+        let skip = earlier.len().saturating_sub(n);
+        eprintln!(
+            "----- {} warnings and errors of the {what} log before its last lines -----",
+            earlier.len() - skip
+        );
+        for l in &earlier[skip..] {
+            eprintln!("{l}");
+        }
+    }
     eprintln!(
         "----- last {} lines of the {what} log -----",
         lines.len() - from
