@@ -68,7 +68,10 @@ bin="${CARGO_TARGET_DIR:-target}/debug"
 mkdir -p "$CACHE/conformance"
 for agent in rust:"$bin/streamspace-agent" python:"$STREAMSPACE_PYTHON_AGENT" go:"$STREAMSPACE_GO_AGENT"; do
   log "conformance: ${agent%%:*} agent"
-  "$bin/streamspace-conformance" --agent-cmd "${agent#*:}" --junit "$CACHE/conformance/${agent%%:*}.xml"
+  # The golden transcripts of this checkout: the binary's default is the
+  # checkout that built it, which a cached build may not be.
+  "$bin/streamspace-conformance" --agent-cmd "${agent#*:}" --junit "$CACHE/conformance/${agent%%:*}.xml" \
+    --golden-dir "$PWD/conformance/golden"
 done
 
 log "image: build from the test binaries and run them from its root filesystem"

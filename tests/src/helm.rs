@@ -14,7 +14,7 @@ pub struct Helm {
 
 /// The repository's chart directory.
 pub fn chart_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../chart")
+    crate::repo_path("chart")
 }
 
 /// `program` as the shell would find it: a path, or the first match on PATH.

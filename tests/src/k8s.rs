@@ -78,7 +78,7 @@ impl TestCluster {
     /// Applies the chart's CRDs (as crdgen writes them) and waits until
     /// the API server serves every one of them.
     pub fn install_crds(&self) {
-        let crds = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../chart/crds");
+        let crds = crate::repo_path("chart/crds");
         self.kubectl(&["apply", "-f", crds.to_str().unwrap()]);
         self.kubectl(&[
             "wait",
@@ -108,10 +108,7 @@ impl TestCluster {
     /// Applies agent/k8s/rbac.yaml in `ns` and writes a kubeconfig that
     /// authenticates as its ServiceAccount (a token, not the admin's).
     pub fn agent_kubeconfig(&self, ns: &str, dir: &Path) -> PathBuf {
-        let rbac = std::fs::read_to_string(
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../agent/k8s/rbac.yaml"),
-        )
-        .unwrap();
+        let rbac = std::fs::read_to_string(crate::repo_path("agent/k8s/rbac.yaml")).unwrap();
         let rbac = rbac.replace("namespace: streamspace", &format!("namespace: {ns}"));
         kubectl_ok(&self.admin_kubeconfig, &["apply", "-f", "-"], Some(&rbac));
         self.wait_allowed(

@@ -411,14 +411,24 @@ pub async fn start_cp(pki: &TestPki, database_url: &str, o: &CpOptions) -> Contr
     cp
 }
 
+/// `rel`, a path in the repository of the running test. Read when the test
+/// runs (cargo sets CARGO_MANIFEST_DIR for it), not when it was built: one
+/// target directory may hold builds of several checkouts (a cached build
+/// of another clone is fresh for this one when its sources are older), and
+/// a path compiled in would point into the checkout that built it.
+pub fn repo_path(rel: &str) -> PathBuf {
+    let tests = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    tests.join("..").join(rel)
+}
+
 /// The workspace's target directory (honours CARGO_TARGET_DIR).
 pub fn target_dir() -> PathBuf {
     if let Ok(t) = std::env::var("CARGO_TARGET_DIR") {
         return PathBuf::from(t);
     }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join("target")
+    repo_path("target")
 }
 
 /// A built binary of the workspace (`cargo build --workspace` first).

@@ -42,7 +42,7 @@ impl PrivatePostgres {
     }
 
     fn run(&self, what: &str) {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/postgres.sh");
+        let script = crate::repo_path("scripts/postgres.sh");
         let out = Command::new("bash")
             .arg(&script)
             .arg(what)
@@ -60,7 +60,7 @@ impl PrivatePostgres {
 
 impl Drop for PrivatePostgres {
     fn drop(&mut self) {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/postgres.sh");
+        let script = crate::repo_path("scripts/postgres.sh");
         let _ = Command::new("bash")
             .arg(&script)
             .arg("stop")

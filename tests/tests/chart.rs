@@ -28,7 +28,7 @@ const AGENT_ENDPOINT: &str = "streamspace-agent-endpoint.streamspace.svc";
 const TEST_VALUES: &str = "tls:\n  job:\n    podAnnotations:\n      kwok.x-k8s.io/status: custom\n";
 
 fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+    streamspace_tests::repo_path("")
 }
 
 fn tool(var: &str, name: &str) -> String {

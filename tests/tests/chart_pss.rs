@@ -50,7 +50,7 @@ async fn the_charts_pods_pass_the_restricted_pod_security_standard() {
     let Some(helm) = Helm::for_cluster(&k) else {
         return;
     };
-    let crds = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../chart/crds");
+    let crds = streamspace_tests::repo_path("chart/crds");
     k.kubectl(&["apply", "-f", crds.to_str().unwrap()]);
     let ns = k.namespace("chart-pss");
     k.kubectl(&[

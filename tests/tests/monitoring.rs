@@ -21,7 +21,7 @@ use streamspace_tests::prom::{MetricsCp, Prometheus, http_get, promtool, require
 use streamspace_tests::*;
 
 fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+    repo_path("")
 }
 
 fn rules_file() -> PathBuf {
