@@ -748,6 +748,14 @@ impl Runtime for ProcessRuntime {
 mod tests {
     use super::*;
 
+    /// A runtime on `dir` (stop grace `grace`) and the sink its statuses
+    /// go to; the start wait is the default unless the test sets one.
+    fn open(dir: &Path, grace: Duration) -> (ProcessRuntime, StatusSink) {
+        let (sink, statuses) = StatusSink::channel(16);
+        let rt = ProcessRuntime::open(dir, sink, grace, false).unwrap();
+        (rt, statuses)
+    }
+
     fn intent(dir: &Path, session: &str, tag: &str) {
         let st = ProcState {
             session: session.into(),
@@ -793,8 +801,7 @@ mod tests {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        let (sink, _rx) = StatusSink::channel(16);
-        let rt = ProcessRuntime::open(dir.path(), sink, Duration::from_secs(1), false).unwrap();
+        let (rt, _rx) = open(dir.path(), Duration::from_secs(1));
         let inv = rt.inventory().await.unwrap();
         assert_eq!(inv.len(), 1, "{inv:?}");
         assert_eq!(inv[0].workload, format!("pid {pid}"));
@@ -814,11 +821,9 @@ mod tests {
     #[tokio::test]
     async fn in_use_sums_the_requests_of_running_sessions() {
         let dir = tempfile::tempdir().unwrap();
-        let (sink, _rx) = StatusSink::channel(64);
         // `sleep` opens no port: a start does not wait for one.
-        let rt = ProcessRuntime::open(dir.path(), sink, Duration::from_secs(5), false)
-            .unwrap()
-            .with_start_wait(Duration::ZERO);
+        let (rt, _rx) = open(dir.path(), Duration::from_secs(5));
+        let rt = rt.with_start_wait(Duration::ZERO);
         let start = |cpu: &str, mem: &str| pb::StartSession {
             user: "alice".into(),
             template: "t".into(),
@@ -848,8 +853,7 @@ mod tests {
             (2, 500, 1 << 30)
         );
         drop(rt);
-        let (sink, _rx) = StatusSink::channel(64);
-        let rt = ProcessRuntime::open(dir.path(), sink, Duration::from_secs(5), false).unwrap();
+        let (rt, _rx) = open(dir.path(), Duration::from_secs(5));
         rt.inventory().await.unwrap();
         assert_eq!(rt.in_use().cpu_millis, 500, "known again after a restart");
         rt.stop("u1", false).await.unwrap();
@@ -873,8 +877,7 @@ mod tests {
     #[tokio::test]
     async fn a_process_that_exits_while_starting_fails_the_start_retryably() {
         let dir = tempfile::tempdir().unwrap();
-        let (sink, statuses) = StatusSink::channel(16);
-        let rt = ProcessRuntime::open(dir.path(), sink, Duration::from_secs(1), false).unwrap();
+        let (rt, statuses) = open(dir.path(), Duration::from_secs(1));
         let e = rt
             .start("crash", &shell("echo 'no config file' >&2; exit 3"))
             .await
@@ -895,10 +898,8 @@ mod tests {
     #[tokio::test]
     async fn a_start_waits_for_the_port_then_leaves_the_process_to_come_up() {
         let dir = tempfile::tempdir().unwrap();
-        let (sink, statuses) = StatusSink::channel(16);
-        let rt = ProcessRuntime::open(dir.path(), sink, Duration::from_secs(1), false)
-            .unwrap()
-            .with_start_wait(Duration::from_millis(300));
+        let (rt, statuses) = open(dir.path(), Duration::from_secs(1));
+        let rt = rt.with_start_wait(Duration::from_millis(300));
         rt.start(
             "serves",
             &shell("exec python3 -m http.server --bind 127.0.0.1 \"$PORT\""),
@@ -921,8 +922,7 @@ mod tests {
     async fn an_intent_without_a_process_is_forgotten() {
         let dir = tempfile::tempdir().unwrap();
         intent(dir.path(), "s2", &uuid::Uuid::new_v4().to_string());
-        let (sink, _rx) = StatusSink::channel(16);
-        let rt = ProcessRuntime::open(dir.path(), sink, Duration::from_secs(1), false).unwrap();
+        let (rt, _rx) = open(dir.path(), Duration::from_secs(1));
         assert!(rt.inventory().await.unwrap().is_empty());
         assert!(!dir.path().join("sessions/s2.json").exists());
     }
