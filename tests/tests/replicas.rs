@@ -910,3 +910,116 @@ async fn a_command_finished_while_it_is_claimed_is_not_sent_again() {
         assert_eq!(ids, expected);
     }
 }
+
+/// A take-over of the agent while one of its reports is being applied on
+/// the replica that held it: the take-over waits for the report's
+/// transaction (the report's fence holds the agent row `FOR SHARE`), so the
+/// report lands before the new stream's reports, never after them; a report
+/// of the old stream read after the take-over changes nothing. Real
+/// PostgreSQL, the take-over seen waiting on the lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_take_over_waits_for_a_report_of_the_stream_it_replaces() {
+    use streamspace_control_plane::core::model::{AgentRecord, Desired, Phase, Session, now_ms};
+    use streamspace_control_plane::core::store::{Change, SessionWrite, StreamFence};
+    init();
+    let db = postgres_url().await;
+    let store = streamspace_control_plane::store::open(&db).await.unwrap();
+    let watcher = sqlx::PgPool::connect(&db).await.unwrap();
+    let (name, agent) = ("fenced-1".to_string(), "fenced-agent".to_string());
+    let mut s = Session::named(&name, Desired::Running, Phase::Running);
+    s.user = "alice".into();
+    s.agent_id = Some(agent.clone());
+    store.insert_session(&s, None, None, None).await.unwrap();
+    let record = |replica: &str| AgentRecord {
+        id: agent.clone(),
+        platform: "process".into(),
+        version: "test".into(),
+        last_seen_ms: now_ms(),
+        replica_id: replica.into(),
+        ..AgentRecord::default()
+    };
+    let old = store.take_over_agent(&record("replica-1")).await.unwrap();
+    let fence = StreamFence {
+        agent: agent.clone(),
+        epoch: old,
+    };
+    // A report of the old stream: the session hibernated.
+    let report = |s: Option<Session>| {
+        let mut s = s.expect("the session");
+        s.phase = Phase::Hibernated;
+        Ok(Change {
+            session: SessionWrite::Upsert(s),
+            ..Change::default()
+        })
+    };
+
+    let (locked_tx, locked_rx) = tokio::sync::oneshot::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let reporting = tokio::spawn({
+        let (store, name, fence) = (store.clone(), name.clone(), fence.clone());
+        async move {
+            store
+                .transition_fenced(
+                    &name,
+                    Some(fence),
+                    Box::new(move |s, _| {
+                        // The fence is checked and its lock held.
+                        let _ = locked_tx.send(());
+                        tokio::task::block_in_place(|| go_rx.recv()).unwrap();
+                        report(s)
+                    }),
+                )
+                .await
+        }
+    });
+    locked_rx.await.unwrap();
+    let taking_over = tokio::spawn({
+        let (store, r) = (store.clone(), record("replica-2"));
+        async move { store.take_over_agent(&r).await }
+    });
+    wait_for("the take-over to wait on the agent row's lock", 30, || {
+        let watcher = watcher.clone();
+        async move {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&watcher)
+            .await
+            .unwrap();
+            (waiting > 0).then_some(())
+        }
+    })
+    .await;
+    go_tx.send(()).unwrap();
+    let t = reporting.await.unwrap().unwrap();
+    assert!(!t.superseded, "the report began before the take-over");
+    let new = taking_over.await.unwrap().unwrap();
+    assert!(new > old, "{old} -> {new}");
+    let after = store.get_session(&name).await.unwrap().unwrap();
+    assert_eq!(after.phase, Phase::Hibernated);
+
+    // The new stream reports the session running; the old stream's next
+    // report, read now, is fenced out.
+    store
+        .transition(
+            &name,
+            Box::new(|s, _| {
+                let mut s = s.expect("the session");
+                s.phase = Phase::Running;
+                Ok(Change {
+                    session: SessionWrite::Upsert(s),
+                    ..Change::default()
+                })
+            }),
+        )
+        .await
+        .unwrap();
+    let late = store
+        .transition_fenced(&name, Some(fence), Box::new(move |s, _| report(s)))
+        .await
+        .unwrap();
+    assert!(late.superseded && late.change.is_empty(), "{late:?}");
+    let after = store.get_session(&name).await.unwrap().unwrap();
+    assert_eq!(after.phase, Phase::Running);
+}

@@ -2,14 +2,20 @@
 //! real PostgreSQL server under STREAMSPACE_TEST_STORE=postgres): the
 //! per-agent in-flight window, acks, re-queueing, duplicate names, and
 //! agent slots that hold under concurrent writes; stream epochs that fence a
-//! replica which lost its agent; committed writes reported
-//! to an observer (the metrics' seam).
+//! replica which lost its agent, and the reports of its stream; committed
+//! writes reported to an observer (the metrics' seam).
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use streamspace_control_plane::core::lifecycle::{Lifecycle, LifecycleConfig};
 use streamspace_control_plane::core::model::{
-    AgentRecord, Capacity, Command, CommandState, Desired, Phase, Session, Usage, now_ms,
+    AgentRecord, Capacity, Command, CommandState, Desired, FailureReason, Observed, Phase, Session,
+    Usage, now_ms,
 };
+use streamspace_control_plane::core::roster::{AgentHello, Roster};
 use streamspace_control_plane::core::steps::{self, StepConfig};
-use streamspace_control_plane::core::store::{Change, Slot, Store, StoreError};
+use streamspace_control_plane::core::store::{Change, CommandFilter, Slot, Store, StoreError};
 use streamspace_tests::*;
 
 fn cfg() -> StepConfig {
@@ -506,4 +512,128 @@ async fn committed_writes_are_reported_to_the_observer() {
         }
         _ => assert_eq!(after.len(), before, "{after:?}"),
     }
+}
+
+/// Two replicas (a roster each) over the one store; `agent` attached to the
+/// first (reporting `inventory`), then taken over by the second (whose
+/// inventory the caller reports); returns both and the streams.
+struct TakenOver {
+    old: Arc<Lifecycle>,
+    old_conn: u64,
+    new: Arc<Lifecycle>,
+    new_conn: u64,
+}
+
+async fn taken_over(store: &Arc<dyn Store>, agent: &str, inventory: &[Observed]) -> TakenOver {
+    let replica = |id: &str| {
+        let roster = Arc::new(Roster::new(Duration::from_secs(30)));
+        Arc::new(
+            Lifecycle::new(store.clone(), roster, LifecycleConfig::default()).with_replica_id(id),
+        )
+    };
+    let hello = AgentHello {
+        id: agent.into(),
+        platform: "process".into(),
+        ..AgentHello::default()
+    };
+    let old = replica("replica-a");
+    let old_conn = old.attach(&hello).await.unwrap().conn_id;
+    old.attached(agent, old_conn, inventory).await.unwrap();
+    let new = replica("replica-b");
+    let new_conn = new.attach(&hello).await.unwrap().conn_id;
+    TakenOver {
+        old,
+        old_conn,
+        new,
+        new_conn,
+    }
+}
+
+fn observed(session: &str, phase: Phase) -> Observed {
+    Observed {
+        session: session.into(),
+        phase,
+        url: String::new(),
+        failure_reason: FailureReason::None,
+        message: String::new(),
+        workload_name: String::new(),
+    }
+}
+
+/// `name`'s phase and how many commands it has.
+async fn phase_and_commands(store: &dyn Store, name: &str) -> (Phase, usize) {
+    let s = store.get_session(name).await.unwrap().unwrap();
+    let cmds = store
+        .list_commands(&CommandFilter {
+            session: Some(name.into()),
+            limit: 100,
+            ..CommandFilter::default()
+        })
+        .await
+        .unwrap();
+    (s.phase, cmds.len())
+}
+
+/// A report still in flight on an agent's old stream when a newer stream
+/// attached (buffered on a drained stream, read late by the replica that
+/// lost the agent) is older than what the newer stream reported: applied
+/// after it, it would move the session back to a phase it has left and plan
+/// a command for it (a second wake of the same generation). The old
+/// replica's status and inventory change nothing; the same status on the
+/// agent's current stream is applied.
+#[tokio::test]
+async fn a_report_from_a_replaced_stream_changes_nothing() {
+    let (_tmp, store) = open_store().await;
+    let mut s = Session::named("stale-1", Desired::Running, Phase::Running);
+    s.user = "alice".into();
+    s.agent_id = Some("agent-s".into());
+    store.insert_session(&s, None, None, None).await.unwrap();
+    let running = [observed("stale-1", Phase::Running)];
+    let t = taken_over(&store, "agent-s", &running).await;
+    t.new
+        .attached("agent-s", t.new_conn, &running)
+        .await
+        .unwrap();
+    assert_eq!(
+        phase_and_commands(&*store, "stale-1").await,
+        (Phase::Running, 0)
+    );
+
+    // The old stream's last status, read after the take-over.
+    t.old
+        .observed(
+            "agent-s",
+            t.old_conn,
+            &observed("stale-1", Phase::Hibernated),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        phase_and_commands(&*store, "stale-1").await,
+        (Phase::Running, 0),
+        "a status from the replaced stream is ignored"
+    );
+    // The old stream's inventory, reconciled late: not even the sessions it
+    // leaves out are touched (they would be marked stopped and started again).
+    t.old.attached("agent-s", t.old_conn, &[]).await.unwrap();
+    assert_eq!(
+        phase_and_commands(&*store, "stale-1").await,
+        (Phase::Running, 0),
+        "an inventory from the replaced stream is ignored"
+    );
+
+    // On the current stream the same report is news: applied, and the
+    // session, wanted running, is woken.
+    t.new
+        .observed(
+            "agent-s",
+            t.new_conn,
+            &observed("stale-1", Phase::Hibernated),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        phase_and_commands(&*store, "stale-1").await,
+        (Phase::Hibernated, 1)
+    );
 }

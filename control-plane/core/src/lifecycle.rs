@@ -13,7 +13,7 @@ use super::placement;
 use super::quota::{QuotaBook, QuotaCheck};
 use super::roster::Roster;
 use super::steps::{self, StepConfig};
-use super::store::{Change, SessionFilter, SessionWrite, Store, StoreError};
+use super::store::{Change, SessionFilter, SessionWrite, Store, StoreError, StreamFence};
 use super::streams::Delivered;
 use super::trace;
 use super::validate::{self, Invalid, invalid};
@@ -347,6 +347,22 @@ impl Lifecycle {
             + Send
             + 'static,
     {
+        self.transition_fenced(name, None, f).await
+    }
+
+    /// [`Lifecycle::transition`], decided only while `fence` is still the
+    /// agent's stream (see [`StreamFence`]); otherwise nothing changes.
+    pub(crate) async fn transition_fenced<F>(
+        &self,
+        name: &str,
+        fence: Option<StreamFence>,
+        f: F,
+    ) -> Result<Change, LifecycleError>
+    where
+        F: FnOnce(Option<Session>, Option<Command>) -> Result<Change, LifecycleError>
+            + Send
+            + 'static,
+    {
         // Read here: the closure may run on the store's writer thread,
         // outside the caller's span.
         let parent = trace::current();
@@ -370,9 +386,15 @@ impl Lifecycle {
         };
         let t = self
             .store
-            .transition(name, Box::new(f))
+            .transition_fenced(name, fence, Box::new(f))
             .instrument(span)
             .await?;
+        if t.superseded {
+            debug!(
+                session = name,
+                "a report from a superseded stream of the agent is ignored"
+            );
+        }
         if !t.change.is_empty() {
             self.committed(t.before.as_ref(), &t.change);
         }
@@ -739,28 +761,52 @@ impl Lifecycle {
         }
     }
 
-    /// The agent reported the observed state of one session.
-    pub async fn observed(&self, agent: &str, o: &Observed) -> Result<(), LifecycleError> {
+    /// The agent reported the observed state of one session on its stream
+    /// `conn_id`. Ignored once another stream of the agent attached, here or
+    /// on another replica: what that stream reported is newer.
+    pub async fn observed(
+        &self,
+        agent: &str,
+        conn_id: u64,
+        o: &Observed,
+    ) -> Result<(), LifecycleError> {
+        let Some(fence) = self.stream_fence(agent, conn_id) else {
+            debug!(agent, session = %o.session, "a status from a replaced stream is ignored");
+            return Ok(());
+        };
         let cfg = self.step_cfg();
         let (a, o2) = (agent.to_string(), o.clone());
-        self.transition(&o.session, move |s, active| {
+        self.transition_fenced(&o.session, Some(fence), move |s, active| {
             Ok(steps::observed(s, active, &a, &o2, cfg))
         })
         .await?;
         Ok(())
     }
 
-    /// The agent (re)attached with this inventory: update what it reports,
-    /// repair what it no longer runs, stop what nobody wants, re-send what is
-    /// unfinished and place sessions that were waiting for an agent.
+    /// The fence of `agent`'s stream `conn_id`, while it is the agent's
+    /// stream here.
+    fn stream_fence(&self, agent: &str, conn_id: u64) -> Option<StreamFence> {
+        let epoch = self.roster.epoch(agent, conn_id)?;
+        Some(StreamFence {
+            agent: agent.to_string(),
+            epoch,
+        })
+    }
+
+    /// The agent (re)attached on stream `conn_id` with this inventory:
+    /// update what it reports, repair what it no longer runs, stop what
+    /// nobody wants, re-send what is unfinished and place sessions that were
+    /// waiting for an agent. Fenced like [`Lifecycle::observed`]: a newer
+    /// stream's inventory wins.
     pub async fn attached(
         &self,
         agent: &str,
+        conn_id: u64,
         inventory: &[Observed],
     ) -> Result<(), LifecycleError> {
         let requeued = self.store.requeue_commands(agent).await?;
         for o in inventory {
-            self.observed(agent, o).await?;
+            self.observed(agent, conn_id, o).await?;
         }
         let reported: std::collections::HashSet<&str> =
             inventory.iter().map(|o| o.session.as_str()).collect();
@@ -768,9 +814,14 @@ impl Lifecycle {
             if reported.contains(s.name.as_str()) {
                 continue;
             }
+            let Some(fence) = self.stream_fence(agent, conn_id) else {
+                break;
+            };
             let cfg = self.step_cfg();
-            self.transition(&s.name, move |s, active| Ok(steps::absent(s, active, cfg)))
-                .await?;
+            self.transition_fenced(&s.name, Some(fence), move |s, active| {
+                Ok(steps::absent(s, active, cfg))
+            })
+            .await?;
         }
         self.place_unplaced().await?;
         info!(

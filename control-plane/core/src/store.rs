@@ -113,6 +113,23 @@ pub type TransitionFn = Box<
 pub struct Transitioned {
     pub change: Change,
     pub before: Option<Session>,
+    /// The transition's stream fence failed: nothing was decided or written.
+    pub superseded: bool,
+}
+
+/// An agent's stream, as a transition decided from what it reported is
+/// fenced: `epoch` is the stream epoch its attach was given.
+///
+/// An agent sends on one stream at a time, and the Hello of a new stream
+/// carries a snapshot taken after the last frame of the old one. A frame
+/// still in flight on a superseded stream (buffered on a drained stream, or
+/// read late by a slow replica) is therefore older than what the new stream
+/// reported; applied after it, it would move a session back to a phase it has
+/// left and plan a command for a state that no longer exists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamFence {
+    pub agent: String,
+    pub epoch: i64,
 }
 
 /// Filters for listing sessions; newest first, paginated by (created, name).
@@ -220,7 +237,20 @@ pub trait Store: Send + Sync + 'static {
     /// [`StoreError::NoRoom`] if the change takes a [`Slot`] that is not
     /// free, with [`StoreError::QuotaExceeded`] if its [`QuotaCheck`]
     /// fails; the user's usage is read before the change). Returns the change as written and the row it was decided from.
-    async fn transition(&self, session: &str, f: TransitionFn) -> Result<Transitioned, StoreError>;
+    async fn transition(&self, session: &str, f: TransitionFn) -> Result<Transitioned, StoreError> {
+        self.transition_fenced(session, None, f).await
+    }
+    /// [`Store::transition`], with a `fence` only while its epoch is still
+    /// the agent's stream epoch (checked in the transaction, after the
+    /// session's lock, so a take-over either waits for it or is seen by it):
+    /// otherwise `f` is not called, nothing is written and the result is
+    /// [`Transitioned::superseded`].
+    async fn transition_fenced(
+        &self,
+        session: &str,
+        fence: Option<StreamFence>,
+        f: TransitionFn,
+    ) -> Result<Transitioned, StoreError>;
     /// Names of sessions that wait for an agent (no agent, not terminated).
     async fn unplaced_sessions(&self) -> Result<Vec<String>, StoreError>;
     /// Sessions placed on `agent`.

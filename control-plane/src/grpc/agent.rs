@@ -283,7 +283,12 @@ enum End {
 
 impl Stream {
     async fn run(self, mut inbound: Streaming<pb::AgentFrame>, inventory: Vec<Observed>) {
-        let end = match self.hub.lifecycle.attached(&self.id, &inventory).await {
+        let end = match self
+            .hub
+            .lifecycle
+            .attached(&self.id, self.conn_id, &inventory)
+            .await
+        {
             Ok(()) => self.serve(&mut inbound).await,
             Err(e) => End::Status(convert::status(e)),
         };
@@ -453,7 +458,7 @@ impl Stream {
                 }
             }
             Some(In::Status(s)) => match convert::observed_from("status", &s) {
-                Ok(o) => lc.observed(&self.id, &o).await,
+                Ok(o) => lc.observed(&self.id, self.conn_id, &o).await,
                 Err(e) => Err(e.into()),
             },
         };

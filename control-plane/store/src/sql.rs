@@ -103,6 +103,15 @@ fn claim_sql(fence_lock: &str) -> String {
 }
 pub static CLAIM: LazyLock<String> = LazyLock::new(|| claim_sql(""));
 pub static CLAIM_LOCKED: LazyLock<String> = LazyLock::new(|| claim_sql(" FOR SHARE"));
+/// A row while $2 is still agent $1's stream epoch (a transition's
+/// `StreamFence`). Locked (PostgreSQL: ` FOR SHARE`) like the claim's fence:
+/// a concurrent take-over waits for the transition, or the transition sees it.
+fn stream_current_sql(lock: &str) -> String {
+    format!("SELECT 1 FROM agents WHERE id = $1 AND stream_epoch = $2{lock}")
+}
+pub static STREAM_CURRENT: LazyLock<String> = LazyLock::new(|| stream_current_sql(""));
+pub static STREAM_CURRENT_LOCKED: LazyLock<String> =
+    LazyLock::new(|| stream_current_sql(" FOR SHARE"));
 pub const ACK: &str = "UPDATE commands SET state = 'acknowledged', updated_ms = $1 WHERE id = $2 AND agent_id = $3 AND state = 'delivered'";
 pub const REQUEUE: &str = concat!(
     "UPDATE commands SET state = 'pending', sent_before = TRUE WHERE agent_id = $1 AND state IN ('delivered', 'acknowledged') AND ",
@@ -273,7 +282,7 @@ macro_rules! sql_store {
 
         use streamspace_core::model::*;
         use streamspace_core::quota::QuotaCheck;
-        use streamspace_core::store::{CommandFilter, SessionFilter, SessionWrite, Slot, Store, StoreError, Tally, TransitionFn, Transitioned, WriteObserver};
+        use streamspace_core::store::{CommandFilter, SessionFilter, SessionWrite, Slot, Store, StoreError, StreamFence, Tally, TransitionFn, Transitioned, WriteObserver};
         use crate::rows::*;
         use crate::sql::*;
         use crate::db_err;
@@ -527,7 +536,7 @@ macro_rules! sql_store {
                 Ok(())
             }
 
-            async fn transition(&self, name: &str, f: TransitionFn) -> Result<Transitioned, StoreError> {
+            async fn transition_fenced(&self, name: &str, fence: Option<StreamFence>, f: TransitionFn) -> Result<Transitioned, StoreError> {
                 let timer = self.write_started();
                 let mut tx = self.pool.begin().await.map_err(db_err)?;
                 let session = sqlx::query_as::<_, SessionRow>(sqlx::AssertSqlSafe(format!("{}{}", *SELECT_SESSION, $lock)))
@@ -545,6 +554,20 @@ macro_rules! sql_store {
                 .map(Command::try_from)
                 .transpose()?;
                 let before = session.clone();
+                if let Some(fence) = &fence {
+                    let sql = if $lock.is_empty() { &*STREAM_CURRENT } else { &*STREAM_CURRENT_LOCKED };
+                    let current = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                        .bind(&fence.agent)
+                        .bind(fence.epoch)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(db_err)?
+                        .is_some();
+                    if !current {
+                        tx.rollback().await.map_err(db_err)?;
+                        return Ok(Transitioned { before, superseded: true, ..Transitioned::default() });
+                    }
+                }
                 let change = f(session, active)?;
                 check_quota(&mut tx, change.quota.as_ref()).await?;
                 check_slot(&mut tx, change.slot.as_ref()).await?;
@@ -574,7 +597,7 @@ macro_rules! sql_store {
                 }
                 tx.commit().await.map_err(db_err)?;
                 timer.committed(1);
-                Ok(Transitioned { change, before })
+                Ok(Transitioned { change, before, superseded: false })
             }
 
             async fn unplaced_sessions(&self) -> Result<Vec<String>, StoreError> {

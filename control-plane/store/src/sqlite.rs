@@ -28,8 +28,8 @@ use super::sql::*;
 use streamspace_core::model::*;
 use streamspace_core::quota::QuotaCheck;
 use streamspace_core::store::{
-    CommandFilter, SessionFilter, SessionWrite, Slot, Store, StoreError, Tally, TransitionFn,
-    Transitioned, WriteObserver,
+    CommandFilter, SessionFilter, SessionWrite, Slot, Store, StoreError, StreamFence, Tally,
+    TransitionFn, Transitioned, WriteObserver,
 };
 
 /// Most jobs in one commit.
@@ -332,7 +332,12 @@ fn check_quota(c: &Connection, q: Option<&QuotaCheck>) -> Result<(), StoreError>
         .map_err(StoreError::QuotaExceeded)
 }
 
-fn transition(c: &Connection, name: &str, f: TransitionFn) -> Result<Transitioned, StoreError> {
+fn transition(
+    c: &Connection,
+    name: &str,
+    fence: Option<&StreamFence>,
+    f: TransitionFn,
+) -> Result<Transitioned, StoreError> {
     let session = get_session(c, name)?;
     let active = c
         .prepare_cached(&SELECT_ACTIVE)
@@ -341,6 +346,23 @@ fn transition(c: &Connection, name: &str, f: TransitionFn) -> Result<Transitione
         .map(Command::try_from)
         .transpose()?;
     let before = session.clone();
+    if let Some(fence) = fence {
+        let current = c
+            .prepare_cached(&STREAM_CURRENT)
+            .and_then(|mut st| {
+                st.query_row(params![fence.agent, fence.epoch], |_| Ok(()))
+                    .optional()
+            })
+            .map_err(db)?
+            .is_some();
+        if !current {
+            return Ok(Transitioned {
+                before,
+                superseded: true,
+                ..Transitioned::default()
+            });
+        }
+    }
     let change = f(session, active)?;
     check_quota(c, change.quota.as_ref())?;
     check_slot(c, change.slot.as_ref())?;
@@ -359,7 +381,11 @@ fn transition(c: &Connection, name: &str, f: TransitionFn) -> Result<Transitione
     if let Some(cmd) = &change.new_command {
         insert_command(c, cmd)?;
     }
-    Ok(Transitioned { change, before })
+    Ok(Transitioned {
+        change,
+        before,
+        superseded: false,
+    })
 }
 
 /// SQLite: a writer thread for writes and the command path's reads, and a
@@ -446,9 +472,16 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn transition(&self, session: &str, f: TransitionFn) -> Result<Transitioned, StoreError> {
+    async fn transition_fenced(
+        &self,
+        session: &str,
+        fence: Option<StreamFence>,
+        f: TransitionFn,
+    ) -> Result<Transitioned, StoreError> {
         let name = session.to_string();
-        self.writer.run(move |c| transition(c, &name, f)).await
+        self.writer
+            .run(move |c| transition(c, &name, fence.as_ref(), f))
+            .await
     }
 
     async fn unplaced_sessions(&self) -> Result<Vec<String>, StoreError> {

@@ -741,7 +741,10 @@ func (x *CommandFailed) GetRetryable() bool {
 // The control plane applies a status to the session of that name if it is
 // placed on this agent (a status for a session placed elsewhere is
 // ignored); a status saying a session the control plane does not know runs
-// here earns a StopSession (generation 0).
+// here earns a StopSession (generation 0). Statuses, and Hello's inventory,
+// are applied only while their stream is the agent's latest: one still in
+// flight on an older stream when a newer stream attached is ignored, since
+// the newer Hello's inventory was taken after it.
 type SessionStatus struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The session's name (Command.session_id).
@@ -1603,10 +1606,14 @@ func (*WakeSession) Descriptor() ([]byte, []int) {
 // leaves no moment without a stream, and is what a replica shutting down
 // asks for (reconnect_after 0; it refuses new attaches meanwhile, so the
 // attach lands on another replica). Commands are not sent after a Drain.
-// Results of commands applied meanwhile are sent on whichever stream is open
-// (their commands are re-delivered on the new one, and the agent answers
-// with the stored result). The control plane ends the stream itself
-// (UNAVAILABLE) after its drain grace (5 s by default) if the agent has not.
+// Results of commands applied meanwhile are sent on the drained stream until
+// Hello goes out on the new one, and on the new one from then on (their
+// commands are re-delivered there, and the agent answers with the stored
+// result). Once a new stream's Hello is sent, nothing more is sent on the
+// drained one: the control plane ignores statuses that arrive on a stream a
+// newer one replaced (the newer Hello's inventory supersedes them). The
+// control plane ends the stream itself (UNAVAILABLE) after its drain grace
+// (5 s by default) if the agent has not.
 type Drain struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Reason string                 `protobuf:"bytes,1,opt,name=reason,proto3" json:"reason,omitempty"`
