@@ -798,6 +798,25 @@ async fn a_stream_cut_without_fin_is_replaced_within_the_heartbeat_bound() {
     cp.shutdown().await;
 }
 
+/// Waits until a session of `watcher`'s database waits on a lock (`what`
+/// names the wait in the timeout's message).
+async fn lock_wait(watcher: &sqlx::PgPool, what: &str) {
+    wait_for(what, 30, || {
+        let watcher = watcher.clone();
+        async move {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&watcher)
+            .await
+            .unwrap();
+            (waiting > 0).then_some(())
+        }
+    })
+    .await;
+}
+
 /// One replica claims an agent's pending command while another replica's
 /// transition finishes it, holding the command's row lock (the agent sent
 /// the result on its old stream while it attached to the new one). Once the
@@ -875,20 +894,7 @@ async fn a_command_finished_while_it_is_claimed_is_not_sent_again() {
             let (store, agent) = (store.clone(), agent.clone());
             async move { store.claim_commands(&agent, epoch, 10, now_ms()).await }
         });
-        wait_for("the claim to wait on the command's row lock", 30, || {
-            let watcher = watcher.clone();
-            async move {
-                let waiting: i64 = sqlx::query_scalar(
-                    "SELECT count(*) FROM pg_stat_activity
-                     WHERE datname = current_database() AND wait_event_type = 'Lock'",
-                )
-                .fetch_one(&watcher)
-                .await
-                .unwrap();
-                (waiting > 0).then_some(())
-            }
-        })
-        .await;
+        lock_wait(&watcher, "the claim to wait on the command's row lock").await;
         go_tx.send(()).unwrap();
         let change = finishing.await.unwrap().unwrap().change;
         assert_eq!(change.new_command.is_some(), next, "{change:?}");
@@ -977,20 +983,7 @@ async fn a_take_over_waits_for_a_report_of_the_stream_it_replaces() {
         let (store, r) = (store.clone(), record("replica-2"));
         async move { store.take_over_agent(&r).await }
     });
-    wait_for("the take-over to wait on the agent row's lock", 30, || {
-        let watcher = watcher.clone();
-        async move {
-            let waiting: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_stat_activity
-                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
-            )
-            .fetch_one(&watcher)
-            .await
-            .unwrap();
-            (waiting > 0).then_some(())
-        }
-    })
-    .await;
+    lock_wait(&watcher, "the take-over to wait on the agent row's lock").await;
     go_tx.send(()).unwrap();
     let t = reporting.await.unwrap().unwrap();
     assert!(!t.superseded, "the report began before the take-over");
